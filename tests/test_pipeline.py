@@ -1,0 +1,145 @@
+"""All stages end to end on a tiny model, and the properties each stage must hold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compose import compose_config, hydra_context
+from skillweave.__main__ import replayable, run
+from skillweave.artifacts import MissingArtifactError
+from skillweave.models import load_state_dict
+from skillweave.rules.common import RuleResult, rule
+from skillweave.stages.dpo import DELTA, load_delta
+from skillweave.stages.merge import BACKBONE, SHARED
+
+
+@rule("test_even_word_count")
+def even_word_count(sample) -> RuleResult:
+    """A rule a random tiny model passes about half the time, so every domain gets pairs."""
+    n = len(sample["response"].split())
+    return RuleResult(n % 2 == 0, float(n % 2 == 0), f"{n} words")
+
+
+def overrides(tmp_path, model_dir, *extra: str) -> list[str]:
+    rules = tmp_path / "test_rules.yaml"
+    rules.write_text("rules:\n  - name: not_truncated\n  - name: test_even_word_count\n")
+    return [
+        "recipe=smoke",
+        "model=hf_dir",
+        f"model.path={model_dir}",
+        f"artifacts_root={tmp_path / 'artifacts'}",
+        f"domain.rules={rules}",
+        *extra,
+    ]
+
+
+def run_overrides(ov: list[str]) -> dict:
+    with hydra_context():
+        cfg = compose_config(ov)
+        return run(cfg, replayable(ov), compose_config)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    ov = overrides(tmp, tiny_model_dir)
+    return tmp, ov, run_overrides(ov)
+
+
+def test_every_stage_completes(pipeline):
+    _, _, refs = pipeline
+    expected = {f"{s}/{d}" for s in ("generate", "filter", "dpo", "zip") for d in ("math", "code", "instructions")}
+    assert set(refs) == expected | {"merge", "eval"}
+    assert all(ref.complete for ref in refs.values())
+
+
+def test_rerun_is_a_no_op(pipeline, caplog):
+    _, ov, refs = pipeline
+    before = {k: (r.path / "manifest.json").stat().st_mtime_ns for k, r in refs.items()}
+    with caplog.at_level("INFO", logger="skillweave"):
+        again = run_overrides(ov)
+    assert {k: r.key for k, r in again.items()} == {k: r.key for k, r in refs.items()}
+    assert {k: (r.path / "manifest.json").stat().st_mtime_ns for k, r in again.items()} == before
+    assert caplog.text.count("nothing to do") == len(refs)
+
+
+def test_samples_and_pairs(pipeline):
+    _, _, refs = pipeline
+    rows = [json.loads(line) for line in (refs["generate/math"].path / "samples.jsonl").open()]
+    assert len(rows) == 4 * 4 and {r["sample"] for r in rows} == {0, 1, 2, 3}
+    report = json.loads((refs["filter/math"].path / "report.json").read_text())
+    assert report["samples"] == 16 and report["pairs"] >= 1
+    from datasets import load_from_disk
+
+    pairs = load_from_disk(str(refs["filter/math"].path / "pairs"))
+    assert len(pairs) == report["pairs"]
+    by_id = {(r["prompt_id"], r["response"]): r for r in rows}
+    for p in pairs:
+        chosen = by_id[(p["prompt_id"], p["chosen"][0]["content"])]
+        assert not chosen["truncated"]  # a truncated answer is never chosen
+        assert len(chosen["response"].split()) % 2 == 0
+        assert p["chosen"][0]["content"] != p["rejected"][0]["content"]
+
+
+def test_delta_is_fine_tuned_minus_base(pipeline, tiny_model_dir):
+    _, _, refs = pipeline
+    manifest = refs["dpo/math"].manifest()
+    base = load_state_dict(tiny_model_dir)
+    delta = load_delta(refs["dpo/math"].path / DELTA)
+    assert set(delta) == set(base)
+    assert manifest["metrics"]["steps"] == 2 and manifest["metrics"]["relative_weight_change"] > 0
+    norm = sum(float(t.double().pow(2).sum()) for t in delta.values()) ** 0.5
+    base_norm = sum(float(t.double().pow(2).sum()) for t in base.values()) ** 0.5
+    assert norm / base_norm == pytest.approx(manifest["metrics"]["relative_weight_change"], rel=1e-6)
+
+
+def test_merged_backbone_plus_residual_is_the_fine_tuned_model(pipeline, tiny_model_dir):
+    _, _, refs = pipeline
+    base = load_state_dict(tiny_model_dir)
+    backbone = load_state_dict(refs["merge"].path / BACKBONE)
+    shared = load_delta(refs["merge"].path / SHARED)
+    for d in ("math", "code", "instructions"):
+        delta = load_delta(refs[f"dpo/{d}"].path / DELTA)
+        for k in base:
+            fine_tuned = base[k] + delta[k]
+            rebuilt = backbone[k] + (delta[k] - shared[k])
+            torch.testing.assert_close(rebuilt, fine_tuned, rtol=0, atol=4e-7 * max(1.0, float(fine_tuned.abs().max())))
+
+
+def test_eval_writes_results_for_every_configuration(pipeline):
+    _, _, refs = pipeline
+    results = json.loads((refs["eval"].path / "results.json").read_text())
+    names = [r["name"] for r in results["configurations"]]
+    assert names == ["base", "dpo", "merged", "skillweave"]
+    by_name = {r["name"]: r for r in results["configurations"]}
+    assert by_name["dpo"]["bytes"] == 3 * by_name["base"]["bytes"]  # K separate models
+    assert by_name["merged"]["bytes"] == by_name["base"]["bytes"]
+    assert by_name["base"]["bytes"] < by_name["skillweave"]["bytes"] < by_name["dpo"]["bytes"]
+    for r in results["configurations"]:
+        assert set(r["scores"]) == {"math", "code", "instructions"}
+        assert all(0.0 <= s <= 1.0 for s in r["scores"].values())
+    table = (refs["eval"].path / "results.md").read_text()
+    assert all(f"| {n} |" in table for n in names)
+
+
+def test_a_stage_alone_names_the_command_for_its_missing_input(tmp_path, tiny_model_dir):
+    ov = overrides(tmp_path, tiny_model_dir, "stage=dpo", "domain=code")
+    with pytest.raises(MissingArtifactError, match=r"run `python -m skillweave stage=filter domain=code recipe=smoke"):
+        run_overrides(ov)
+
+
+def test_a_killed_generate_resumes_with_identical_samples(pipeline, tmp_path, tiny_model_dir):
+    _, _, refs = pipeline
+    ov = overrides(tmp_path, tiny_model_dir, "stage=generate", "domain=code", "domain.sampling.batch_size=2")
+    first = run_overrides(ov)
+    (ref,) = first.values()
+    samples = (ref.path / "samples.jsonl").read_text()
+    # Simulate a kill after the first batch: no manifest, no samples file, one shard left.
+    for name in ("manifest.json", "samples.jsonl", "shards/00001.jsonl"):
+        (ref.path / name).unlink()
+    again = run_overrides(ov)
+    assert (ref.path / "samples.jsonl").read_text() == samples
+    assert list(again.values())[0].complete

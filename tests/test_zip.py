@@ -1,0 +1,354 @@
+"""SkillZip: SVD factors, INT8 quantization, the skillpack file, and attach/detach on a tiny Llama."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from skillweave.zip import (
+    SkillpackError,
+    SkillpackLinear,
+    attach_skillpack,
+    attached_domain,
+    block_linear_names,
+    compress_residual,
+    detach_skillpack,
+    load_skillpack,
+    save_skillpack,
+    skillpack_nbytes,
+)
+from skillweave.zip.quant import dequantize, quantize_per_channel
+from skillweave.zip.skillpack import _blas_operand, _int_mm_accepts
+from skillweave.zip.svd import eckart_young_bound, low_rank_factors
+
+FULL_RANK = 64  # >= min(out, in) of every linear in the tiny model: only INT8 rounding is left
+# The int_mm path adds three INT8 roundings to the fp path (activations, the truncated intermediate,
+# A with B's scales folded in), each ~0.5% relative for Gaussian-like data; measured ~1.2% per layer.
+INT_PATH_REL_TOL = 0.03
+# INT8 factors of a full-rank SVD leave ~1% relative error per layer (meta["layer_rel_error"]).
+LAYER_REL_TOL = 0.02
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy 2-core box OpenMP stalls made each small
+    SVD take ~0.3 s with 2 threads against ~0.5 ms with 1 (STACK.md saw the same in decoding)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(hidden: int = 64, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def residual():
+    """A dense random residual for every parameter (the hard case for SVD), plus one all-zero layer."""
+    g = torch.Generator().manual_seed(1)
+    res = {}
+    for key, p in tiny_model().state_dict().items():
+        scale = 0.05 * p.std().item() if p.ndim == 2 else 0.05
+        res[key] = scale * torch.randn(p.shape, generator=g)
+    res["model.layers.1.mlp.up_proj.weight"].zero_()
+    return res
+
+
+@pytest.fixture(scope="module")
+def skillpack(residual):
+    return compress_residual(residual, block_linear_names(tiny_model()), FULL_RANK, 8, "math", "fp-a")
+
+
+@pytest.fixture(scope="module")
+def input_ids():
+    return torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+
+
+# ---- svd.py
+
+
+def test_known_rank_matrix_is_recovered():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 5, generator=g) @ torch.randn(5, 40, generator=g)
+    a, b, err = low_rank_factors(w, 5)
+    assert a.shape == (48, 5) and b.shape == (5, 40)
+    assert err <= 1e-5 * w.norm().item()
+    assert torch.allclose(a @ b, w, atol=1e-4)
+    # rank above min(out, in) is capped, not an error
+    a, b, err = low_rank_factors(w, 100)
+    assert a.shape == (48, 40) and b.shape == (40, 40)
+    assert err <= 1e-5 * w.norm().item()
+
+
+@pytest.mark.parametrize("rank", [1, 8, 20, 39])
+def test_truncation_error_equals_eckart_young_bound(rank):
+    w = torch.randn(48, 40, generator=torch.Generator().manual_seed(rank))
+    _, _, err = low_rank_factors(w, rank)
+    assert err == pytest.approx(eckart_young_bound(w, rank), rel=1e-4)
+
+
+def test_factors_split_singular_values_evenly():
+    # A = U S^1/2 and B = S^1/2 V^T: column i of A and row i of B have the same norm, sqrt(sigma_i)
+    w = torch.randn(30, 20, generator=torch.Generator().manual_seed(3))
+    a, b, _ = low_rank_factors(w, 6)
+    assert torch.allclose(a.norm(dim=0), b.norm(dim=1), rtol=1e-4)
+    assert torch.allclose(a.norm(dim=0) ** 2, torch.linalg.svdvals(w)[:6], rtol=1e-4)
+
+
+# ---- quant.py
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_int8_round_trip_within_half_a_step(dim):
+    t = torch.randn(16, 24, generator=torch.Generator().manual_seed(dim)) * torch.logspace(-3, 1, 24)
+    t[3] = 0.0  # an all-zero row: its scale is 0, no division by zero
+    q, scale = quantize_per_channel(t, bits=8, dim=dim)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert scale.shape == (t.shape[dim],)
+    assert q.abs().max().item() == 127 and q.min().item() >= -127
+    back = dequantize(q, scale, dim=dim)
+    step = scale.reshape([-1, 1] if dim == 0 else [1, -1])
+    assert torch.all((back - t).abs() <= 0.5 * step * (1 + 1e-5))
+    if dim == 0:
+        assert scale[3] == 0 and torch.all(q[3] == 0) and torch.all(back[3] == 0)
+    assert torch.isfinite(back).all()
+
+
+def test_unsupported_bits_say_what_is_supported():
+    with pytest.raises(ValueError, match=r"INT4 .*not implemented.*\(8,\)"):
+        quantize_per_channel(torch.ones(2, 2), bits=4)
+    with pytest.raises(ValueError, match="INT4"):
+        compress_residual({}, set(), 8, 4, "math", "fp-a")
+
+
+# ---- compress_residual
+
+
+def test_compress_keeps_linears_and_norms_drops_embeddings(residual, skillpack):
+    linears = block_linear_names(tiny_model())
+    assert len(linears) == 14 and "lm_head" not in linears
+    # the all-zero layer is skipped, every other linear is factored at its full rank
+    assert set(skillpack.factors) == linears - {"model.layers.1.mlp.up_proj"}
+    assert skillpack.meta["skipped_zero"] == ["model.layers.1.mlp.up_proj.weight"]
+    assert skillpack.factors["model.layers.0.mlp.down_proj"].a_q.shape == (64, 64)
+    assert skillpack.factors["model.layers.0.mlp.up_proj"].b_q.shape == (64, 64)
+    # embeddings and the head are not linears of the blocks: dropped, with their share of the norm
+    dropped = skillpack.meta["dropped"]
+    assert set(dropped) == {"model.embed_tokens.weight", "lm_head.weight"}
+    total = sum(t.pow(2).sum() for t in residual.values()).sqrt()
+    assert dropped["lm_head.weight"] == pytest.approx((residual["lm_head.weight"].norm() / total).item())
+    # norm weights stay dense, in fp16
+    assert set(skillpack.dense) == {k for k, t in residual.items() if t.ndim == 1}
+    assert all(t.dtype == torch.float16 for t in skillpack.dense.values())
+    errors = skillpack.meta["layer_rel_error"]
+    assert set(errors) == set(skillpack.factors) and 0 < max(errors.values()) < LAYER_REL_TOL
+    # None = every 2-D weight under model.layers.
+    assert set(compress_residual(residual, None, 4, 8, "math", "fp-a").factors) == set(skillpack.factors)
+
+
+def test_compress_fails_loudly():
+    with pytest.raises(ValueError, match="no weight for 1 linear"):
+        compress_residual({}, {"model.layers.0.mlp.up_proj"}, 8, 8, "math", "fp-a")
+    with pytest.raises(ValueError, match="non-finite"):
+        nan = {"model.norm.weight": torch.tensor([1.0, float("nan")])}
+        compress_residual(nan, set(), 8, 8, "math", "fp-a")
+
+
+# ---- file format
+
+
+def test_save_load_round_trip_and_byte_count(skillpack, tmp_path):
+    path = tmp_path / "math.safetensors"
+    save_skillpack(skillpack, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["math.safetensors"]  # no temp file left behind
+    loaded = load_skillpack(path, expected_fingerprint="fp-a")
+    assert (loaded.domain, loaded.backbone_fingerprint, loaded.rank, loaded.bits) == ("math", "fp-a", 64, 8)
+    assert loaded.meta == json.loads(json.dumps(skillpack.meta))
+    for name, f in skillpack.factors.items():
+        g = loaded.factors[name]
+        assert all(torch.equal(getattr(f, p), getattr(g, p)) for p in ("a_q", "a_scale", "b_q", "b_scale"))
+    assert all(torch.equal(skillpack.dense[k], loaded.dense[k]) for k in skillpack.dense)
+    stored = [t for f in loaded.factors.values() for t in vars(f).values()] + list(loaded.dense.values())
+    # per layer (out, in) at rank r = min(out, in): int8 out*r + r*in, float32 scales out + r
+    shapes = {
+        "q": (64, 64), "k": (32, 64), "v": (32, 64), "o": (64, 64),
+        "gate": (128, 64), "up": (128, 64), "down": (64, 128),
+    }
+    layer = {k: o * min(o, i) + min(o, i) * i + 4 * (o + min(o, i)) for k, (o, i) in shapes.items()}
+    want = 2 * sum(layer.values()) - layer["up"] + 5 * 64 * 2  # one up_proj is zero; 5 fp16 norms
+    assert skillpack_nbytes(skillpack) == sum(t.nbytes for t in stored) == want == 113_536
+    assert 0 < path.stat().st_size - skillpack_nbytes(skillpack) < 16_384  # the rest is the JSON header
+
+
+def test_fingerprint_mismatch_is_refused(skillpack, tmp_path):
+    path = tmp_path / "math.safetensors"
+    save_skillpack(skillpack, path)
+    with pytest.raises(SkillpackError, match="made for backbone fp-a, this model is fp-b; zip a skillpack"):
+        load_skillpack(path, expected_fingerprint="fp-b")
+    model = tiny_model()
+    with pytest.raises(SkillpackError, match="made for backbone fp-a, this model is fp-b"):
+        attach_skillpack(model, skillpack, expected_fingerprint="fp-b")
+    assert attached_domain(model) is None
+
+
+def test_truncated_missing_or_foreign_files_are_refused(skillpack, tmp_path):
+    path = tmp_path / "math.safetensors"
+    save_skillpack(skillpack, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SkillpackError, match="truncated or corrupt safetensors file .*re-run the zip stage"):
+        load_skillpack(path)
+    with pytest.raises(SkillpackError, match="does not exist"):
+        load_skillpack(tmp_path / "nope.safetensors")
+    save_file({"x": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    with pytest.raises(SkillpackError, match="not a skillpack"):
+        load_skillpack(tmp_path / "plain.safetensors")
+    header = {
+        "format_version": 2, "domain": "math", "backbone_fingerprint": "fp-a", "rank": 1, "bits": 8, "meta": {}
+    }
+    save_file({"x": torch.zeros(2)}, tmp_path / "v2.safetensors", metadata={"skillweave": json.dumps(header)})
+    with pytest.raises(SkillpackError, match="format_version 2; this skillweave reads version 1"):
+        load_skillpack(tmp_path / "v2.safetensors")
+
+
+# ---- attach / detach
+
+
+def test_full_rank_skillpack_reproduces_the_finetuned_model(residual, skillpack, input_ids):
+    model = tiny_model()
+    # the model the skillpack stands for: backbone + residual on everything it keeps
+    target = copy.deepcopy(model)
+    with torch.no_grad():
+        for key, p in target.named_parameters():
+            if key not in skillpack.meta["dropped"]:
+                p.add_(residual[key])
+        base, want = model(input_ids).logits, target(input_ids).logits
+        attach_skillpack(model, skillpack, expected_fingerprint="fp-a")
+        got = model(input_ids).logits
+    change = (want - base).norm()
+    assert change > 0.05 * base.norm()  # the residual does move the logits
+    assert ((got - want).norm() / change).item() < 0.03  # measured ~1%: the INT8 rounding of the factors
+
+
+def test_detach_restores_the_backbone_bit_exactly(skillpack, input_ids):
+    model = tiny_model()
+    name = "model.layers.0.self_attn.q_proj"
+    linear = model.get_submodule(name)
+    ptr = linear.weight.data_ptr()
+    norm_before = model.model.norm.weight.detach().clone()
+    with torch.no_grad():
+        before = model(input_ids).logits
+        attach_skillpack(model, skillpack)
+        wrapped = model.get_submodule(name)
+        assert isinstance(wrapped, SkillpackLinear) and wrapped.base is linear  # kept by reference
+        assert wrapped.base.weight.data_ptr() == ptr
+        assert attached_domain(model) == "math"
+        assert not torch.equal(model.model.norm.weight, norm_before)  # the dense residual is in
+        with pytest.raises(SkillpackError, match="already attached; detach_skillpack"):
+            attach_skillpack(model, skillpack)
+        detach_skillpack(model)
+        after = model(input_ids).logits
+    assert model.get_submodule(name) is linear and linear.weight.data_ptr() == ptr
+    assert torch.equal(model.model.norm.weight, norm_before)
+    assert torch.equal(after, before)
+    assert attached_domain(model) is None
+    with pytest.raises(SkillpackError, match="no skillpack is attached"):
+        detach_skillpack(model)
+
+
+def test_skillpack_for_another_shape_is_refused_before_any_change(skillpack):
+    model = tiny_model(hidden=32)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    msg = "factors of model.layers.0.mlp.down_proj make a (64, 128) delta, the layer is (32, 64)"
+    with pytest.raises(SkillpackError, match=re.escape(msg)):
+        attach_skillpack(model, skillpack)
+    assert attached_domain(model) is None
+    assert not any(isinstance(m, SkillpackLinear) for m in model.modules())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_int_mm_path_matches_the_fp_path(skillpack, input_ids):
+    g = torch.Generator().manual_seed(4)
+    model = tiny_model()
+    for name, factors in skillpack.factors.items():
+        linear = model.get_submodule(name)
+        x = torch.randn(3, 7, linear.in_features, generator=g)
+        fp = SkillpackLinear(linear, factors).delta(x)
+        int_path = SkillpackLinear(linear, factors, int_mm=True).delta(x)
+        assert int_path.shape == fp.shape == (3, 7, linear.out_features)
+        assert rel(int_path, fp) < INT_PATH_REL_TOL, name
+        # batch-1 decoding: a single token
+        one = x[:1, -1:]
+        one_int = SkillpackLinear(linear, factors, int_mm=True).delta(one)
+        assert rel(one_int, SkillpackLinear(linear, factors).delta(one)) < INT_PATH_REL_TOL
+    with torch.no_grad():
+        base = model(input_ids).logits
+        attach_skillpack(model, skillpack)
+        fp_logits = model(input_ids).logits
+        detach_skillpack(model)
+        attach_skillpack(model, skillpack, int_mm=True)
+        int_logits = model(input_ids).logits
+        detach_skillpack(model)
+    assert ((int_logits - fp_logits).norm() / (fp_logits - base).norm()).item() < INT_PATH_REL_TOL
+
+
+# Layouts that torch._int_mm on CPU gets silently wrong unless re-laid out (torch 2.13): a size-1
+# dim carrying a unit stride where the leading dimension should be.
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        # (1, K) row with strides (1, 1): a single token as a column view
+        (torch.arange(64, dtype=torch.int8).reshape(64, 1).t(), torch.ones(64, 8, dtype=torch.int8)),
+        # rank-1 A_q.t(): (1, out) with strides (1, 1) as the second operand
+        (torch.ones(4, 1, dtype=torch.int8), torch.arange(8, dtype=torch.int8).reshape(8, 1).t()),
+        # ordinary layouts pass through untouched: row-major and a transposed (column-major) weight
+        (torch.ones(5, 16, dtype=torch.int8), torch.arange(48, dtype=torch.int8).reshape(3, 16).t()),
+    ],
+)
+def test_int_mm_operands_are_laid_out_for_the_cpu_kernel(a, b):
+    want = a.long() @ b.long()
+    assert torch.equal(torch._int_mm(_blas_operand(a), _blas_operand(b)).long(), want)
+
+
+def test_blas_operand_copies_only_degenerate_layouts():
+    ok = torch.zeros(3, 16, dtype=torch.int8)
+    assert _blas_operand(ok) is ok and _blas_operand(ok.t()).data_ptr() == ok.data_ptr()
+    bad = torch.zeros(16, 1, dtype=torch.int8).t()
+    assert _blas_operand(bad).stride() == (16, 1)
+
+
+@pytest.mark.parametrize(
+    "m, k, n, device, accepts",
+    [
+        (1, 64, 16, "cpu", True),  # CPU takes every shape, batch-1 decoding included
+        (1, 63, 3, "cpu", True),
+        (17, 64, 16, "cuda", True),  # cuBLASLt: m > 16, k and n multiples of 8
+        (16, 64, 16, "cuda", False),  # batch-1 decoding on CUDA: the fp path answers
+        (32, 60, 16, "cuda", False),
+        (32, 64, 12, "cuda", False),
+        (32, 64, 16, "mps", False),  # no _int_mm there
+    ],
+)
+def test_int_mm_accepts(m, k, n, device, accepts):
+    assert _int_mm_accepts(m, k, n, torch.device(device)) is accepts
