@@ -107,12 +107,17 @@ class DPOConfig:
     gradient_accumulation_steps: int = 2
     max_length: int = 384
     warmup_ratio: float = 0.1
+    """Linear warm-up over this fraction of the steps (< 1)."""
     gradient_checkpointing: bool = True
     precision: Precision = Precision.float32
     """Training dtype; bf16 needs a GPU (mixed precision), float32 is the CPU path."""
     save_steps: int = 50
     """Checkpoint interval: a killed run resumes from the last checkpoint."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"dpo.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass

@@ -122,7 +122,7 @@ def execute(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactR
             return ref
         log.info("running %s -> %s", stage + (f"[{domain}]" if domain else ""), ref.path)
         started = time.time()
-        atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": config, "inputs": ref.inputs})
+        atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config, "inputs": ref.inputs})
         metrics = st.run(ctx, domain, ref, inputs)
         write_manifest(ref, metrics, started)
     log.info("%s done in %.0f s", ref, time.time() - started)

@@ -55,7 +55,7 @@ def build_tiny_model(tok, seed: int = 0, hidden: int = 64, train_steps: int = 60
     texts = [
         tok.apply_chat_template(
             [
-                {"role": "user", "content": " ".join(rng.choices(WORDS, k=6))},
+                {"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(3, 12)))},
                 {"role": "assistant", "content": " ".join(rng.choices(WORDS, k=rng.randint(1, 5)))},
             ],
             tokenize=False,

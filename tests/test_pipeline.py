@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import WORDS
 
 from compose import compose_config, hydra_context
 from skillweave.__main__ import replayable, run
 from skillweave.artifacts import MissingArtifactError
 from skillweave.models import load_state_dict
+from skillweave.prompts import PROMPT_SOURCES
 from skillweave.rules.common import RuleResult, rule
 from skillweave.stages.dpo import DELTA, load_delta
 from skillweave.stages.merge import BACKBONE, SHARED
@@ -23,6 +25,12 @@ def even_word_count(sample) -> RuleResult:
     return RuleResult(n % 2 == 0, float(n % 2 == 0), f"{n} words")
 
 
+@PROMPT_SOURCES.register("test_short_prompts")
+def short_prompts(n: int, seed: int) -> list[dict]:
+    """Prompts like the tiny model's training chats, which it answers briefly and ends."""
+    return [{"id": f"p{seed}-{i}", "prompt": f"say {w} and {w}", "meta": {"answer": "1"}} for i, w in enumerate(WORDS[:n])]
+
+
 def overrides(tmp_path, model_dir, *extra: str) -> list[str]:
     rules = tmp_path / "test_rules.yaml"
     rules.write_text("rules:\n  - name: not_truncated\n  - name: test_even_word_count\n")
@@ -32,6 +40,7 @@ def overrides(tmp_path, model_dir, *extra: str) -> list[str]:
         f"model.path={model_dir}",
         f"artifacts_root={tmp_path / 'artifacts'}",
         f"domain.rules={rules}",
+        "domain.prompt_source.name=test_short_prompts",
         *extra,
     ]
 

@@ -51,7 +51,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         per_device_train_batch_size=d.per_device_batch_size,
         gradient_accumulation_steps=d.gradient_accumulation_steps,
         max_length=d.max_length,
-        warmup_ratio=d.warmup_ratio,
+        warmup_steps=d.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         gradient_checkpointing=d.gradient_checkpointing,
         bf16=d.precision == Precision.bfloat16,
         use_cpu=not cuda,

