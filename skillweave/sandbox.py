@@ -318,8 +318,11 @@ def _failure_reason(returncode: int, stderr: str, code: str) -> str:
 
 
 def _remove_tree(path: Path) -> None:
-    # The code may have removed its own write permission from folders it made.
-    os.chmod(path, 0o700)
+    # The code may have removed its own write permission from folders it made, or the folder itself.
+    try:
+        os.chmod(path, 0o700)
+    except FileNotFoundError:
+        return
     for root, dirs, _ in os.walk(path):
         for d in dirs:
             full = os.path.join(root, d)

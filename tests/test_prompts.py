@@ -21,7 +21,8 @@ SOURCES = [("math_reasoning_gym", 60), ("code_tasks", 30), ("ifeval_synthetic", 
 
 
 def test_registry_holds_every_source():
-    assert PROMPT_SOURCES.names() == ["code_tasks", "ifeval_synthetic", "math_reasoning_gym"]
+    # a subset: other tests register sources of their own in the same session
+    assert {"code_tasks", "ifeval_synthetic", "math_reasoning_gym"} <= set(PROMPT_SOURCES.names())
 
 
 @pytest.mark.parametrize("source, n", SOURCES)

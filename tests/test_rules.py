@@ -17,7 +17,8 @@ def sample(response: str, **meta) -> dict:
 
 
 def test_registry_holds_every_rule():
-    assert RULES.names() == ["final_number_matches", "ifeval_instructions", "not_truncated", "unit_tests_pass"]
+    # a subset: other tests register rules of their own in the same session
+    assert {"final_number_matches", "ifeval_instructions", "not_truncated", "unit_tests_pass"} <= set(RULES.names())
 
 
 # --- math ---------------------------------------------------------------------------------------

@@ -121,6 +121,11 @@ def test_writes_inside_the_workdir_work_and_are_removed():
     assert not os.path.exists(workdir)
 
 
+def test_code_removing_its_own_workdir_is_harmless(isolation):
+    code = "import os, shutil\nos.mkdir('sub')\nos.chmod('sub', 0)\nshutil.rmtree(os.getcwd(), ignore_errors=True)"
+    assert run_python(code).returncode == 0
+
+
 def test_socket_connection_fails(isolation):
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]

@@ -136,10 +136,10 @@ def test_int8_round_trip_within_half_a_step(dim):
 
 
 def test_unsupported_bits_say_what_is_supported():
-    with pytest.raises(ValueError, match=r"INT4 .*not implemented.*\(8,\)"):
-        quantize_per_channel(torch.ones(2, 2), bits=4)
-    with pytest.raises(ValueError, match="INT4"):
-        compress_residual({}, set(), 8, 4, "math", "fp-a")
+    with pytest.raises(ValueError, match=r"INT3 .*not implemented.*\(8, 4\)"):
+        quantize_per_channel(torch.ones(2, 2), bits=3)
+    with pytest.raises(ValueError, match="INT2"):
+        compress_residual({}, set(), 8, 2, "math", "fp-a")
 
 
 # ---- compress_residual
@@ -189,7 +189,7 @@ def test_save_load_round_trip_and_byte_count(skillpack, tmp_path):
         g = loaded.factors[name]
         assert all(torch.equal(getattr(f, p), getattr(g, p)) for p in ("a_q", "a_scale", "b_q", "b_scale"))
     assert all(torch.equal(skillpack.dense[k], loaded.dense[k]) for k in skillpack.dense)
-    stored = [t for f in loaded.factors.values() for t in vars(f).values()] + list(loaded.dense.values())
+    stored = [t for f in loaded.factors.values() for t in f.stored().values()] + list(loaded.dense.values())
     # per layer (out, in) at rank r = min(out, in): int8 out*r + r*in, float32 scales out + r
     shapes = {
         "q": (64, 64), "k": (32, 64), "v": (32, 64), "o": (64, 64),
@@ -225,11 +225,11 @@ def test_truncated_missing_or_foreign_files_are_refused(skillpack, tmp_path):
     with pytest.raises(SkillpackError, match="not a skillpack"):
         load_skillpack(tmp_path / "plain.safetensors")
     header = {
-        "format_version": 2, "domain": "math", "backbone_fingerprint": "fp-a", "rank": 1, "bits": 8, "meta": {}
+        "format_version": 1, "domain": "math", "backbone_fingerprint": "fp-a", "rank": 1, "bits": 8, "meta": {}
     }
-    save_file({"x": torch.zeros(2)}, tmp_path / "v2.safetensors", metadata={"skillweave": json.dumps(header)})
-    with pytest.raises(SkillpackError, match="format_version 2; this skillweave reads version 1"):
-        load_skillpack(tmp_path / "v2.safetensors")
+    save_file({"x": torch.zeros(2)}, tmp_path / "v1.safetensors", metadata={"skillweave": json.dumps(header)})
+    with pytest.raises(SkillpackError, match="format_version 1; this skillweave reads version 2"):
+        load_skillpack(tmp_path / "v1.safetensors")
 
 
 # ---- attach / detach

@@ -10,6 +10,7 @@ A configuration is a function registered in CONFIGURATIONS; `eval.configurations
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
@@ -122,15 +123,22 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     from ..evaluation import evaluate
 
     ev, tasks = ctx.cfg.eval, _tasks(ctx)
+    (ref.path / "samples").mkdir(exist_ok=True)
 
-    def score(model, tok, d: str) -> dict:
-        res = evaluate(model, tok, [tasks[d]], limit=ev.limit, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size)
-        r = res[tasks[d]]
-        return {"score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"]}
+    def scorer(config: str) -> Scorer:
+        def score(model, tok, d: str) -> dict:
+            res = evaluate(model, tok, [tasks[d]], limit=ev.limit, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size)
+            r = res[tasks[d]]
+            # Every answer is kept: which ones a skillpack changed is as telling as the score.
+            lines = "".join(json.dumps(row) + "\n" for row in r["samples"])
+            atomic_write_text(ref.path / "samples" / f"{config}-{d}.jsonl", lines)
+            return {"score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"]}
+
+        return score
 
     rows = []
     for name in ev.configurations:
-        out = CONFIGURATIONS.get(name).run(ctx, inputs, score)
+        out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name))
         scores = {d: s["score"] for d, s in out["scores"].items()}
         rows.append(
             {

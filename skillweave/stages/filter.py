@@ -94,11 +94,17 @@ def make_pairs(scored: list[dict], cfg: FilterConfig) -> list[tuple[dict, dict]]
         by_prompt[row["prompt_id"]].append(row)
     pairs = []
     for rows in by_prompt.values():
-        # Ties on score prefer the shorter chosen and the longer rejected: counters DPO's length bias.
-        passing = sorted((r for r in rows if r["passed"] and not r["truncated"]), key=lambda r: (-r["score"], len(r["response"])))
-        failing = sorted((r for r in rows if not r["passed"]), key=lambda r: (r["score"], -len(r["response"])))
+        passing = sorted((r for r in rows if r["passed"] and not r["truncated"]), key=lambda r: (-r["score"], r["sample"]))
+        failing = sorted((r for r in rows if not r["passed"]), key=lambda r: (r["score"], r["sample"]))
         if cfg.strategy == PairStrategy.best_vs_worst:
-            candidates = list(zip(passing[:1], failing[:1]))
+            if not passing or not failing:
+                continue
+            chosen = passing[0]
+            # Among the equally worst, the one closest in length to the chosen: the pair then
+            # differs in what the rules check, not in length (DPO's length bias).
+            worst = [r for r in failing if r["score"] == failing[0]["score"]]
+            rejected = min(worst, key=lambda r: abs(len(r["response"]) - len(chosen["response"])))
+            candidates = [(chosen, rejected)]
         elif cfg.strategy == PairStrategy.all_pass_fail:
             candidates = list(itertools.product(passing, failing))
         else:

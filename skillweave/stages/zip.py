@@ -1,65 +1,130 @@
 """Stage 2b: SkillZip, the residual R_k = Delta_k - Delta_shared compressed into a skillpack.
 
-Per linear layer of the decoder blocks: truncated SVD at `zip.rank`, both factors INT8 with
-per-channel scales (skillweave/zip/). The skillpack is stamped with the merged backbone's
-fingerprint: it only makes sense on top of that backbone.
+Per linear layer of the decoder blocks (skillweave/zip/): channel-wise smoothing from the domain's
+calibration activations on the merged backbone, truncated SVD at `zip.rank` (or `zip.energy`), a
+rank-wise rotation, INT8 or INT4 factors with per-channel scales. The calibration prompts are the
+domain's own (its generate artifact, prompt + sampled answer); the next prompts of that artifact are
+held out for the fidelity KL. The skillpack is stamped with the merged backbone's fingerprint: it
+only makes sense on top of that backbone.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Optional
 
 import torch
 
 from ..artifacts import ArtifactRef
-from ..models import linear_module_names, model_fingerprint
+from ..models import chat_prompt, linear_module_names, load_model, load_tokenizer, model_fingerprint
 from ..pipeline import STAGES, Context, Stage, ref_for
 from .dpo import DELTA, load_delta
+from .generate import SAMPLES
 from .merge import BACKBONE, SHARED
 
 SKILLPACK = "skillpack.safetensors"
 
 
+def _needs_prompts(cfg) -> bool:
+    return cfg.zip.smoothing != "none" or cfg.zip.fidelity_prompts > 0
+
+
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
-    return {"zip": asdict(cfg.zip)}, {"merge": ref_for(ctx, "merge"), "dpo": ref_for(ctx, "dpo", domain)}
+    inputs = {"merge": ref_for(ctx, "merge"), "dpo": ref_for(ctx, "dpo", domain)}
+    if _needs_prompts(cfg):
+        inputs["generate"] = ref_for(ctx, "generate", domain)
+    return {"zip": asdict(cfg.zip)}, inputs
+
+
+def domain_texts(samples_path, tok, n: int) -> list[str]:
+    """The first `n` distinct prompts of a generate artifact, each with its first sampled answer, as
+    the model reads them (chat template): the activations the domain's skillpack will see."""
+    texts, seen = [], set()
+    with open(samples_path) as f:
+        for line in f:
+            row = json.loads(line)
+            if row["prompt_id"] in seen:
+                continue
+            seen.add(row["prompt_id"])
+            texts.append(chat_prompt(tok, row["prompt"]) + row["response"])
+            if len(texts) == n:
+                break
+    return texts
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..zip import compress_residual, save_skillpack, skillpack_nbytes
+    from ..zip.fidelity import next_token_kl
+    from ..zip.smoothing import collect_channel_stats
 
     cfg = ctx.for_domain(domain).zip
-    if cfg.method != "svd_int8":
-        raise ValueError(f"zip.method={cfg.method!r} is not implemented; valid: svd_int8")
     shared = load_delta(inputs["merge"].path / SHARED, backbone_fingerprint=ctx.base_fingerprint)
     delta = load_delta(inputs["dpo"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
     residual = {k: delta[k] - shared[k] for k in delta}
     backbone_dir = inputs["merge"].path / BACKBONE
     with torch.device("meta"):  # module names only: no weights allocated
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(backbone_dir))
-    skillpack = compress_residual(
-        residual,
-        linear_names=set(linear_module_names(skeleton)),
-        rank=cfg.rank,
-        bits=cfg.bits,
-        domain=domain,
-        backbone_fingerprint=model_fingerprint(backbone_dir),
-    )
+    names = linear_module_names(skeleton)
+
+    model = stats = None
+    calib: list[dict] = []
+    held_out: list[dict] = []
+    n_calib = cfg.calibration_prompts if cfg.smoothing != "none" else 0
+    if _needs_prompts(ctx.for_domain(domain)):
+        model, tok = load_model(backbone_dir), load_tokenizer(backbone_dir)
+        texts = domain_texts(inputs["generate"].path / SAMPLES, tok, n_calib + cfg.fidelity_prompts)
+        if n_calib and not texts:
+            raise ValueError(f"zip.smoothing={cfg.smoothing} needs calibration prompts; the generate artifact of {domain} has none")
+        # Calibration comes first; held-out prompts are what is left (none on a tiny smoke run).
+        encode = lambda t: dict(tok(t, return_tensors="pt", add_special_tokens=False))  # noqa: E731
+        calib = [encode(t) for t in texts[:n_calib]]
+        held_out = [encode(t) for t in texts[n_calib:]]
+        if calib:
+            stats = collect_channel_stats(model, calib, names)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one small SVD per layer: threads only add OpenMP overhead (see tests)
+    try:
+        skillpack = compress_residual(
+            residual,
+            linear_names=set(names),
+            rank=cfg.rank,
+            bits=cfg.bits,
+            domain=domain,
+            backbone_fingerprint=model_fingerprint(backbone_dir),
+            smoothing=cfg.smoothing,
+            alpha=cfg.alpha,
+            rotation=cfg.rotation,
+            energy=cfg.energy,
+            calibration=stats,
+            seed=cfg.seed,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    if stats:
+        skillpack.calibration_summary["prompts"] = len(calib)
+    fidelity = next_token_kl(model, residual, skillpack, held_out) if held_out else {}
+    skillpack.meta.update(config=asdict(cfg), fidelity=fidelity)
     save_skillpack(skillpack, ref.path / SKILLPACK)
-    errors = list(skillpack.meta.get("layer_rel_error", {}).values())
+    errors = list(skillpack.meta["layer_rel_error"].values())
     dense_fp16 = sum(2 * t.numel() for t in residual.values())
     nbytes = skillpack_nbytes(skillpack)
+    ranks = [f.rank for f in skillpack.factors.values()]
     return {
         "bytes": nbytes,
         "dense_fp16_bytes": dense_fp16,
         "compression": round(dense_fp16 / nbytes, 2) if nbytes else None,
         "layers": len(skillpack.factors),
+        "mean_rank": round(sum(ranks) / len(ranks), 1) if ranks else None,
         "mean_layer_rel_error": round(sum(errors) / len(errors), 4) if errors else None,
         "max_layer_rel_error": round(max(errors), 4) if errors else None,
-        "dropped": skillpack.meta.get("dropped", {}),
+        "calibration_tokens": skillpack.calibration_summary.get("tokens", 0),
+        **{k: round(v, 6) for k, v in fidelity.items()},
+        "dropped": skillpack.meta["dropped"],
     }
 
 

@@ -1,7 +1,9 @@
-"""SkillZip: per-domain residuals compressed into skillpacks (truncated SVD + INT8 factors).
+"""SkillZip: per-domain residuals compressed into skillpacks (smoothing, SVD, rotation, INT8/INT4).
 
-svd.py (low-rank factors), quant.py (per-channel integer quantization), skillpack.py (the file
-format, compression of a residual, and attaching a skillpack to a model at inference).
+smoothing.py (calibration statistics, channel-wise smoothing, rank-wise rotation), svd.py (low-rank
+factors, energy ranks), quant.py (per-channel integer quantization, INT4 packing), skillpack.py (the
+file format, compression of a residual, attaching a skillpack at inference), fidelity.py (next-token
+KL against the uncompressed residual), export.py (PEFT LoRA adapters).
 """
 
 from skillweave.zip.skillpack import (

@@ -1,10 +1,10 @@
 """Skillpacks: a domain's residual R_k = Delta_k - Delta_shared, compressed, stored, and attached.
 
-A skillpack holds, per linear layer of the decoder blocks, INT8 SVD factors A (out x r) and B (r x in)
-with per-row scales, so that R ~ A B; small 1-D residuals (RMSNorm weights) are kept dense in fp16.
-This is the walking skeleton of SkillZip (METHOD.md, stage 2): channel-wise smoothing, the rank-wise
-rotation, static activation scales and INT4 come later and slot in around `low_rank_factors` and
-`SkillpackLinear` without changing the file format's tensor names.
+A skillpack holds, per linear layer of the decoder blocks, integer SVD factors A (out x r) and
+B (r x in) with per-row scales and, when smoothed, the channel-wise scales s, so that
+R ~ A B diag(s)^-1 (METHOD.md stage 2: smoothing, truncated SVD, rank-wise rotation folded into A and
+B, INT8 or INT4). Small 1-D residuals (RMSNorm weights) are kept dense in fp16. The calibration
+statistics that chose s travel with it.
 
 At inference `attach_skillpack` wraps each nn.Linear in a `SkillpackLinear` (base output + low-rank
 delta) and adds the dense residuals into their parameters; `detach_skillpack` undoes both bit-exactly.
@@ -26,13 +26,16 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from skillweave.zip.quant import check_bits, dequantize, quantize_per_channel
+from skillweave.zip.quant import check_bits, dequantize, pack_int4, quantize_per_channel, unpack_int4
+from skillweave.zip.smoothing import ChannelStats, rotation_matrix, smoothing_scales
 from skillweave.zip.svd import low_rank_factors
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_KEY = "skillweave"
 BLOCK_PREFIX = "model.layers."
+CALIBRATION_PREFIX = "calibration."
 _FACTOR_PARTS = ("a_q", "a_scale", "b_q", "b_scale")
+_OPTIONAL_PARTS = ("smooth",)
 _ATTACHMENT = "_skillweave_attachment"
 
 
@@ -42,16 +45,54 @@ class SkillpackError(ValueError):
 
 @dataclass
 class QuantizedFactors:
-    """R ~ dequantize(a_q, a_scale) @ dequantize(b_q, b_scale); scales are per row of each factor."""
+    """R ~ A B diag(smooth)^-1 with A = dequantize(a_q, a_scale), B = dequantize(b_q, b_scale).
+
+    Stored form: INT8 factors as int8; INT4 factors packed two per byte along their last dim (uint8).
+    """
 
     a_q: torch.Tensor
-    """int8, out x r."""
+    """int8 out x r, or uint8 out x ceil(r/2) (INT4)."""
     a_scale: torch.Tensor
     """float32, (out,): one scale per output channel."""
     b_q: torch.Tensor
-    """int8, r x in."""
+    """int8 r x in, or uint8 r x ceil(in/2) (INT4)."""
     b_scale: torch.Tensor
     """float32, (r,): one scale per rank index."""
+    in_features: int
+    bits: int = 8
+    smooth: torch.Tensor | None = None
+    """float32 (in,): channel-wise smoothing scales s; None when not smoothed."""
+
+    @property
+    def out_features(self) -> int:
+        return self.a_scale.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.b_scale.shape[0]
+
+    def a_int(self) -> torch.Tensor:
+        """A's integers as int8 (out x r), unpacked for INT4."""
+        return unpack_int4(self.a_q, self.rank) if self.bits == 4 else self.a_q
+
+    def b_int(self) -> torch.Tensor:
+        """B's integers as int8 (r x in), unpacked for INT4."""
+        return unpack_int4(self.b_q, self.in_features) if self.bits == 4 else self.b_q
+
+    def a(self) -> torch.Tensor:
+        """A in float32."""
+        return dequantize(self.a_int(), self.a_scale)
+
+    def b(self) -> torch.Tensor:
+        """B diag(s)^-1 in float32: the smoothing folded in, so that the delta is x b()^T a()^T."""
+        b = dequantize(self.b_int(), self.b_scale)
+        return b if self.smooth is None else b / self.smooth
+
+    def stored(self) -> dict[str, torch.Tensor]:
+        parts = {p: getattr(self, p) for p in _FACTOR_PARTS}
+        if self.smooth is not None:
+            parts["smooth"] = self.smooth
+        return parts
 
 
 @dataclass
@@ -60,7 +101,7 @@ class Skillpack:
     backbone_fingerprint: str
     """Fingerprint of the shared backbone theta_0 + Delta_shared the residual was taken against."""
     rank: int
-    """Requested rank; a layer's actual rank is min(rank, out, in) (its a_q.shape[1])."""
+    """Requested rank (the cap); a layer's actual rank is in its factors (`QuantizedFactors.rank`)."""
     bits: int
     factors: dict[str, QuantizedFactors]
     """By module name, e.g. "model.layers.0.self_attn.q_proj"."""
@@ -68,7 +109,15 @@ class Skillpack:
     """fp16 residuals of 1-D parameters (norm weights, biases), by parameter name."""
     meta: dict = field(default_factory=dict)
     """Free-form JSON: "layer_rel_error", "dropped", "skipped_zero", and whatever the zip stage adds
-    (its resolved config)."""
+    (its resolved config, fidelity)."""
+    smoothing: dict = field(default_factory=lambda: {"method": "none", "alpha": None})
+    rotation: dict = field(default_factory=lambda: {"method": "none", "seed": None})
+    energy: float | None = None
+    """The energy threshold that chose each layer's rank, or None for a fixed rank."""
+    calibration: dict[str, ChannelStats] = field(default_factory=dict)
+    """The activation statistics smoothing was computed from, by module name (empty: none used)."""
+    calibration_summary: dict = field(default_factory=dict)
+    """JSON: "tokens", and "prompts" when the zip stage set it."""
 
 
 def block_linear_names(model: nn.Module) -> set[str]:
@@ -83,6 +132,37 @@ def block_linear_names(model: nn.Module) -> set[str]:
     }
 
 
+def compress_factors(
+    weight: torch.Tensor,
+    rank: int,
+    bits: int,
+    *,
+    smooth: torch.Tensor | None = None,
+    rotation: str = "none",
+    energy: float | None = None,
+    seed: int = 0,
+) -> QuantizedFactors:
+    """One layer: W diag(s) ~ A B by truncated SVD, A <- A Q and B <- Q^T B, both quantized per row.
+
+    Args:
+        weight: the residual (out x in).
+        rank, energy: see `low_rank_factors` (rank is the cap when energy is given).
+        bits: 8 or 4 (INT4 is packed in the result).
+        smooth: channel-wise scales s (in,) from `smoothing_scales`, or None.
+        rotation: "none", "hadamard" or "random" (`rotation_matrix`).
+    """
+    w = weight.float() if smooth is None else weight.float() * smooth
+    a, b, _ = low_rank_factors(w, rank, energy)
+    q = rotation_matrix(rotation, a.shape[1], seed)
+    if q is not None:
+        a, b = a @ q, q.T @ b
+    a_q, a_scale = quantize_per_channel(a, bits, dim=0)
+    b_q, b_scale = quantize_per_channel(b, bits, dim=0)
+    if bits == 4:
+        a_q, b_q = pack_int4(a_q), pack_int4(b_q)
+    return QuantizedFactors(a_q, a_scale, b_q, b_scale, weight.shape[1], bits, smooth)
+
+
 def compress_residual(
     residual: dict[str, torch.Tensor],
     linear_names: set[str] | None,
@@ -90,11 +170,18 @@ def compress_residual(
     bits: int,
     domain: str,
     backbone_fingerprint: str,
+    *,
+    smoothing: str = "none",
+    alpha: float = 0.5,
+    rotation: str = "none",
+    energy: float | None = None,
+    calibration: dict[str, ChannelStats] | None = None,
+    seed: int = 0,
 ) -> Skillpack:
     """Compress one domain's residual state dict into a skillpack.
 
-    - `<linear>.weight` (2-D): truncated SVD at `rank`, then A and B quantized per row; the relative
-      Frobenius error of the dequantized product goes to meta["layer_rel_error"][module].
+    - `<linear>.weight` (2-D): `compress_factors`; the relative Frobenius error of the dequantized
+      A B diag(s)^-1 against the residual goes to meta["layer_rel_error"][module].
     - other 1-D (or 0-D) tensors: kept dense in fp16.
     - other 2-D tensors (embeddings, lm_head): dropped; meta["dropped"][key] is the share of the whole
       residual's Frobenius norm they carried, so the caller can report what was lost.
@@ -104,12 +191,17 @@ def compress_residual(
         residual: parameter name -> residual tensor (HF state_dict names).
         linear_names: module names of the linears to factor (see `block_linear_names`); None takes
             every 2-D `*.weight` under "model.layers." (the HF Llama-family layout).
-        rank, bits: SVD rank and integer width (8 only, for now).
+        rank, bits: SVD rank (the cap when `energy` is given) and integer width (8 or 4).
         domain, backbone_fingerprint: recorded in the skillpack, checked on load and attach.
+        smoothing, alpha: channel-wise smoothing ("none", "smoothquant", "power"), see `smoothing_scales`.
+        rotation: rank-wise rotation ("none", "hadamard", "random"); `seed` seeds "random".
+        energy: per layer, the least rank keeping this share of the squared norm (capped at `rank`).
+        calibration: ChannelStats per linear; needed by every smoothing but "none".
 
     Raises:
-        ValueError: a named linear has no residual, a tensor is non-finite or has > 2 dims, fp16
-            overflows a dense residual, or rank/bits are invalid.
+        ValueError: a named linear has no residual (or no calibration statistics when smoothing), a
+            tensor is non-finite or has > 2 dims, fp16 overflows a dense residual, or an option is
+            invalid. KeyError: an unknown smoothing or rotation, naming the valid ones.
     """
     check_bits(bits)
     if rank < 1:
@@ -123,6 +215,14 @@ def compress_residual(
     missing = sorted(name for name in linear_names if f"{name}.weight" not in residual)
     if missing:
         raise ValueError(f"the residual has no weight for {len(missing)} linear(s): {', '.join(missing[:5])}")
+    calibration = calibration or {}
+    if smoothing != "none":
+        uncalibrated = sorted(set(linear_names) - set(calibration))
+        if uncalibrated:
+            raise ValueError(
+                f"smoothing={smoothing!r} needs calibration statistics; {len(uncalibrated)} linear(s) have "
+                f"none: {', '.join(uncalibrated[:5])}"
+            )
     total_norm = math.sqrt(sum(t.float().pow(2).sum().item() for t in residual.values()))
 
     factors: dict[str, QuantizedFactors] = {}
@@ -143,12 +243,11 @@ def compress_residual(
             continue
         module = key.removesuffix(".weight")
         if t.ndim == 2 and key.endswith(".weight") and module in linear_names:
-            a, b, _ = low_rank_factors(t, rank)
-            a_q, a_scale = quantize_per_channel(a, bits, dim=0)
-            b_q, b_scale = quantize_per_channel(b, bits, dim=0)
-            approx = dequantize(a_q, a_scale) @ dequantize(b_q, b_scale)
-            rel_error[module] = torch.linalg.matrix_norm(t.float() - approx).item() / norm
-            factors[module] = QuantizedFactors(a_q, a_scale, b_q, b_scale)
+            stats = calibration.get(module)
+            smooth = smoothing_scales(smoothing, stats.absmean, t, alpha) if smoothing != "none" else None
+            f = compress_factors(t, rank, bits, smooth=smooth, rotation=rotation, energy=energy, seed=seed)
+            rel_error[module] = torch.linalg.matrix_norm(t.float() - f.a() @ f.b()).item() / norm
+            factors[module] = f
         elif t.ndim == 2:
             dropped[key] = norm / total_norm
         else:
@@ -157,26 +256,51 @@ def compress_residual(
                 raise ValueError(f"residual {key} overflows fp16 (max |r| = {t.abs().max().item():.3g})")
             dense[key] = half
     meta = {"layer_rel_error": rel_error, "dropped": dropped, "skipped_zero": skipped}
-    return Skillpack(domain, backbone_fingerprint, rank, bits, factors, dense, meta)
+    used = {name: calibration[name] for name in factors if name in calibration}
+    summary = {"tokens": max((s.tokens for s in used.values()), default=0)} if used else {}
+    return Skillpack(
+        domain,
+        backbone_fingerprint,
+        rank,
+        bits,
+        factors,
+        dense,
+        meta,
+        smoothing={"method": smoothing, "alpha": alpha if smoothing != "none" else None},
+        rotation={"method": rotation, "seed": seed if rotation == "random" else None},
+        energy=energy,
+        calibration=used,
+        calibration_summary=summary,
+    )
 
 
-def _stored_tensors(sp: Skillpack) -> dict[str, torch.Tensor]:
+def _runtime_tensors(sp: Skillpack) -> dict[str, torch.Tensor]:
     tensors = {}
     for name, f in sp.factors.items():
-        for part in _FACTOR_PARTS:
-            tensors[f"{name}.{part}"] = getattr(f, part)
+        for part, t in f.stored().items():
+            tensors[f"{name}.{part}"] = t
     for key, t in sp.dense.items():
         tensors[f"dense.{key}"] = t
     return tensors
 
 
+def _stored_tensors(sp: Skillpack) -> dict[str, torch.Tensor]:
+    tensors = _runtime_tensors(sp)
+    for name, stats in sp.calibration.items():
+        tensors[f"{CALIBRATION_PREFIX}{name}.absmean"] = stats.absmean
+        tensors[f"{CALIBRATION_PREFIX}{name}.absmax"] = stats.absmax
+    return tensors
+
+
 def skillpack_nbytes(sp: Skillpack) -> int:
-    """Bytes of all tensors the skillpack stores (factors, scales, dense residuals); no header."""
-    return sum(t.nbytes for t in _stored_tensors(sp).values())
+    """Bytes of what inference loads: factors, scales, smoothing scales and dense residuals. The
+    calibration statistics stored beside them (for audit and re-zipping) and the header are not
+    counted: they never reach the accelerator."""
+    return sum(t.nbytes for t in _runtime_tensors(sp).values())
 
 
 def save_skillpack(sp: Skillpack, path: str | os.PathLike) -> None:
-    """Write `sp` as one safetensors file; the header carries everything but the tensors.
+    """Write `sp` as one safetensors file; the JSON header carries everything but the tensors.
 
     Written to a temp file in the same directory and renamed, so a killed job never leaves a file
     that looks complete.
@@ -188,6 +312,13 @@ def save_skillpack(sp: Skillpack, path: str | os.PathLike) -> None:
         "backbone_fingerprint": sp.backbone_fingerprint,
         "rank": sp.rank,
         "bits": sp.bits,
+        "energy": sp.energy,
+        "smoothing": sp.smoothing,
+        "rotation": sp.rotation,
+        "layers": {
+            name: {"shape": [f.out_features, f.in_features], "rank": f.rank} for name, f in sp.factors.items()
+        },
+        "calibration": sp.calibration_summary,
         "meta": sp.meta,
     }
     tensors = {k: t.detach().cpu().contiguous() for k, t in _stored_tensors(sp).items()}
@@ -234,40 +365,76 @@ def load_skillpack(path: str | os.PathLike, expected_fingerprint: str | None = N
             f"skillpack {path} has format_version {version}; this skillweave reads version "
             f"{FORMAT_VERSION}: {redo}"
         )
-    sp = Skillpack(
-        domain=header["domain"],
-        backbone_fingerprint=header["backbone_fingerprint"],
-        rank=header["rank"],
-        bits=header["bits"],
-        factors=_factors_from(tensors, path),
-        dense={k.removeprefix("dense."): t for k, t in tensors.items() if k.startswith("dense.")},
-        meta=header["meta"],
-    )
+    try:
+        bits, layers, summary = header["bits"], header["layers"], header["calibration"]
+        sp = Skillpack(
+            domain=header["domain"],
+            backbone_fingerprint=header["backbone_fingerprint"],
+            rank=header["rank"],
+            bits=bits,
+            factors=_factors_from(tensors, layers, bits, path),
+            dense={k.removeprefix("dense."): t for k, t in tensors.items() if k.startswith("dense.")},
+            meta=header["meta"],
+            smoothing=header["smoothing"],
+            rotation=header["rotation"],
+            energy=header["energy"],
+            calibration=_calibration_from(tensors, summary.get("tokens", 0), path),
+            calibration_summary=summary,
+        )
+    except (KeyError, TypeError, AttributeError) as e:
+        raise SkillpackError(f"skillpack {path} has a corrupt header (missing or bad {e}); {redo}") from None
     check_fingerprint(sp, expected_fingerprint, source=str(path))
     return sp
 
 
-def _factors_from(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, QuantizedFactors]:
+def _calibration_from(tensors: dict[str, torch.Tensor], tokens: int, path: Path) -> dict[str, ChannelStats]:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
-        if key.startswith("dense."):
+        if key.startswith(CALIBRATION_PREFIX):
+            module, _, part = key.removeprefix(CALIBRATION_PREFIX).rpartition(".")
+            parts.setdefault(module, {})[part] = t
+    stats = {}
+    for module, p in parts.items():
+        if set(p) != {"absmean", "absmax"}:
+            raise SkillpackError(f"skillpack {path}: calibration statistics of {module} are incomplete")
+        stats[module] = ChannelStats(p["absmean"], p["absmax"], tokens)
+    return stats
+
+
+def _stored_shape(rows: int, cols: int, bits: int) -> tuple[tuple[int, int], torch.dtype]:
+    return ((rows, (cols + 1) // 2), torch.uint8) if bits == 4 else ((rows, cols), torch.int8)
+
+
+def _factors_from(
+    tensors: dict[str, torch.Tensor], layers: dict, bits: int, path: Path
+) -> dict[str, QuantizedFactors]:
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        if key.startswith(("dense.", CALIBRATION_PREFIX)):
             continue
         module, _, part = key.rpartition(".")
-        if part not in _FACTOR_PARTS:
+        if part not in _FACTOR_PARTS + _OPTIONAL_PARTS:
             raise SkillpackError(f"skillpack {path} holds an unknown tensor {key!r}")
         parts.setdefault(module, {})[part] = t
+    if set(parts) != set(layers):
+        odd = sorted(set(parts) ^ set(layers))
+        raise SkillpackError(f"skillpack {path}: tensors and header disagree on layers {odd[:5]}")
     factors = {}
     for module, p in parts.items():
-        if set(p) != set(_FACTOR_PARTS):
+        if not set(_FACTOR_PARTS) <= set(p):
             raise SkillpackError(f"skillpack {path}: {module} lacks {sorted(set(_FACTOR_PARTS) - set(p))}")
-        f = QuantizedFactors(**p)
+        (out_features, in_features), rank = layers[module]["shape"], layers[module]["rank"]
+        f = QuantizedFactors(**p, in_features=in_features, bits=bits)
+        a_shape, dtype = _stored_shape(out_features, rank, bits)
+        b_shape, _ = _stored_shape(rank, in_features, bits)
         consistent = (
-            f.a_q.dtype == f.b_q.dtype == torch.int8
+            f.a_q.dtype == f.b_q.dtype == dtype
             and f.a_scale.dtype == f.b_scale.dtype == torch.float32
-            and f.a_q.ndim == f.b_q.ndim == 2
-            and f.a_q.shape[1] == f.b_q.shape[0]
-            and f.a_scale.shape == f.a_q.shape[:1]
-            and f.b_scale.shape == f.b_q.shape[:1]
+            and tuple(f.a_q.shape) == a_shape
+            and tuple(f.b_q.shape) == b_shape
+            and tuple(f.a_scale.shape) == (out_features,)
+            and tuple(f.b_scale.shape) == (rank,)
+            and (f.smooth is None or (f.smooth.dtype == torch.float32 and tuple(f.smooth.shape) == (in_features,)))
         )
         if not consistent:
             raise SkillpackError(
@@ -314,18 +481,19 @@ def _int_mm_accepts(m: int, k: int, n: int, device: torch.device) -> bool:
 
 
 class SkillpackLinear(nn.Module):
-    """An nn.Linear plus its skillpack delta: forward(x) = base(x) + (x B^T) A^T.
+    """An nn.Linear plus its skillpack delta: forward(x) = base(x) + (x diag(s)^-1 B^T) A^T.
 
     `base` is the original module, held by reference: its weight is never copied or changed.
     Two paths compute the delta:
-    - fp (default): A and B dequantized once, at construction, in the base weight's dtype.
-    - int_mm: the paper's integer path. x is quantized per token to int8; x_q B_q^T runs as an
-      int8 x int8 -> int32 GEMM (torch._int_mm); that int32 result is truncated back to int8 with a
-      per-token scale; a second int8 GEMM with A_q; one dequantize by per-token x per-output scales.
-      B's per-rank scales are folded into A (re-quantized per output row) so that no scale sits on
-      the inner dim. Three extra int8 roundings (activations, the truncated intermediate, folded A)
-      make it match the fp path to about 1% (relative Frobenius error of the delta). Where _int_mm
-      does not take the shapes (see `_int_mm_accepts`) the fp path answers.
+    - fp (default): A and B diag(s)^-1 dequantized once, at construction, in the base weight's dtype.
+    - int_mm: the paper's integer path. x is divided by the smoothing scales s and quantized per
+      token to int8; x_q B_q^T runs as an int8 x int8 -> int32 GEMM (torch._int_mm); that int32
+      result is truncated back to int8 with a per-token scale; a second int8 GEMM with A_q; one
+      dequantize by per-token x per-output scales. B's per-rank scales are folded into A
+      (re-quantized to INT8 per output row, also for an INT4 skillpack: the stored form stays INT4)
+      so that no scale sits on the inner dim. Three extra int8 roundings (activations, the truncated
+      intermediate, folded A) make it match the fp path to about 1% (relative Frobenius error of the
+      delta). Where _int_mm does not take the shapes (see `_int_mm_accepts`) the fp path answers.
     """
 
     def __init__(self, base: nn.Linear, factors: QuantizedFactors, *, int_mm: bool = False) -> None:
@@ -333,16 +501,16 @@ class SkillpackLinear(nn.Module):
         self.base = base
         self.int_mm = int_mm
         weight = base.weight
-        a = dequantize(factors.a_q, factors.a_scale)
-        b = dequantize(factors.b_q, factors.b_scale)
         # Derived from the skillpack on every attach, hence not part of the model's state_dict.
-        self.register_buffer("a", a.to(weight.device, weight.dtype), persistent=False)
-        self.register_buffer("b", b.to(weight.device, weight.dtype), persistent=False)
+        self.register_buffer("a", factors.a().to(weight.device, weight.dtype), persistent=False)
+        self.register_buffer("b", factors.b().to(weight.device, weight.dtype), persistent=False)
         if int_mm:
-            a_q, a_scale = quantize_per_channel(a * factors.b_scale, bits=8, dim=0)
+            a_q, a_scale = quantize_per_channel(factors.a() * factors.b_scale, bits=8, dim=0)
             self.register_buffer("a_q", a_q.to(weight.device), persistent=False)
             self.register_buffer("a_scale", a_scale.to(weight.device), persistent=False)
-            self.register_buffer("b_q", factors.b_q.to(weight.device), persistent=False)
+            self.register_buffer("b_q", factors.b_int().to(weight.device), persistent=False)
+            inv_smooth = None if factors.smooth is None else (1.0 / factors.smooth).to(weight.device)
+            self.register_buffer("inv_smooth", inv_smooth, persistent=False)
 
     @property
     def rank(self) -> int:
@@ -367,7 +535,10 @@ class SkillpackLinear(nn.Module):
         return F.linear(F.linear(x, self.b), self.a)
 
     def _int_delta(self, x: torch.Tensor) -> torch.Tensor:
-        x_q, x_scale = quantize_per_channel(x.reshape(-1, x.shape[-1]), bits=8, dim=0)
+        x2 = x.reshape(-1, x.shape[-1])
+        if self.inv_smooth is not None:
+            x2 = x2 * self.inv_smooth
+        x_q, x_scale = quantize_per_channel(x2, bits=8, dim=0)
         h = torch._int_mm(_blas_operand(x_q), _blas_operand(self.b_q.t()))
         h_q, h_scale = quantize_per_channel(h, bits=8, dim=0)
         y = torch._int_mm(_blas_operand(h_q), _blas_operand(self.a_q.t()))
@@ -419,7 +590,7 @@ def attach_skillpack(
             ) from None
         if not isinstance(module, nn.Linear):
             raise SkillpackError(f"skillpack {source}: {name} is a {type(module).__name__}, not an nn.Linear")
-        shape = (f.a_q.shape[0], f.b_q.shape[1])
+        shape = (f.out_features, f.in_features)
         if tuple(module.weight.shape) != shape:
             raise SkillpackError(
                 f"skillpack {source}: factors of {name} make a {shape} delta, the layer is "

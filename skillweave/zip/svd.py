@@ -10,12 +10,17 @@ from __future__ import annotations
 import torch
 
 
-def low_rank_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+def low_rank_factors(
+    w: torch.Tensor, rank: int, energy: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Best rank-`rank` factors of `w` and the error they leave.
 
     Args:
         w: a 2-D matrix (out x in), any float dtype; the SVD runs in float32 on w's device.
         rank: the wanted rank, capped at min(out, in).
+        energy: when given, the rank is the smallest that keeps this share of the squared Frobenius
+            norm (`energy_rank`), still capped at `rank`: layers whose residual is nearly low-rank
+            then cost fewer bytes.
 
     Returns:
         (A, B, err): A is out x r, B is r x in (float32), err = ||W - A B||_F. By Eckart-Young err is
@@ -29,8 +34,10 @@ def low_rank_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     w = w.float()
-    r = min(rank, *w.shape)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    r = min(rank, *w.shape)
+    if energy is not None:
+        r = min(r, energy_rank(s, energy))
     root = s[:r].sqrt()
     a = u[:, :r] * root
     b = root[:, None] * vh[:r]
@@ -45,3 +52,19 @@ def eckart_young_bound(w: torch.Tensor, rank: int) -> float:
     """
     s = torch.linalg.svdvals(w.double())
     return s[rank:].pow(2).sum().sqrt().item()
+
+
+def energy_rank(s: torch.Tensor, energy: float) -> int:
+    """Smallest r whose top-r singular values keep `energy` of sum(sigma^2) (the squared Frobenius
+    norm): ||W - W_r||_F^2 <= (1 - energy) ||W||_F^2. At least 1.
+
+    Args:
+        s: singular values, descending.
+        energy: the share to keep, in (0, 1].
+    """
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    e = s.double().pow(2)
+    kept = torch.cumsum(e, 0) / e.sum()
+    # a float's last cumulative share can fall a hair short of 1.0: energy=1.0 means every value
+    return min(int((kept < energy - 1e-12).sum().item()) + 1, len(s))
