@@ -37,7 +37,10 @@ def run(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Callable[[l
     import torch
 
     from . import stages  # noqa: F401  (registers the stages)
+    from .cluster import check_launch
     from .pipeline import Context, execute, run_all
+
+    check_launch(str(cfg.stage.name))
 
     unknown = [d for d in cfg.domains if d not in domain_choices()]
     if unknown:

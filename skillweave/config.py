@@ -64,7 +64,8 @@ class SamplingConfig:
     num_prompts: int = 32
     samples_per_prompt: int = 4
     temperature: float = 0.8
-    top_p: float = 0.95
+    top_p: float = 1.0
+    """Nucleus sampling; < 1 sorts the whole vocabulary every step (3x slower generation on CPU)."""
     max_new_tokens: int = 256
     batch_size: int = 16
     """Prompts per generate() call; each yields `samples_per_prompt` sequences."""
@@ -114,6 +115,9 @@ class DPOConfig:
     save_steps: int = 50
     """Checkpoint interval: a killed run resumes from the last checkpoint."""
     seed: int = 0
+    deepspeed: Optional[str] = None
+    """A DeepSpeed config: `zero2` or `zero3` (conf/deepspeed/<name>.json) or a path to a JSON file;
+    null trains without DeepSpeed. Launch with `accelerate launch` for more than one process."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -137,13 +141,48 @@ class MergeConfig:
 
 @dataclass
 class ZipConfig:
-    method: str = "svd_int8"
+    """SkillZip (METHOD.md stage 2); conf/zip/ holds the paper's setting and its ablations."""
+
     rank: int = 16
+    """SVD rank of each linear layer's residual; the cap when `energy` is set."""
     bits: int = 8
+    """Integer width of the factors: 8 (W8A8) or 4 (W4A8, packed two per byte)."""
+    smoothing: str = "smoothquant"
+    """Channel-wise smoothing before the SVD: none | smoothquant (a^alpha / w^(1-alpha)) | power
+    (a^alpha, the aggressive one), a = mean |x| per input channel over the calibration prompts."""
+    alpha: float = 0.5
+    """Smoothing strength in [0, 1]."""
+    rotation: str = "hadamard"
+    """Rank-wise rotation folded into the factors: none | hadamard | random."""
+    energy: Optional[float] = None
+    """If set, each layer's rank is the least that keeps this share of its squared norm (<= rank)."""
+    calibration_prompts: int = 8
+    """Prompts (with their sampled answers) from the domain's generate artifact that calibrate the
+    smoothing; unused when smoothing=none."""
+    fidelity_prompts: int = 4
+    """Other prompts of that artifact on which the next-token KL of skillpack vs uncompressed
+    residual is measured; 0 skips it."""
+    seed: int = 0
+    """Seeds rotation=random."""
 
     def __post_init__(self) -> None:
+        # The choices mirror skillweave.zip.smoothing's registries (a test checks they agree).
         if self.rank < 1:
             raise ValueError(f"zip.rank must be >= 1, got {self.rank}")
+        if self.bits not in (8, 4):
+            raise ValueError(f"zip.bits must be 8 or 4, got {self.bits}")
+        if self.smoothing not in ("none", "smoothquant", "power"):
+            raise ValueError(f"zip.smoothing must be none, smoothquant or power, got {self.smoothing!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"zip.alpha must be in [0, 1], got {self.alpha}")
+        if self.rotation not in ("none", "hadamard", "random"):
+            raise ValueError(f"zip.rotation must be none, hadamard or random, got {self.rotation!r}")
+        if self.energy is not None and not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"zip.energy must be in (0, 1] or null, got {self.energy}")
+        if self.smoothing != "none" and self.calibration_prompts < 1:
+            raise ValueError(f"zip.smoothing={self.smoothing} needs zip.calibration_prompts >= 1")
+        if self.fidelity_prompts < 0:
+            raise ValueError(f"zip.fidelity_prompts must be >= 0, got {self.fidelity_prompts}")
 
 
 @dataclass

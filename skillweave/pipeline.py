@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,7 @@ from .artifacts import (
     make_ref,
     write_manifest,
 )
+from .cluster import is_main_process, main_process_decides
 from .config import SkillweaveConfig
 from .registry import Registry
 
@@ -105,7 +107,7 @@ def execute(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactR
     st = STAGES.get(stage)
     domain = domain if st.per_domain else None
     ref, inputs = plan(ctx, stage, domain)
-    if ref.complete:
+    if main_process_decides(ref.complete):
         log.info("%s is complete: nothing to do (delete the directory to redo it)", ref)
         return ref
     for name, inp in inputs.items():
@@ -116,15 +118,20 @@ def execute(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactR
                 f"{'domain ' + inp.label if dom else 'all domains'} ({inp.path}), which is missing: "
                 f"run `{ctx.command(inp.stage, dom)}` first (or stage=all)"
             )
-    with artifact_lock(ref):
-        if ref.complete:  # another job produced it while we waited for the lock
+    main = is_main_process()
+    # Under a multi-process launch only rank 0 locks and writes; the other ranks follow its decisions
+    # (skillweave/cluster.py says why waiting on the lock would deadlock them).
+    with artifact_lock(ref) if main else nullcontext():
+        if main_process_decides(ref.complete):  # another job produced it while we waited for the lock
             log.info("%s was completed by another job", ref)
             return ref
         log.info("running %s -> %s", stage + (f"[{domain}]" if domain else ""), ref.path)
         started = time.time()
-        atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config, "inputs": ref.inputs})
+        if main:
+            atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config, "inputs": ref.inputs})
         metrics = st.run(ctx, domain, ref, inputs)
-        write_manifest(ref, metrics, started)
+        if main:
+            write_manifest(ref, metrics, started)
     log.info("%s done in %.0f s", ref, time.time() - started)
     return ref
 

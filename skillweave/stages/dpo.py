@@ -2,12 +2,18 @@
 
 The artifact is the proto-skillpack Delta_k = theta_k - theta_0 as safetensors, stamped with the
 backbone's fingerprint. Trainer checkpoints live in the (partial) artifact directory until the delta
-is written, so a killed run resumes from its last checkpoint.
+is written, so a killed (or preempted and requeued) run resumes from its last checkpoint.
+
+Multi-GPU: `dpo.deepspeed=zero2|zero3|<path.json>` under `accelerate launch` (slurm/README.md). All
+ranks train; rank 0 alone writes the delta, from fp32 weights (DeepSpeed's master copy, not the
+bf16 or partitioned module).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -16,9 +22,11 @@ from typing import Optional
 import torch
 
 from ..artifacts import ArtifactRef, tmp_path_for
+from ..config import DPOConfig as DPOSettings
 from ..config import Precision
 from ..models import load_model, load_state_dict, load_tokenizer
 from ..pipeline import STAGES, Context, Stage, ref_for
+from ..resources import resource_path
 from .filter import PAIRS
 
 DELTA = "delta.safetensors"
@@ -26,7 +34,10 @@ DELTA = "delta.safetensors"
 
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
-    return {"dpo": asdict(cfg.dpo), "model": ctx.base_fingerprint}, {"pairs": ref_for(ctx, "filter", domain)}
+    # DeepSpeed is how the run is executed, not what it computes: a merge job composed without
+    # dpo.deepspeed must find the same delta.
+    settings = {k: v for k, v in asdict(cfg.dpo).items() if k != "deepspeed"}
+    return {"dpo": settings, "model": ctx.base_fingerprint}, {"pairs": ref_for(ctx, "filter", domain)}
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
@@ -40,9 +51,12 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     cuda = torch.cuda.is_available()
     if d.precision == Precision.bfloat16 and not cuda:
         raise ValueError("dpo.precision=bfloat16 needs a GPU (mixed precision); use dpo.precision=float32 on CPU")
-    model = load_model(ctx.model_dir, dtype=torch.float32)
-    tok = load_tokenizer(ctx.model_dir)
     ckpt_dir = ref.path / "checkpoints"
+    if cfg.wandb.mode != "disabled":  # read by wandb.init in the Trainer's callback (rank 0 only)
+        os.environ.update(WANDB_MODE=cfg.wandb.mode, WANDB_PROJECT=cfg.wandb.project)
+        if cfg.wandb.group:
+            os.environ["WANDB_RUN_GROUP"] = cfg.wandb.group
+    # Made before the model: with ZeRO-3 the DPOConfig makes from_pretrained load the weights partitioned.
     args = DPOConfig(
         output_dir=str(ckpt_dir),
         learning_rate=d.learning_rate,
@@ -62,26 +76,69 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         precompute_ref_log_probs=True,  # the frozen reference runs once over the pairs, not every step
         report_to="wandb" if cfg.wandb.mode != "disabled" else "none",
         run_name=f"dpo-{domain}-{ref.key}",
+        deepspeed=deepspeed_config(d),
     )
+    model = load_model(ctx.model_dir, dtype=torch.float32)
+    tok = load_tokenizer(ctx.model_dir)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok)
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
 
-    base = load_state_dict(ctx.model_dir)
-    trained = trainer.model.state_dict()
-    delta = {k: (trained[k].detach().float().cpu() - v).contiguous() for k, v in base.items()}
-    stats = delta_stats(delta, base)
-    save_delta(ref.path / DELTA, delta, backbone_fingerprint=ctx.base_fingerprint, domain=domain)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
     logs = [r for r in trainer.state.log_history if "loss" in r]
-    return {
+    metrics = {
         "pairs": len(pairs),
         "steps": trainer.state.global_step,
+        "processes": trainer.args.world_size,
+        "deepspeed": d.deepspeed,
         "first_loss": logs[0]["loss"] if logs else None,
         "last_loss": logs[-1]["loss"] if logs else None,
         "last_reward_accuracy": logs[-1].get("rewards/accuracies") if logs else None,
-        **stats,
     }
+    trained = trained_state_dict(trainer, ckpt_dir / "final")
+    if trained is None:  # not rank 0: rank 0 writes the delta and the manifest
+        return metrics
+    base = load_state_dict(ctx.model_dir)
+    delta = {k: (trained[k].detach().float().cpu() - v).contiguous() for k, v in base.items()}
+    save_delta(ref.path / DELTA, delta, backbone_fingerprint=ctx.base_fingerprint, domain=domain)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return {**metrics, **delta_stats(delta, base)}
+
+
+def deepspeed_config(d: DPOSettings) -> Optional[str]:
+    """The DeepSpeed JSON for `dpo.deepspeed`: a name in conf/deepspeed/ or a path; None without.
+
+    Raises:
+        ValueError: neither a known name nor an existing file, or deepspeed is not installed.
+    """
+    if d.deepspeed is None:
+        return None
+    named = resource_path("conf", "deepspeed", f"{d.deepspeed}.json")
+    path = named if named.is_file() else Path(d.deepspeed)
+    if not path.is_file():
+        known = sorted(p.stem for p in resource_path("conf", "deepspeed").glob("*.json"))
+        raise ValueError(f"dpo.deepspeed={d.deepspeed} is neither one of {known} (conf/deepspeed/) nor a JSON file")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError("dpo.deepspeed needs the deepspeed package: pip install 'skillweave[cluster]'")
+    return str(path.resolve())
+
+
+def trained_state_dict(trainer, scratch: Path) -> Optional[dict[str, torch.Tensor]]:
+    """The trained fp32 weights on rank 0, None on the other ranks (collective: every rank calls it).
+
+    Under DeepSpeed the module holds bf16 copies (and, with ZeRO-3, only this rank's partition): the
+    fp32 master weights are gathered from a DeepSpeed checkpoint written to `scratch`.
+    """
+    if trainer.is_deepspeed_enabled:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        trainer.model_wrapped.save_checkpoint(str(scratch))
+        trainer.accelerator.wait_for_everyone()
+        if not trainer.is_world_process_zero():
+            return None
+        return get_fp32_state_dict_from_zero_checkpoint(str(scratch))
+    if not trainer.is_world_process_zero():
+        return None
+    return trainer.accelerator.unwrap_model(trainer.model).state_dict()
 
 
 def delta_stats(delta: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict:

@@ -1,0 +1,75 @@
+"""bench/skillzip.py: a quick run writes complete, consistent rows; its shortcut factors match the library's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from skillweave.zip.skillpack import compress_factors
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "skillzip.py"
+TIMED = ("backbone_ms", "bf16_backbone_ratio", "fp_lowrank_ratio", "int_path_ratio", "merged_ratio")
+# The --quick stack at hidden 576, rank 16: q_proj 576x576 and up_proj 2304x576, worked by hand.
+QUICK_BYTES = {
+    "fp16_dense_delta_bytes": 2 * (576 * 576 + 2304 * 576),  # 3,317,760
+    "fp16_factors_bytes": 2 * 16 * (576 + 576 + 2304 + 576),  # 129,024
+    # int8 A and B, plus fp32 scales: one per output row and one per rank, per layer
+    "int8_skillpack_bytes": 16 * (576 + 576 + 2304 + 576) + 4 * (576 + 16 + 2304 + 16),  # 76,160
+    # two INT4 values a byte: A is out x 8 bytes, B is 16 x 288 bytes; same scales
+    "int4_skillpack_bytes": (576 + 2304) * 8 + 2 * 16 * 288 + 4 * (576 + 16 + 2304 + 16),  # 43,904
+}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("skillzip_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_complete_rows(tmp_path):
+    out = tmp_path / "results" / "skillzip.json"
+    # a few seconds on a busy 2-core box; the margin is for contention, not for the work
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(out.parent.iterdir()) == [out]  # the temp file was renamed, not left behind
+    data = json.loads(out.read_text())
+    assert data["threads"] == 1
+    rows = data["rows"]
+    assert [(r["device"], r["hidden"], r["rank"], r["tokens"]) for r in rows] == [
+        ("cpu", 576, 16, 1),
+        ("cpu", 576, 16, 64),
+    ]
+    for r in rows:
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in TIMED), r
+        assert r["int_path_kernel"] == "int_mm"  # CPU's _int_mm takes every shape
+        assert {k: r[k] for k in QUICK_BYTES} == QUICK_BYTES
+        assert (
+            0
+            < r["int4_skillpack_bytes"]
+            < r["int8_skillpack_bytes"]
+            < r["fp16_factors_bytes"]
+            < r["fp16_dense_delta_bytes"]
+        )
+    assert "| 576 | 16 | 64 |" in proc.stdout
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_random_factors_have_the_layout_of_compress_factors(bits):
+    """The bench skips the SVD (minutes at hidden 4096); what it times and counts must still be laid
+    out as the library's factors are. Odd sizes exercise INT4's padding."""
+    want = compress_factors(torch.randn(48, 37), 7, bits)
+    got = load_bench().random_factors(48, 37, 7, bits)
+    assert (got.in_features, got.bits, got.rank) == (want.in_features, want.bits, want.rank)
+    assert {k: (t.shape, t.dtype) for k, t in got.stored().items()} == {
+        k: (t.shape, t.dtype) for k, t in want.stored().items()
+    }
