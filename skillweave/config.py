@@ -193,6 +193,8 @@ class EvalConfig:
     batch_size: int = 8
     configurations: list[str] = field(default_factory=lambda: ["base", "dpo", "merged", "skillweave"])
     """Which configurations to compare (see skillweave/stages/eval.py CONFIGURATIONS)."""
+    integer_path: bool = True
+    """Run skillpacks as integer GEMMs (quantized activations, as deployed); false: dequantized fp factors."""
 
 
 @dataclass

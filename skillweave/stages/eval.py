@@ -86,7 +86,7 @@ def _skillweave(ctx: Context, refs: dict, score: Scorer) -> dict:
     for d in ctx.cfg.domains:
         skillpack = load_skillpack(refs[f"zip_{d}"].path / SKILLPACK, expected_fingerprint=fp)
         total += skillpack_nbytes(skillpack)
-        attach_skillpack(model, skillpack, expected_fingerprint=fp)
+        attach_skillpack(model, skillpack, expected_fingerprint=fp, int_mm=ctx.cfg.eval.integer_path)
         try:
             scores[d] = score(model, tok, d)
         finally:
