@@ -43,11 +43,11 @@ from skillweave.zip.quant import pack_int4, quantize_per_channel
 from skillweave.zip.skillpack import QuantizedFactors, Skillpack, SkillpackLinear, _int_mm_accepts, skillpack_nbytes
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "skillzip.json"
-GRID = {"hidden": [576, 960, 2048, 4096], "ranks": [16, 32, 64, 128], "tokens": [1, 16, 64, 256], "repeats": 7}
+GRID = {"hidden": [576, 960, 2048, 4096], "ranks": [16, 32, 64, 128], "tokens": [1, 16, 64, 256], "repeats": 11}
 QUICK = {"hidden": [576], "ranks": [16], "tokens": [1, 64], "repeats": 3}
 MLP_RATIO = 4
-WARMUP_CALLS = 3
-ROUND_TARGET_MS = 20.0
+WARMUP_CALLS = 2
+ROUND_TARGET_MS = 50.0
 """Each variant is called in a loop long enough that the backbone takes about this long per round,
 so that timer resolution and per-call jitter vanish at small shapes."""
 
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
+    load_before = os.getloadavg()[0]
     rows = []
     with torch.inference_mode():
         for hidden in args.hidden:
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
         "stack": {"q_proj": "hidden -> hidden", "up_proj": f"hidden -> {MLP_RATIO} * hidden"},
         "rows": rows,
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, TypeVar
 
 T = TypeVar("T")
-DISTRIBUTED_STAGES = ("dpo",)
+DISTRIBUTED_STAGES = ("generate", "dpo")
 """Stages that run as one multi-process job; the others are single-process (a job array scales them)."""
 
 

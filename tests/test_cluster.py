@@ -128,11 +128,27 @@ def test_two_ranks_train_one_delta_and_rank_zero_writes_it(pairs, tmp_path):
     assert (again.stdout + again.stderr).count("nothing to do") == 2
 
 
-def test_only_dpo_runs_on_several_processes(monkeypatch):
+def test_only_generate_and_dpo_run_on_several_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="stage=generate was launched on 2 processes, but only dpo"):
-        check_launch("generate")
+    with pytest.raises(ValueError, match="stage=merge was launched on 2 processes, but only generate, dpo"):
+        check_launch("merge")
+    check_launch("generate")
     check_launch("dpo")
+
+
+def test_two_ranks_share_generation_and_sample_what_one_process_does(tmp_path, tiny_model_dir):
+    # Rank r samples batches r, r+2, ...; per-batch seeds make the union equal to a one-process run.
+    ov = ["stage=generate", "domain=math", "recipe=smoke", "model=hf_dir", f"model.path={tiny_model_dir}", "threads=1",
+          "domain.sampling.batch_size=1", f"artifacts_root={tmp_path / 'artifacts'}"]
+    single = [*ov[:-1], f"artifacts_root={tmp_path / 'single'}"]
+    launch([sys.executable, "-m", "skillweave", *single, f"hydra.run.dir={tmp_path / 'run1'}"], cwd=tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    launch([*torchrun, "-m", "skillweave", *ov, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=tmp_path)
+    (one,) = (tmp_path / "single" / "generate").iterdir()
+    (two,) = (tmp_path / "artifacts" / "generate").iterdir()
+    assert one.name == two.name  # the number of processes is not part of the artifact's identity
+    assert (two / "samples.jsonl").read_text() == (one / "samples.jsonl").read_text()
+    assert json.loads((two / "manifest.json").read_text())["metrics"]["processes"] == 2
 
 
 @pytest.mark.parametrize("name, stage", [("zero2", 2), ("zero3", 3)])

@@ -1,12 +1,14 @@
 """Stage 1a: the backbone answers its domain's prompts itself, several samples per prompt.
 
 Batches are written as shards, so a killed run resumes at the first missing batch; each batch has
-its own seed, so a resumed run samples exactly what an uninterrupted one would have.
+its own seed, so a resumed run, or one sharded over several processes, samples exactly what an
+uninterrupted single process would have.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from typing import Optional
@@ -15,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..artifacts import ArtifactRef, atomic_write_text
+from ..cluster import process_rank
 from ..config import SamplingConfig
 from ..models import chat_prompt, load_model, load_tokenizer
 from ..pipeline import STAGES, Context, Stage
@@ -42,8 +45,9 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     if not prompts:
         raise ValueError(f"prompt source {source.name!r} of conf/domain/{domain}.yaml yielded no prompts")
 
+    rank, world = process_rank()
     dtype = getattr(torch, str(cfg.model.generation_dtype))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     model = load_model(ctx.model_dir, dtype=dtype).to(device)
     tok = load_tokenizer(ctx.model_dir)
     tok.padding_side = "left"  # decoder-only batches pad on the left so generation continues the prompt
@@ -52,7 +56,10 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     shards.mkdir(exist_ok=True)
     batches = [prompts[i : i + sampling.batch_size] for i in range(0, len(prompts), sampling.batch_size)]
     new_tokens, seconds = 0, 0.0
-    for i, batch in enumerate(tqdm(batches, desc=f"generate[{domain}]", unit="batch")):
+    # Under a multi-process launch (torchrun, accelerate, srun) rank r samples batches r, r+world, ...;
+    # per-batch seeds make the result identical for any number of processes.
+    mine = [(i, b) for i, b in enumerate(batches) if i % world == rank]
+    for i, batch in tqdm(mine, desc=f"generate[{domain}]", unit="batch", disable=rank != 0):
         shard = shards / f"{i:05d}.jsonl"
         if shard.exists():
             continue
@@ -62,6 +69,13 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         new_tokens += sum(r["n_tokens"] for r in rows)
         atomic_write_text(shard, "".join(json.dumps(r) + "\n" for r in rows))
 
+    local_tokens_per_s = round(new_tokens / seconds, 1) if seconds else None
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank's shards are on the (shared) filesystem
+        if rank != 0:
+            return {}
     rows = [json.loads(line) for i in range(len(batches)) for line in (shards / f"{i:05d}.jsonl").open()]
     atomic_write_text(ref.path / SAMPLES, "".join(json.dumps(r) + "\n" for r in rows))
     return {
@@ -69,7 +83,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "samples": len(rows),
         "truncated_fraction": round(sum(r["truncated"] for r in rows) / len(rows), 4),
         "mean_tokens": round(sum(r["n_tokens"] for r in rows) / len(rows), 1),
-        "tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
+        "tokens_per_s": local_tokens_per_s,
+        "processes": world,
         "device": device,
         "dtype": str(dtype),
     }
