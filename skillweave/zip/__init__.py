@@ -3,7 +3,8 @@
 smoothing.py (calibration statistics, channel-wise smoothing, rank-wise rotation), svd.py (low-rank
 factors, energy ranks), quant.py (per-channel integer quantization, INT4 packing), skillpack.py (the
 file format, compression of a residual, attaching a skillpack at inference), fidelity.py (next-token
-KL against the uncompressed residual), export.py (PEFT LoRA adapters).
+KL against the uncompressed residual), export.py (PEFT LoRA adapters), routing.py (a mixed-domain
+batch served grouped per skillpack).
 """
 
 from skillweave.zip.skillpack import (
