@@ -40,21 +40,40 @@ import torch
 from torch import nn
 
 from skillweave.zip.quant import pack_int4, quantize_per_channel
-from skillweave.zip.skillpack import QuantizedFactors, Skillpack, SkillpackLinear, _int_mm_accepts, skillpack_nbytes
+from skillweave.zip.skillpack import (
+    QuantizedFactors,
+    Skillpack,
+    SkillpackLinear,
+    _int_mm_accepts,
+    skillpack_nbytes,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "skillzip.json"
-GRID = {"hidden": [576, 960, 2048, 4096], "ranks": [16, 32, 64, 128], "tokens": [1, 16, 64, 256], "repeats": 11}
+GRID = {
+    "hidden": [576, 960, 2048, 4096],
+    "ranks": [16, 32, 64, 128],
+    "tokens": [1, 16, 64, 256],
+    "repeats": 11,
+}
 QUICK = {"hidden": [576], "ranks": [16], "tokens": [1, 64], "repeats": 3}
 MLP_RATIO = 4
 WARMUP_CALLS = 2
 ROUND_TARGET_MS = 50.0
 """Each variant is called in a loop long enough that the backbone takes about this long per round,
 so that timer resolution and per-call jitter vanish at small shapes."""
+BYTE_FIELDS = ("fp16_dense_delta_bytes", "fp16_factors_bytes", "int8_skillpack_bytes", "int4_skillpack_bytes")
 
 
 def layer_shapes(hidden: int) -> dict[str, tuple[int, int]]:
     """(out, in) of the benchmarked stack: q_proj and an MLP up projection."""
     return {"q_proj": (hidden, hidden), "up_proj": (MLP_RATIO * hidden, hidden)}
+
+
+def linears(
+    shapes: dict[str, tuple[int, int]], device: torch.device, dtype: torch.dtype = torch.float32
+) -> dict[str, nn.Linear]:
+    """Bias-free linears of the given (out, in) shapes, as in Llama-family blocks."""
+    return {name: nn.Linear(i, o, bias=False, device=device, dtype=dtype) for name, (o, i) in shapes.items()}
 
 
 def random_factors(out_features: int, in_features: int, rank: int, bits: int) -> QuantizedFactors:
@@ -63,7 +82,7 @@ def random_factors(out_features: int, in_features: int, rank: int, bits: int) ->
     `compress_factors` would get the same dtypes and shapes from an SVD of a dense random residual,
     but that SVD costs ~70 s per rank for a 16384 x 4096 layer on this CPU, and the values do not
     change the cost of any path timed here (tests/test_bench.py checks the layout matches).
-    A = U S^1/2-like (out x r) and B (r x in) Gaussian, so A B has the size of a unit-scale residual.
+    A and B are Gaussian, scaled so that the entries of A B have std 1/sqrt(in), like nn.Linear's init.
     """
     a = torch.randn(out_features, rank) / rank**0.25
     b = torch.randn(rank, in_features) / (rank**0.25 * in_features**0.5)
@@ -74,7 +93,9 @@ def random_factors(out_features: int, in_features: int, rank: int, bits: int) ->
     return QuantizedFactors(a_q, a_scale, b_q, b_scale, in_features, bits)
 
 
-def stack_nbytes(factors8: dict[str, QuantizedFactors], factors4: dict[str, QuantizedFactors]) -> dict[str, int]:
+def stack_nbytes(
+    factors8: dict[str, QuantizedFactors], factors4: dict[str, QuantizedFactors]
+) -> dict[str, int]:
     """Bytes of the stack's delta stored four ways: dense fp16, fp16 factors, INT8 and INT4 skillpacks
     (factors + scales, counted by `skillpack_nbytes`)."""
 
@@ -116,7 +137,7 @@ def time_interleaved(
 ) -> tuple[float, dict[str, float]]:
     """Median ms per call of `reference`, and per variant the median over rounds of its time divided by
     the reference's time in the same round. Every variant is warmed up first; each round runs them all,
-    starting at a different one each time so that no variant always follows the same neighbour."""
+    starting at a different one each time so that no variant always holds the same place in the round."""
     for fn in variants.values():
         for _ in range(WARMUP_CALLS):
             fn()
@@ -142,15 +163,13 @@ def bench_hidden(
 ) -> list[dict]:
     """Rows for one hidden size: every (rank, tokens) pair, ratios against the fp32 backbone."""
     shapes = layer_shapes(hidden)
-    base = {name: nn.Linear(i, o, bias=False, device=device) for name, (o, i) in shapes.items()}
-    bf16 = {name: nn.Linear(i, o, bias=False, device=device, dtype=torch.bfloat16) for name, (o, i) in shapes.items()}
+    base, merged, bf16 = linears(shapes, device), linears(shapes, device), linears(shapes, device, torch.bfloat16)
     factors = {
         r: {
             bits: {name: random_factors(o, i, r, bits) for name, (o, i) in shapes.items()} for bits in (8, 4)
         }
         for r in ranks
     }
-    merged = {name: nn.Linear(i, o, bias=False, device=device) for name, (o, i) in shapes.items()}
     with torch.no_grad():
         for name, m in merged.items():
             f = factors[max(ranks)][8][name]
@@ -172,7 +191,8 @@ def bench_hidden(
         backbone_ms, ratio = time_interleaved(calls, "backbone", repeats, device)
         for r in ranks:
             int_taken = all(
-                _int_mm_accepts(t, i, r, device) and _int_mm_accepts(t, r, o, device) for o, i in shapes.values()
+                _int_mm_accepts(t, i, r, device) and _int_mm_accepts(t, r, o, device)
+                for o, i in shapes.values()
             )
             rows.append(
                 {
@@ -194,6 +214,7 @@ def bench_hidden(
 
 
 def device_name(device: torch.device) -> str:
+    """What the timings ran on, recorded in the JSON beside them."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -212,9 +233,9 @@ def format_tables(rows: list[dict]) -> str:
     ]
     for r in sorted(rows, key=lambda r: (r["hidden"], r["rank"], r["tokens"])):
         lines.append(
-            f"| {r['hidden']} | {r['rank']} | {r['tokens']} | {r['backbone_ms']:.3f} | {r['bf16_backbone_ratio']:.2f} "
-            f"| {r['fp_lowrank_ratio']:.2f} | {r['int_path_ratio']:.2f} | {r['merged_ratio']:.2f} "
-            f"| {r['int_path_kernel']} |"
+            f"| {r['hidden']} | {r['rank']} | {r['tokens']} | {r['backbone_ms']:.3f} "
+            f"| {r['bf16_backbone_ratio']:.2f} | {r['fp_lowrank_ratio']:.2f} | {r['int_path_ratio']:.2f} "
+            f"| {r['merged_ratio']:.2f} | {r['int_path_kernel']} |"
         )
     lines += [
         "",
@@ -226,13 +247,14 @@ def format_tables(rows: list[dict]) -> str:
         if (r["hidden"], r["rank"]) in seen:
             continue
         seen.add((r["hidden"], r["rank"]))
-        kib = [r[k] / 1024 for k in ("fp16_dense_delta_bytes", "fp16_factors_bytes", "int8_skillpack_bytes", "int4_skillpack_bytes")]
-        lines.append(f"| {r['hidden']} | {r['rank']} | " + " | ".join(f"{v:,.0f}" for v in kib) + " |")
+        kib = " | ".join(f"{r[k] / 1024:,.0f}" for k in BYTE_FIELDS)
+        lines.append(f"| {r['hidden']} | {r['rank']} | {kib} |")
     return "\n".join(lines)
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    """Temp file in the same directory, then rename: a killed run never leaves a file that looks complete."""
+    """Temp file in the same directory, then rename: a killed run never leaves a file that looks
+    complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
     try:
@@ -259,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, nargs="+", help=f"tokens per call (default {GRID['tokens']})")
     p.add_argument("--repeats", type=int, help=f"interleaved rounds (default {GRID['repeats']})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default bench/results/skillzip.json)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else GRID
     for key, value in preset.items():

@@ -1,4 +1,4 @@
-"""bench/skillzip.py: a quick run writes complete, consistent rows; its shortcut factors match the library's."""
+"""bench/skillzip.py: a quick run writes complete, consistent rows; its factors are laid out as the library's."""
 
 from __future__ import annotations
 
