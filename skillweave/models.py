@@ -159,15 +159,6 @@ def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in sd.items()}
 
 
-def linear_module_names(model) -> list[str]:
-    """Names of the nn.Linear modules inside the decoder blocks (lm_head excluded): what skillpacks cover."""
-    return [
-        name
-        for name, mod in model.named_modules()
-        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"
-    ]
-
-
 def chat_prompt(tokenizer, user_message: str) -> str:
     """The prompt text the model sees: the chat template with the generation prompt opened."""
     if not getattr(tokenizer, "chat_template", None):

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..artifacts import ArtifactRef
-from ..models import chat_prompt, linear_module_names, load_model, load_tokenizer, model_fingerprint
+from ..models import chat_prompt, load_model, load_tokenizer, model_fingerprint
 from ..pipeline import STAGES, Context, Stage, ref_for
 from .dpo import DELTA, load_delta
 from .generate import SAMPLES
@@ -57,7 +57,7 @@ def domain_texts(samples_path, tok, n: int) -> list[str]:
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..zip import compress_residual, save_skillpack, skillpack_nbytes
+    from ..zip import block_linear_names, compress_residual, save_skillpack, skillpack_nbytes
     from ..zip.fidelity import next_token_kl
     from ..zip.smoothing import collect_channel_stats
 
@@ -68,7 +68,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     backbone_dir = inputs["merge"].path / BACKBONE
     with torch.device("meta"):  # module names only: no weights allocated
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(backbone_dir))
-    names = linear_module_names(skeleton)
+    names = sorted(block_linear_names(skeleton))
 
     model = stats = None
     calib: list[dict] = []
