@@ -87,6 +87,8 @@ class DomainConfig:
     """A rule set: a name in rules/ (`math` -> rules/math.yaml) or a path to a YAML file."""
     eval_task: str = MISSING
     """The lm-eval task (skillweave/tasks/) that measures this domain."""
+    contamination_ngram: Optional[int] = 13
+    """Drop training prompts sharing a word n-gram of this size with any eval set (null: keep all)."""
 
 
 @dataclass
@@ -195,6 +197,9 @@ class EvalConfig:
     """Which configurations to compare (see skillweave/stages/eval.py CONFIGURATIONS)."""
     integer_path: bool = True
     """Run skillpacks as integer GEMMs (quantized activations, as deployed); false: dequantized fp factors."""
+    budget_bytes: Optional[int] = None
+    """Memory budget in bytes (backbone + everything a configuration holds): configurations over it are
+    still evaluated, then marked within_budget=false and listed as excluded in results (None: no budget)."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ PRIMARY_METRIC = {
     "skillweave_math": "exact_match",
     "skillweave_humaneval": "pass@1",
     "skillweave_ifeval": "prompt_level_strict_acc",
+    "skillweave_dialogue": "rule_score",  # rule-based (rules/dialogue.yaml), not AlpacaEval's LLM judge
 }
 """The metric each task is reported by; every task also reports its `<metric>_stderr`."""
 

@@ -25,7 +25,7 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
     "args, line",
     [
         (["model=hf_dir", "model.path=/no/such/model"], "skillweave: error: model.path=/no/such/model does not exist"),
-        (["domains=[math,poetry]"], "skillweave: error: domains=['poetry'] not found in conf/domain/; valid: code, instructions, math"),
+        (["domains=[math,poetry]"], "skillweave: error: domains=['poetry'] not found in conf/domain/; valid: code, dialogue, instructions, math"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, line):

@@ -307,7 +307,7 @@ def test_rule_set_errors_are_one_line_naming_the_file(tmp_path, name, text, mess
 
 
 def test_missing_rule_set_lists_the_available_ones():
-    message = r"mth\.yaml: no rule set for domain 'mth'; available in .*: code, instructions, math"
+    message = r"mth\.yaml: no rule set for domain 'mth'; available in .*: code, dialogue, instructions, math"
     with pytest.raises(FileNotFoundError, match=message):
         load_rule_set("mth")
 

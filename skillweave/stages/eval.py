@@ -153,10 +153,23 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     base_bytes = next((r["bytes"] for r in rows if r["name"] == "base"), rows[0]["bytes"])
     for r in rows:
         r["relative_bytes"] = round(r["bytes"] / base_bytes, 4)
-    results = {"tasks": tasks, "limit": ev.limit, "max_gen_toks": ev.max_gen_toks, "configurations": rows}
+    # Over-budget configurations stay in the table, flagged and listed, never silently dropped.
+    _, excluded = eval_baselines.apply_budget(rows, ev.budget_bytes)
+    results = {
+        "tasks": tasks,
+        "limit": ev.limit,
+        "max_gen_toks": ev.max_gen_toks,
+        "budget_bytes": ev.budget_bytes,
+        "excluded": excluded,
+        "configurations": rows,
+    }
     atomic_write_json(ref.path / "results.json", results)
-    table = results_table(results)
+    table = results_table(results) + eval_baselines.budget_note(ev.budget_bytes, excluded)
     atomic_write_text(ref.path / "results.md", table)
+    from ..plots import domain_bars, frontier_plot
+
+    frontier_plot(results, ref.path / "frontier.png")
+    domain_bars(results, ref.path / "domains.png")
     print(table)
     return {"configurations": len(rows)}
 
@@ -180,3 +193,4 @@ def results_table(results: dict) -> str:
 
 
 STAGES.register("eval")(Stage("eval", per_domain=False, plan=plan, run=run))
+from . import eval_baselines  # noqa: E402,F401

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from ..artifacts import ArtifactRef, atomic_write_text
+from ..artifacts import ArtifactRef, atomic_write_json, atomic_write_text
 from ..cluster import process_rank
 from ..config import SamplingConfig
 from ..models import chat_prompt, load_model, load_tokenizer
@@ -32,6 +32,7 @@ def plan(ctx: Context, domain: Optional[str]):
         "domain": domain,
         "prompt_source": asdict(cfg.domain.prompt_source),
         "sampling": asdict(cfg.domain.sampling),
+        "contamination_ngram": cfg.domain.contamination_ngram,
         "dtype": str(cfg.model.generation_dtype),
     }, {}
 
@@ -44,6 +45,18 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     prompts = PROMPT_SOURCES.get(source.name)(n=sampling.num_prompts, seed=sampling.seed, **source.kwargs)
     if not prompts:
         raise ValueError(f"prompt source {source.name!r} of conf/domain/{domain}.yaml yielded no prompts")
+    dropped = 0
+    if cfg.domain.contamination_ngram:
+        from ..contamination import check_prompts
+
+        kept, report = check_prompts(prompts, n=cfg.domain.contamination_ngram)
+        atomic_write_json(ref.path / "contamination.json", report)
+        dropped, prompts = len(prompts) - len(kept), kept
+        if not prompts:
+            raise ValueError(
+                f"every prompt of {source.name!r} (conf/domain/{domain}.yaml) overlaps an eval set "
+                f"({ref.path / 'contamination.json'}); change the source or domain.contamination_ngram"
+            )
 
     rank, world = process_rank()
     dtype = getattr(torch, str(cfg.model.generation_dtype))
@@ -80,6 +93,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     atomic_write_text(ref.path / SAMPLES, "".join(json.dumps(r) + "\n" for r in rows))
     return {
         "prompts": len(prompts),
+        "contaminated_prompts_dropped": dropped,
         "samples": len(rows),
         "truncated_fraction": round(sum(r["truncated"] for r in rows) / len(rows), 4),
         "mean_tokens": round(sum(r["n_tokens"] for r in rows) / len(rows), 1),

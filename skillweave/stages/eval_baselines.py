@@ -1,0 +1,127 @@
+"""Eval configurations of the delta-compression baselines, and the memory budget.
+
+Each compresses every fine-tune's own delta Delta_k (not a residual on a merged backbone) and serves
+the original backbone theta_0 plus the domain's decompressed delta, oracle routing; the bytes are the
+backbone's plus the sum of the K compressed deltas, counted from the tensors held
+(skillweave/baselines.py says what each method keeps and how faithful it is):
+  bitdelta            theta_0 + BitDelta(Delta_k), scales distilled on the domain's calibration texts
+                      (the same first `zip.calibration_prompts` prompts of its generate artifact as SkillZip)
+  bitdelta_nodistill  the same without distillation: scales = mean|Delta| (BitDelta's init)
+  delta_come          theta_0 + mixed-precision SVD of Delta_k (8/4-bit singular vectors, 1 bit/entry budget)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+
+from ..baselines import (
+    bitdelta_compress,
+    bitdelta_nbytes,
+    bitdelta_reconstruct,
+    delta_come_compress,
+    delta_come_nbytes,
+    delta_come_reconstruct,
+    distill_bitdelta_scales,
+)
+from ..models import load_model, load_tokenizer
+from ..pipeline import Context, ref_for
+from ..zip import block_linear_names
+from .dpo import DELTA, load_delta
+from .eval import CONFIGURATIONS, Configuration, Scorer, param_bytes
+from .generate import SAMPLES
+from .zip import domain_texts
+
+DISTILL_STEPS = 100
+"""Adam steps on the scales; the paper runs 200 on 800 samples, ours are a handful of texts."""
+DISTILL_LR = 5e-2
+"""Relative to each scale's init (see distill_bitdelta_scales): the paper's 1e-4 on scales of ~1e-4 to
+1e-3 is a relative step of the same order; the lowest-loss scales are kept, so a large step is safe."""
+
+
+def _with_delta(model: torch.nn.Module, delta: dict[str, torch.Tensor]) -> torch.nn.Module:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in delta:
+                p.add_(delta[name].to(p.dtype))
+    return model
+
+
+def _per_domain(ctx: Context, refs: dict, score: Scorer, compress: Callable[..., tuple[dict, int]]) -> dict:
+    """theta_0 + compress(Delta_d) on each domain d; bytes = theta_0 + the sum of compressed bytes.
+
+    `compress(ctx, refs, d, base_model, delta) -> (approximate delta, bytes held)`.
+    """
+    tok = load_tokenizer(ctx.model_dir)
+    total, scores = param_bytes(load_model(ctx.model_dir)), {}
+    for d in ctx.cfg.domains:
+        model = load_model(ctx.model_dir)
+        delta = load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+        approx, nbytes = compress(ctx, refs, d, model, delta)
+        total += nbytes
+        scores[d] = score(_with_delta(model, approx), tok, d)
+    return {"bytes": total, "scores": scores}
+
+
+def _bitdelta(ctx: Context, refs: dict, d: str, model: torch.nn.Module, delta: dict, distill: bool) -> tuple[dict, int]:
+    compressed = bitdelta_compress(delta, block_linear_names(model))
+    if distill:
+        tok = load_tokenizer(ctx.model_dir)
+        texts = domain_texts(refs[f"generate_{d}"].path / SAMPLES, tok, ctx.for_domain(d).zip.calibration_prompts)
+        if not texts:
+            raise ValueError(f"bitdelta distills on calibration texts; the generate artifact of {d} has none")
+        batches = [dict(tok(t, return_tensors="pt", add_special_tokens=False)) for t in texts]
+        teacher = _with_delta(load_model(ctx.model_dir), delta)
+        compressed["scales"], _ = distill_bitdelta_scales(
+            model, teacher, compressed["signs"], compressed["scales"], batches, DISTILL_STEPS, DISTILL_LR
+        )
+    return bitdelta_reconstruct(compressed), bitdelta_nbytes(compressed)
+
+
+def _delta_come(ctx: Context, refs: dict, d: str, model: torch.nn.Module, delta: dict) -> tuple[dict, int]:
+    compressed = delta_come_compress(delta, block_linear_names(model))
+    return delta_come_reconstruct(compressed), delta_come_nbytes(compressed)
+
+
+def _dpo_refs(ctx: Context) -> dict:
+    return {f"dpo_{d}": ref_for(ctx, "dpo", d) for d in ctx.cfg.domains}
+
+
+CONFIGURATIONS.register("bitdelta")(
+    Configuration(
+        needs=lambda ctx: _dpo_refs(ctx) | {f"generate_{d}": ref_for(ctx, "generate", d) for d in ctx.cfg.domains},
+        run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=True)),
+    )
+)
+CONFIGURATIONS.register("bitdelta_nodistill")(
+    Configuration(needs=_dpo_refs, run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=False)))
+)
+CONFIGURATIONS.register("delta_come")(
+    Configuration(needs=_dpo_refs, run=lambda ctx, refs, score: _per_domain(ctx, refs, score, _delta_come))
+)
+
+
+def apply_budget(rows: list[dict], budget_bytes: Optional[int]) -> tuple[list[dict], list[dict]]:
+    """Marks each result row `within_budget` (bytes <= budget_bytes; all rows when there is no budget).
+
+    A configuration's bytes are known for sure only once it has been built, so every configuration is
+    evaluated and the ones over budget are reported as excluded rather than silently dropped.
+
+    Returns:
+        (kept, excluded): the rows within budget, and {"name", "bytes"} of each row over it.
+    """
+    for r in rows:
+        r["within_budget"] = budget_bytes is None or r["bytes"] <= budget_bytes
+    kept = [r for r in rows if r["within_budget"]]
+    excluded = [{"name": r["name"], "bytes": r["bytes"]} for r in rows if not r["within_budget"]]
+    return kept, excluded
+
+
+def budget_note(budget_bytes: Optional[int], excluded: list[dict]) -> str:
+    """The line results.md gets under its table: the budget and what exceeded it ("" without a budget)."""
+    if budget_bytes is None:
+        return ""
+    over = ", ".join(f"{e['name']} ({e['bytes'] / 2**20:.1f} MiB)" for e in excluded) or "none"
+    return f"\nMemory budget {budget_bytes / 2**20:.1f} MiB; excluded (over budget): {over}\n"
