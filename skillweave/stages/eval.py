@@ -55,16 +55,22 @@ def _base(ctx: Context, refs: dict, score: Scorer) -> dict:
     return {"bytes": param_bytes(model), "scores": {d: score(model, tok, d) for d in ctx.cfg.domains}}
 
 
+def add_delta(model: torch.nn.Module, delta: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """`model` with `delta` added to its parameters in place (theta_0 + Delta)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in delta:
+                p.add_(delta[name].to(p.dtype))
+    return model
+
+
 def _dpo(ctx: Context, refs: dict, score: Scorer) -> dict:
     tok = load_tokenizer(ctx.model_dir)
     scores, total = {}, 0
     for d in ctx.cfg.domains:
-        model = load_model(ctx.model_dir)
-        delta = load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in delta:
-                    p.add_(delta[name])
+        model = add_delta(
+            load_model(ctx.model_dir), load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+        )
         total += param_bytes(model)  # K separate models are held
         scores[d] = score(model, tok, d)
     return {"bytes": total, "scores": scores}

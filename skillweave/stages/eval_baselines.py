@@ -30,7 +30,7 @@ from ..models import load_model, load_tokenizer
 from ..pipeline import Context, ref_for
 from ..zip import block_linear_names
 from .dpo import DELTA, load_delta
-from .eval import CONFIGURATIONS, Configuration, Scorer, param_bytes
+from .eval import CONFIGURATIONS, Configuration, Scorer, add_delta, param_bytes
 from .generate import SAMPLES
 from .zip import domain_texts
 
@@ -39,14 +39,6 @@ DISTILL_STEPS = 100
 DISTILL_LR = 5e-2
 """Relative to each scale's init (see distill_bitdelta_scales): the paper's 1e-4 on scales of ~1e-4 to
 1e-3 is a relative step of the same order; the lowest-loss scales are kept, so a large step is safe."""
-
-
-def _with_delta(model: torch.nn.Module, delta: dict[str, torch.Tensor]) -> torch.nn.Module:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in delta:
-                p.add_(delta[name].to(p.dtype))
-    return model
 
 
 def _per_domain(ctx: Context, refs: dict, score: Scorer, compress: Callable[..., tuple[dict, int]]) -> dict:
@@ -61,7 +53,7 @@ def _per_domain(ctx: Context, refs: dict, score: Scorer, compress: Callable[...,
         delta = load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
         approx, nbytes = compress(ctx, refs, d, model, delta)
         total += nbytes
-        scores[d] = score(_with_delta(model, approx), tok, d)
+        scores[d] = score(add_delta(model, approx), tok, d)
     return {"bytes": total, "scores": scores}
 
 
@@ -73,7 +65,7 @@ def _bitdelta(ctx: Context, refs: dict, d: str, model: torch.nn.Module, delta: d
         if not texts:
             raise ValueError(f"bitdelta distills on calibration texts; the generate artifact of {d} has none")
         batches = [dict(tok(t, return_tensors="pt", add_special_tokens=False)) for t in texts]
-        teacher = _with_delta(load_model(ctx.model_dir), delta)
+        teacher = add_delta(load_model(ctx.model_dir), delta)
         compressed["scales"], _ = distill_bitdelta_scales(
             model, teacher, compressed["signs"], compressed["scales"], batches, DISTILL_STEPS, DISTILL_LR
         )
