@@ -152,3 +152,50 @@ def test_a_killed_generate_resumes_with_identical_samples(pipeline, tmp_path, ti
     again = run_overrides(ov)
     assert (ref.path / "samples.jsonl").read_text() == samples
     assert list(again.values())[0].complete
+
+
+def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model_dir, monkeypatch):
+    import trl
+    from transformers import TrainerCallback
+
+    _, _, refs = pipeline
+    ov = overrides(tmp_path, tiny_model_dir, "domain=math", "dpo.save_steps=1")
+    for stage in ("generate", "filter"):
+        run_overrides([*ov, f"stage={stage}"])
+
+    class KillAfterFirstCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                raise KeyboardInterrupt("preempted")
+
+    class PreemptedDPOTrainer(trl.DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KillAfterFirstCheckpoint())
+
+    monkeypatch.setattr(trl, "DPOTrainer", PreemptedDPOTrainer)
+    with pytest.raises(KeyboardInterrupt):
+        run_overrides([*ov, "stage=dpo"])
+    (partial,) = (tmp_path / "artifacts" / "dpo").iterdir()
+    assert not (partial / "manifest.json").exists() and (partial / "checkpoints" / "checkpoint-1").is_dir()
+
+    steps_run = []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_run.append(state.global_step)
+
+    class CountingDPOTrainer(trl.DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(CountSteps())
+
+    monkeypatch.setattr(trl, "DPOTrainer", CountingDPOTrainer)
+    (ref,) = run_overrides([*ov, "stage=dpo"]).values()
+    assert steps_run == [2]  # resumed at step 1's checkpoint, not restarted
+    assert ref.path == partial and ref.complete and ref.manifest()["metrics"]["steps"] == 2
+    assert not (partial / "checkpoints").exists()
+    # And the resumed run ends where an uninterrupted one does (save_steps aside, the same config).
+    uninterrupted = load_delta(refs["dpo/math"].path / DELTA)
+    for k, v in load_delta(partial / DELTA).items():
+        torch.testing.assert_close(v, uninterrupted[k], rtol=1e-4, atol=1e-7)
