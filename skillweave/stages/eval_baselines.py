@@ -47,9 +47,10 @@ def _per_domain(ctx: Context, refs: dict, score: Scorer, compress: Callable[...,
     `compress(ctx, refs, d, base_model, delta) -> (approximate delta, bytes held)`.
     """
     tok = load_tokenizer(ctx.model_dir)
-    total, scores = param_bytes(load_model(ctx.model_dir)), {}
+    total, scores = 0, {}
     for d in ctx.cfg.domains:
-        model = load_model(ctx.model_dir)
+        model = load_model(ctx.model_dir)  # a fresh theta_0 per domain: adding a delta is not undone exactly
+        total = total or param_bytes(model)  # the one backbone held
         delta = load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
         approx, nbytes = compress(ctx, refs, d, model, delta)
         total += nbytes
