@@ -14,7 +14,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,6 +41,8 @@ class ArtifactRef:
     root: Path
     config: dict
     inputs: dict[str, str]  # input name -> key of that input artifact
+    command: str = field(default="", compare=False)
+    """The command that produces this artifact ("" when unknown): named when it is missing."""
 
     @property
     def path(self) -> Path:
@@ -57,10 +59,12 @@ class ArtifactRef:
         return f"{self.stage}/{self.label}-{self.key}"
 
 
-def make_ref(root: str | Path, stage: str, label: str, config: dict, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+def make_ref(
+    root: str | Path, stage: str, label: str, config: dict, inputs: dict[str, ArtifactRef], command: str = ""
+) -> ArtifactRef:
     input_keys = {name: ref.key for name, ref in sorted(inputs.items())}
     key = content_key({"stage": stage, "label": label, "config": config, "inputs": input_keys})
-    return ArtifactRef(stage, label, key, Path(root).resolve(), config, input_keys)
+    return ArtifactRef(stage, label, key, Path(root).resolve(), config, input_keys, command)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

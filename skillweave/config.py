@@ -197,6 +197,8 @@ class EvalConfig:
     """Which configurations to compare (see skillweave/stages/eval.py CONFIGURATIONS)."""
     integer_path: bool = True
     """Run skillpacks as integer GEMMs (quantized activations, as deployed); false: dequantized fp factors."""
+    external_model: Optional[str] = None
+    """An HF model directory evaluated as configuration `external` (e.g. the 32B monolith on a cluster)."""
     budget_bytes: Optional[int] = None
     """Memory budget in bytes (backbone + everything a configuration holds): configurations over it are
     still evaluated, then marked within_budget=false and listed as excluded in results (None: no budget)."""

@@ -83,6 +83,14 @@ class Context:
 
         return model_fingerprint(self.model_dir)
 
+    def variant(self, *overrides: str) -> "Context":
+        """The same run with more overrides (e.g. `merge=dare_ties`): for inputs made under other settings."""
+        if self.composer is None:
+            raise RuntimeError("this context cannot compose variants")
+        extra = (*self.overrides, *overrides)
+        cfg = self.composer([*extra, f"domain={self.cfg.domain.name}"])
+        return Context(cfg=cfg, overrides=extra, composer=self.composer)
+
     def command(self, stage: str, domain: Optional[str]) -> str:
         parts = ["python -m skillweave", f"stage={stage}"]
         if domain:
@@ -95,11 +103,27 @@ def plan(ctx: Context, stage: str, domain: Optional[str] = None) -> tuple[Artifa
     st = STAGES.get(stage)
     domain = domain if st.per_domain else None
     config, inputs = st.plan(ctx, domain)
-    return make_ref(ctx.root, stage, domain or "all", config, inputs), inputs
+    return make_ref(ctx.root, stage, domain or "all", config, inputs, ctx.command(stage, domain)), inputs
 
 
 def ref_for(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactRef:
     return plan(ctx, stage, domain)[0]
+
+
+@dataclass(frozen=True)
+class Need:
+    """An input named by how to make it: `stage` for `domain` under `ctx` (possibly a variant)."""
+
+    ctx: Context
+    stage: str
+    domain: Optional[str] = None
+
+    @property
+    def ref(self) -> ArtifactRef:
+        return ref_for(self.ctx, self.stage, self.domain)
+
+    def produce(self) -> ArtifactRef:
+        return execute(self.ctx, self.stage, self.domain)
 
 
 def execute(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactRef:
@@ -116,7 +140,7 @@ def execute(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactR
             raise MissingArtifactError(
                 f"stage {stage} needs the {inp.stage} artifact for "
                 f"{'domain ' + inp.label if dom else 'all domains'} ({inp.path}), which is missing: "
-                f"run `{ctx.command(inp.stage, dom)}` first (or stage=all)"
+                f"run `{inp.command or ctx.command(inp.stage, dom)}` first (or stage=all)"
             )
     main = is_main_process()
     # Under a multi-process launch only rank 0 locks and writes; the other ranks follow its decisions
@@ -145,5 +169,10 @@ def run_all(ctx: Context) -> dict[str, ArtifactRef]:
     done["merge"] = execute(ctx, "merge")
     for domain in ctx.cfg.domains:
         done[f"zip/{domain}"] = execute(ctx, "zip", domain)
+    from .stages.eval import eval_needs  # the baselines' own inputs (other merges, LoRA, multi-task DPO...)
+
+    for name, need in eval_needs(ctx).items():
+        if need.ref not in done.values():
+            done[f"eval-input/{name}"] = need.produce()
     done["eval"] = execute(ctx, "eval")
     return done

@@ -5,6 +5,8 @@ Configurations (the walking skeleton's; oracle routing: each domain's prompts go
   dpo         K per-domain DPO models (theta_0 + Delta_k), each on its own domain
   merged      the merged backbone theta_0 + Delta_shared alone
   skillweave  the merged backbone + the domain's SkillZip skillpack, attached and detached in place
+  merged_<m>  the backbone merged by mergekit method m (task_arithmetic, ties, dare_ties) alone
+  external    any other HF model directory (`eval.external_model`): a monolith to compare against
 A configuration is a function registered in CONFIGURATIONS; `eval.configurations` picks them.
 """
 
@@ -19,7 +21,7 @@ import torch
 
 from ..artifacts import ArtifactRef, atomic_write_json, atomic_write_text
 from ..models import load_model, load_tokenizer, model_fingerprint
-from ..pipeline import STAGES, Context, Stage, ref_for
+from ..pipeline import STAGES, Context, Need, Stage
 from ..registry import Registry
 from .dpo import DELTA, load_delta
 from .merge import BACKBONE
@@ -30,8 +32,8 @@ Scorer = Callable[[torch.nn.Module, object, str], dict]
 
 @dataclass(frozen=True)
 class Configuration:
-    needs: Callable[[Context], dict[str, ArtifactRef]]
-    """The artifacts this configuration reads."""
+    needs: Callable[[Context], dict[str, Need]]
+    """The artifacts this configuration reads, by name; stage=all produces them in this order."""
     run: Callable[[Context, dict[str, ArtifactRef], Scorer], dict]
     """-> {"bytes": int, "scores": {domain: {"score", "stderr", "n", "metric"}}}"""
 
@@ -82,6 +84,27 @@ def _merged(ctx: Context, refs: dict, score: Scorer) -> dict:
     return {"bytes": param_bytes(model), "scores": {d: score(model, tok, d) for d in ctx.cfg.domains}}
 
 
+def _merged_with(method: str) -> Configuration:
+    """The backbone merged by `method` (conf/merge/<method>.yaml) alone, whatever `merge=` the run uses."""
+    return Configuration(needs=lambda ctx: {f"merge_{method}": Need(ctx.variant(f"merge={method}"), "merge")},
+                         run=lambda ctx, refs, score: _merged(ctx, {"merge": refs[f"merge_{method}"]}, score))
+
+
+for _method in ("task_arithmetic", "ties", "dare_ties"):
+    CONFIGURATIONS.register(f"merged_{_method}")(_merged_with(_method))
+
+
+def _external(ctx: Context, refs: dict, score: Scorer) -> dict:
+    """Any other HF model directory (`eval.external_model`), e.g. a larger monolith, on every domain."""
+    from ..models import resolve_model_dir
+
+    if not ctx.cfg.eval.external_model:
+        raise ValueError("eval configuration `external` needs eval.external_model=<HF model directory>")
+    path = resolve_model_dir(ctx.cfg.eval.external_model)
+    model, tok = load_model(path), load_tokenizer(path)
+    return {"bytes": param_bytes(model), "scores": {d: score(model, tok, d) for d in ctx.cfg.domains}}
+
+
 def _skillweave(ctx: Context, refs: dict, score: Scorer) -> dict:
     from ..zip import attach_skillpack, detach_skillpack, load_skillpack, skillpack_nbytes
 
@@ -100,17 +123,26 @@ def _skillweave(ctx: Context, refs: dict, score: Scorer) -> dict:
     return {"bytes": total, "scores": scores}
 
 
+def per_domain(ctx: Context, stage: str) -> dict[str, Need]:
+    """`{"<stage>_<domain>": Need}` for every domain of the run."""
+    return {f"{stage}_{d}": Need(ctx, stage, d) for d in ctx.cfg.domains}
+
+
 CONFIGURATIONS.register("base")(Configuration(needs=lambda ctx: {}, run=_base))
-CONFIGURATIONS.register("dpo")(
-    Configuration(needs=lambda ctx: {f"dpo_{d}": ref_for(ctx, "dpo", d) for d in ctx.cfg.domains}, run=_dpo)
-)
-CONFIGURATIONS.register("merged")(Configuration(needs=lambda ctx: {"merge": ref_for(ctx, "merge")}, run=_merged))
+CONFIGURATIONS.register("dpo")(Configuration(needs=lambda ctx: per_domain(ctx, "dpo"), run=_dpo))
+CONFIGURATIONS.register("merged")(Configuration(needs=lambda ctx: {"merge": Need(ctx, "merge")}, run=_merged))
+CONFIGURATIONS.register("external")(Configuration(needs=lambda ctx: {}, run=_external))
 CONFIGURATIONS.register("skillweave")(
-    Configuration(
-        needs=lambda ctx: {"merge": ref_for(ctx, "merge")} | {f"zip_{d}": ref_for(ctx, "zip", d) for d in ctx.cfg.domains},
-        run=_skillweave,
-    )
+    Configuration(needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "zip"), run=_skillweave)
 )
+
+
+def eval_needs(ctx: Context) -> dict[str, Need]:
+    """Everything the configurations in `eval.configurations` read (shared inputs once)."""
+    needs: dict[str, Need] = {}
+    for name in ctx.cfg.eval.configurations:
+        needs |= CONFIGURATIONS.get(name).needs(ctx)
+    return needs
 
 
 def _tasks(ctx: Context) -> dict[str, str]:
@@ -118,10 +150,12 @@ def _tasks(ctx: Context) -> dict[str, str]:
 
 
 def plan(ctx: Context, domain: Optional[str]):
-    inputs: dict[str, ArtifactRef] = {}
-    for name in ctx.cfg.eval.configurations:
-        inputs |= CONFIGURATIONS.get(name).needs(ctx)
+    inputs = {name: need.ref for name, need in eval_needs(ctx).items()}
     config = {"eval": asdict(ctx.cfg.eval), "tasks": _tasks(ctx), "model": ctx.base_fingerprint}
+    if "external" in ctx.cfg.eval.configurations and ctx.cfg.eval.external_model:
+        from ..models import resolve_model_dir
+
+        config["external"] = model_fingerprint(resolve_model_dir(ctx.cfg.eval.external_model))
     return config, inputs
 
 

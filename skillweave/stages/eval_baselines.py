@@ -27,10 +27,10 @@ from ..baselines import (
     distill_bitdelta_scales,
 )
 from ..models import load_model, load_tokenizer
-from ..pipeline import Context, ref_for
+from ..pipeline import Context, Need
 from ..zip import block_linear_names
 from .dpo import DELTA, load_delta
-from .eval import CONFIGURATIONS, Configuration, Scorer, add_delta, param_bytes
+from .eval import CONFIGURATIONS, Configuration, Scorer, add_delta, param_bytes, per_domain
 from .generate import SAMPLES
 from .zip import domain_texts
 
@@ -78,21 +78,17 @@ def _delta_come(ctx: Context, refs: dict, d: str, model: torch.nn.Module, delta:
     return delta_come_reconstruct(compressed), delta_come_nbytes(compressed)
 
 
-def _dpo_refs(ctx: Context) -> dict:
-    return {f"dpo_{d}": ref_for(ctx, "dpo", d) for d in ctx.cfg.domains}
-
-
 CONFIGURATIONS.register("bitdelta")(
     Configuration(
-        needs=lambda ctx: _dpo_refs(ctx) | {f"generate_{d}": ref_for(ctx, "generate", d) for d in ctx.cfg.domains},
+        needs=lambda ctx: per_domain(ctx, "dpo") | per_domain(ctx, "generate"),
         run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=True)),
     )
 )
 CONFIGURATIONS.register("bitdelta_nodistill")(
-    Configuration(needs=_dpo_refs, run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=False)))
+    Configuration(needs=lambda ctx: per_domain(ctx, "dpo"), run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=False)))
 )
 CONFIGURATIONS.register("delta_come")(
-    Configuration(needs=_dpo_refs, run=lambda ctx, refs, score: _per_domain(ctx, refs, score, _delta_come))
+    Configuration(needs=lambda ctx: per_domain(ctx, "dpo"), run=lambda ctx, refs, score: _per_domain(ctx, refs, score, _delta_come))
 )
 
 
