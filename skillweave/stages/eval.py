@@ -35,7 +35,8 @@ class Configuration:
     needs: Callable[[Context], dict[str, Need]]
     """The artifacts this configuration reads, by name; stage=all produces them in this order."""
     run: Callable[[Context, dict[str, ArtifactRef], Scorer], dict]
-    """-> {"bytes": int, "scores": {domain: {"score", "stderr", "n", "metric"}}}"""
+    """-> {"bytes": int, "scores": {domain: {"score", "stderr", "n", "metric"}}, optional "details": {...}}
+    (details, e.g. a router's accuracy and confusion matrix, are kept in results.json under the row)."""
 
 
 CONFIGURATIONS: Registry[Configuration] = Registry("eval configuration")
@@ -189,6 +190,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
                 "n": {d: s["n"] for d, s in out["scores"].items()},
                 "average": sum(scores.values()) / len(scores),
             }
+            | ({"details": out["details"]} if out.get("details") else {})
         )
     base_bytes = next((r["bytes"] for r in rows if r["name"] == "base"), rows[0]["bytes"])
     for r in rows:
