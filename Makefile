@@ -9,8 +9,6 @@ STAMP := $(VENV)/.skillweave-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
-export WANDB_MODE ?= disabled
-export WANDB_DIR ?= $(CURDIR)/.cache/wandb
 
 .PHONY: venv demo test test-slow clean
 
@@ -30,11 +28,12 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/python -m skillweave
 
+# W&B logs offline by default (wandb.mode; runs under artifacts/wandb); tests turn it off.
 test: venv
-	$(BIN)/python -m pytest -q
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 test-slow: venv
-	$(BIN)/python -m pytest -q -m slow
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -206,10 +206,11 @@ class EvalConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "disabled"
-    """disabled | offline | online (online needs `wandb login`)."""
+    mode: str = "offline"
+    """disabled | offline | online (online needs `wandb login`); WANDB_MODE in the environment wins."""
     project: str = "skillweave"
     group: Optional[str] = None
+    """Runs of one group compare side by side; default: the Hydra sweep under -m, else none."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ from ..config import Precision
 from ..models import load_model, load_state_dict, load_tokenizer
 from ..pipeline import STAGES, Context, Stage, ref_for
 from ..resources import resource_path
+from ..tracking import wandb_env
 from .filter import PAIRS
 
 DELTA = "delta.safetensors"
@@ -52,10 +53,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     if d.precision == Precision.bfloat16 and not cuda:
         raise ValueError("dpo.precision=bfloat16 needs a GPU (mixed precision); use dpo.precision=float32 on CPU")
     ckpt_dir = ref.path / "checkpoints"
-    if cfg.wandb.mode != "disabled":  # read by wandb.init in the Trainer's callback (rank 0 only)
-        os.environ.update(WANDB_MODE=cfg.wandb.mode, WANDB_PROJECT=cfg.wandb.project)
-        if cfg.wandb.group:
-            os.environ["WANDB_RUN_GROUP"] = cfg.wandb.group
+    wandb = wandb_env(cfg)
+    os.environ.update(wandb)  # read by wandb.init in the Trainer's callback (rank 0 only)
     # Made before the model: with ZeRO-3 the DPOConfig makes from_pretrained load the weights partitioned.
     args = DPOConfig(
         output_dir=str(ckpt_dir),
@@ -74,7 +73,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         logging_steps=1,
         seed=d.seed,
         precompute_ref_log_probs=True,  # the frozen reference runs once over the pairs, not every step
-        report_to="wandb" if cfg.wandb.mode != "disabled" else "none",
+        report_to="wandb" if wandb else "none",
         run_name=f"dpo-{domain}-{ref.key}",
         deepspeed=deepspeed_config(d),
     )

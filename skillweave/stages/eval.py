@@ -212,8 +212,41 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
     frontier_plot(results, ref.path / "frontier.png")
     domain_bars(results, ref.path / "domains.png")
+    log_results(ctx.cfg, results, ref)
     print(table)
     return {"configurations": len(rows)}
+
+
+def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
+    """The results table, per-configuration summary, plots and configs as one W&B run (job_type eval)."""
+    from ..tracking import wandb_run
+
+    config = {"eval": asdict(cfg.eval), "merge": asdict(cfg.merge), "zip": asdict(cfg.zip), "dpo": asdict(cfg.dpo),
+              "model": cfg.model.path, "domains": list(cfg.domains), "artifact": str(ref)}
+    with wandb_run(cfg, "eval", f"eval-{ref.key}", config) as run:
+        if run is None:
+            return
+        import wandb
+
+        domains = list(results["tasks"])
+        columns = ["configuration", *domains, *(f"{d}_stderr" for d in domains), "average", "bytes", "relative_bytes", "within_budget"]
+        rows = [
+            [r["name"], *(r["scores"][d] for d in domains), *(r["stderr"][d] for d in domains),
+             r["average"], r["bytes"], r["relative_bytes"], r["within_budget"]]
+            for r in results["configurations"]
+        ]
+        run.log(
+            {
+                "results": wandb.Table(columns=columns, data=rows),
+                "frontier": wandb.Image(str(ref.path / "frontier.png")),
+                "domains": wandb.Image(str(ref.path / "domains.png")),
+            }
+        )
+        for r in results["configurations"]:
+            run.summary[f"{r['name']}/average"] = r["average"]
+            run.summary[f"{r['name']}/bytes"] = r["bytes"]
+            for key, value in (r.get("details") or {}).items():
+                run.summary[f"{r['name']}/{key}"] = value
 
 
 def results_table(results: dict) -> str:
