@@ -192,3 +192,31 @@ def test_pipeline_evaluates_the_baselines(tmp_path, tiny_model_dir):
     for r in by_name.values():
         assert set(r["scores"]) == {"math", "code", "instructions"}
         assert all(0.0 <= s <= 1.0 for s in r["scores"].values())
+
+
+def test_pipeline_evaluates_merge_methods_and_an_external_monolith(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from conftest import build_tiny_model
+
+    from skillweave.stages.eval import param_bytes
+
+    external = tmp_path / "external"
+    other = build_tiny_model(tiny_tokenizer, seed=1, hidden=32, train_steps=5)  # a second, different model
+    other.save_pretrained(external)
+    tiny_tokenizer.save_pretrained(external)
+    ov = overrides(
+        tmp_path, tiny_model_dir,
+        "merge=ties", "eval.configurations=[merged_task_arithmetic,merged_dare_ties,external]", f"eval.external_model={external}",
+    )
+    refs = run_overrides(ov)
+    merges = sorted(json.loads((r.path / "config.json").read_text())["config"]["merge"]["method"] for r in refs.values() if r.stage == "merge")
+    assert merges == ["dare_ties", "task_arithmetic", "ties"]  # the run's own merge plus one per merged_<method> row
+    results = json.loads((refs["eval"].path / "results.json").read_text())
+    by_name = {r["name"]: r for r in results["configurations"]}
+    assert list(by_name) == ["merged_task_arithmetic", "merged_dare_ties", "external"]
+    assert by_name["external"]["bytes"] == param_bytes(load_model(external)) < by_name["merged_dare_ties"]["bytes"]
+    assert by_name["merged_task_arithmetic"]["bytes"] == by_name["merged_dare_ties"]["bytes"] == param_bytes(load_model(tiny_model_dir))
+
+
+def test_external_without_a_model_says_which_setting(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="eval.external_model=<HF model directory>"):
+        run_overrides(overrides(tmp_path, tiny_model_dir, "stage=eval", "eval.configurations=[external]"))
