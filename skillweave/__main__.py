@@ -38,7 +38,7 @@ def run(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Callable[[l
 
     from . import stages  # noqa: F401  (registers the stages)
     from .cluster import check_launch
-    from .pipeline import Context, execute, run_all
+    from .pipeline import Context, run_all, run_stage
 
     check_launch(str(cfg.stage.name))
 
@@ -50,8 +50,7 @@ def run(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Callable[[l
     ctx = Context(cfg=cfg, overrides=overrides, composer=composer)
     if cfg.stage.name == "all":
         return run_all(ctx)
-    ref = execute(ctx, str(cfg.stage.name), cfg.domain.name)
-    return {str(ref): ref}
+    return run_stage(ctx, str(cfg.stage.name), cfg.domain.name)  # stage=dpo runs every dpo.rounds
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, TypeVar
 
 T = TypeVar("T")
-DISTRIBUTED_STAGES = ("generate", "dpo")
+DISTRIBUTED_STAGES = ("generate", "dpo", "dpo_multitask", "lora")
 """Stages that run as one multi-process job; the others are single-process (a job array scales them)."""
 
 
@@ -64,11 +64,9 @@ def main_process_decides(value: T) -> T:
 
 # --- stage=all on a cluster: the per-domain stages as one job array, the fan-in stages after it ---
 
-PER_DOMAIN = ("generate", "filter", "dpo")
-
-
-def run_stages(overrides: list[str], steps: list[tuple[str, Optional[str]]]) -> dict[str, str]:
-    """One job's work: compose the run as `python -m skillweave` would and execute `steps` in order.
+def run_job(overrides: list[str], domain: Optional[str]) -> dict[str, str]:
+    """One job's work, composed as `python -m skillweave` would: a domain's generate -> filter -> dpo
+    (every online-DPO round), or with domain=None the fan-in stages (pipeline.run_fan_in).
 
     `overrides` carry no stage=/domain= (submit_all drops them). Returns {"stage/domain": artifact
     path}; a missing input raises MissingArtifactError naming the domain and the command that makes it.
@@ -78,21 +76,23 @@ def run_stages(overrides: list[str], steps: list[tuple[str, Optional[str]]]) -> 
     from . import stages  # noqa: F401  (registers the stages)
     from .__main__ import CONF_DIR
     from .config import register_configs, to_config
-    from .pipeline import Context, execute
+    from .pipeline import Context, run_fan_in, run_rounds
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         composer = lambda extra: to_config(compose(config_name="config", overrides=extra))  # noqa: E731
         ctx = Context(cfg=composer(overrides), overrides=tuple(overrides), composer=composer)
-        return {f"{s}/{d or 'all'}": str(execute(ctx, s, d).path) for s, d in steps}
+        done = run_rounds(ctx, domain) if domain else run_fan_in(ctx)
+        return {name: str(ref.path) for name, ref in done.items()}
 
 
 def submit_all(overrides: list[str], cluster: Optional[str] = None) -> tuple[list, object]:
     """Submit stage=all through submitit with the resources of `hydra/launcher` (conf/hydra/launcher/).
 
-    generate -> filter -> dpo of each domain in `domains` run as one job array; merge, zip (every
-    domain) and eval run as one job after it. On Slurm that job carries `--dependency=afterok:<array>`
+    generate -> filter -> dpo of each domain in `domains` (every online-DPO round) run as one job array;
+    the fan-in stages (merge, zip of every domain, the eval configurations' other inputs, eval) run as one
+    job after it. On Slurm that job carries `--dependency=afterok:<array>`
     (and is cancelled if a domain fails) and this returns at once; the local and debug executors have
     no dependencies, so this waits for the array before submitting the fan-in job.
 
@@ -131,7 +131,7 @@ def submit_all(overrides: list[str], cluster: Optional[str] = None) -> tuple[lis
     shared = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "stderr_to_stdout"}
     executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in launcher.items() if k != "name"})
     executor.update_parameters(name="skillweave-domains")
-    array = executor.map_array(run_stages, [overrides] * len(domains), [[(s, d) for s in PER_DOMAIN] for d in domains])
+    array = executor.map_array(run_job, [overrides] * len(domains), list(domains))
     if cluster == "slurm":
         extra = {**launcher.get("additional_parameters", {}), "kill-on-invalid-dep": "yes"}
         extra["dependency"] = "afterok:" + array[0].job_id.split("_")[0]
@@ -140,7 +140,7 @@ def submit_all(overrides: list[str], cluster: Optional[str] = None) -> tuple[lis
         for job in array:
             job.result()  # raises the domain's error, naming the command to rerun it
     executor.update_parameters(name="skillweave-fan-in")
-    fan_in = executor.submit(run_stages, overrides, [("merge", None), *(("zip", d) for d in domains), ("eval", None)])
+    fan_in = executor.submit(run_job, overrides, None)
     return array, fan_in
 
 

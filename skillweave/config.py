@@ -18,8 +18,11 @@ class StageName(StrEnum):
     generate = "generate"
     filter = "filter"
     dpo = "dpo"
+    dpo_multitask = "dpo_multitask"
+    lora = "lora"
     merge = "merge"
     zip = "zip"
+    route = "route"
     eval = "eval"
     all = "all"
 
@@ -91,6 +94,17 @@ class DomainConfig:
     """Drop training prompts sharing a word n-gram of this size with any eval set (null: keep all)."""
 
 
+class LengthBalance(StrEnum):
+    none = "none"
+    """No length control beyond best_vs_worst's tie-break (among the equally worst, the closest in length)."""
+    match = "match"
+    """The rejected closest in length to the chosen among all failing samples (any score, margin kept);
+    all_pass_fail keeps the closest-in-length pairs first when it caps them."""
+    ratio = "ratio"
+    """Only pairs whose chosen/rejected length ratio lies within [1 / max_length_ratio, max_length_ratio];
+    best_vs_worst takes the best such pair."""
+
+
 @dataclass
 class FilterConfig:
     strategy: PairStrategy = PairStrategy.best_vs_worst
@@ -99,6 +113,15 @@ class FilterConfig:
     """Minimum score difference between chosen and rejected."""
     min_pairs: int = 1
     """Fewer pairs than this stops the run: DPO on nothing is not an experiment."""
+    length_balance: LengthBalance = LengthBalance.none
+    """Against DPO's length bias (it learns "longer/shorter is better" when chosen and rejected differ
+    in length systematically): how pairs are matched on length (characters of the response)."""
+    max_length_ratio: float = 1.5
+    """With length_balance=ratio: the largest allowed max(chosen, rejected) / min(chosen, rejected) length."""
+
+    def __post_init__(self) -> None:
+        if self.max_length_ratio < 1.0:
+            raise ValueError(f"filter.max_length_ratio must be >= 1, got {self.max_length_ratio}")
 
 
 @dataclass
@@ -120,10 +143,71 @@ class DPOConfig:
     deepspeed: Optional[str] = None
     """A DeepSpeed config: `zero2` or `zero3` (conf/deepspeed/<name>.json) or a path to a JSON file;
     null trains without DeepSpeed. Launch with `accelerate launch` for more than one process."""
+    rounds: int = 1
+    """Online DPO rounds (generate -> filter -> train, repeated; skillweave/pipeline.py). Round r > 0
+    samples new prompts with theta_0 + Delta_{r-1} and trains from that policy, which is also its
+    reference; every round's delta is relative to theta_0, and merge/zip/eval read the last one.
+    stage=dpo runs every round; stage=generate|filter alone plans the last round. 1: plain DPO."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"dpo.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.rounds < 1:
+            raise ValueError(f"dpo.rounds must be >= 1, got {self.rounds}")
+
+
+class MultitaskSteps(StrEnum):
+    """How many steps the multi-task DPO baseline trains, against the K per-domain runs."""
+
+    sum = "sum"
+    """The sum of the per-domain runs' dpo.max_steps: as many training examples (the compute) as the K
+    per-domain models together."""
+    per_domain = "per_domain"
+    """dpo.max_steps: the compute of one per-domain model (each domain's pairs seen ~K times less)."""
+
+
+@dataclass
+class DPOMultitaskConfig:
+    """The multi-task DPO baseline (stage dpo_multitask): one full-parameter DPO run on every domain's
+    pairs together; every other training setting is dpo's."""
+
+    steps: MultitaskSteps = MultitaskSteps.sum
+    """The fairness rule for its number of steps (see MultitaskSteps)."""
+    shuffle_seed: int = 0
+    """Seed of the shuffle of the concatenated pairs (the domains would otherwise arrive in blocks)."""
+
+
+@dataclass
+class LoRAConfig:
+    """The LoRA baseline (stage lora, PEFT): DPO on a domain's pairs with the backbone frozen and a
+    low-rank adapter trained; every training setting but the learning rate is dpo's (beta, steps,
+    batch, length, warm-up, seed), so the two differ only in what they train. Defaults: trl's
+    ModelConfig (r 16, alpha 32, dropout 0.05)."""
+
+    rank: int = 16
+    """r of every adapted layer; 16 is also zip.rank's default, so adapter and skillpack factors match."""
+    alpha: int = 32
+    """lora_alpha: the update is (alpha / rank) B A."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input during training."""
+    learning_rate: float = 5e-5
+    """10x dpo.learning_rate's default, as trl's DPO script pairs them (5e-7 full, 5e-6 LoRA): B starts
+    at zero and B A has rank r, so full DPO's step barely moves it."""
+    target_modules: Optional[list[str]] = None
+    """Module names (suffixes) to adapt; null = every linear of the decoder blocks, i.e. all but the
+    output head (PEFT's `all-linear`): the layers a skillpack compresses."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"lora.learning_rate must be > 0, got {self.learning_rate}")
+        if self.target_modules is not None and not self.target_modules:
+            raise ValueError("lora.target_modules=[] adapts nothing; give module names or null (every block linear)")
 
 
 @dataclass
@@ -166,6 +250,26 @@ class ZipConfig:
     residual is measured; 0 skips it."""
     seed: int = 0
     """Seeds rotation=random."""
+    act_scale: str = "token"
+    """Activation scales of the integer path: token (one per token, computed at run time) | tensor
+    (static: one for each layer's smoothed input and one truncating its INT32 intermediate to INT8,
+    calibrated at zip time on the calibration prompts; values beyond them saturate). token stays the
+    default: on the quickstart's SmolLM2-135M residuals (rank 16, held-out prompts) tensor gave 2.7x
+    the per-layer delta error of the fp path (mean 1.7-2.0% vs 0.7%, worst layer 17-23% vs 1.5%, a
+    down_proj whose input has massive-activation tokens), for a next-token KL 1-2% higher."""
+    act_percentile: float = 100.0
+    """act_scale=tensor: the percentile, over the calibration tokens, of each token's largest |value|
+    that sets a static scale. 100 (the maximum, no clipping): the largest values come from massive-
+    activation tokens, a few per sequence, and clipping them wrecks their delta (at 99, 0.98 relative
+    error on one SmolLM2 layer); 99.9 only gained 1.81% -> 1.73% mean error, and would start clipping
+    those tokens once the calibration texts are long enough."""
+    embedding_rank: int = 8
+    """Rank of the factors of the input embedding's residual (and of lm_head's: tied, the same factors;
+    untied, its own at this rank); 0 drops both, as the baselines do. 8 is the knee on the conftest
+    tiny model fine-tuned twice (residual KL 1.6e-2 at 0, 3.5e-5 at 8, 1.0e-5 at 16, for +11% and +18%
+    bytes): there the embedding carries most of what a short fine-tune learns. On the quickstart's
+    SmolLM2-135M residuals it matters little (dropping it costs KL 0.9-1.6e-5, ~2% of the skillpack's
+    own) for +0.6 MB (+9.6%), a vocab x (r + 4) bytes INT8 A with per-row scales."""
 
     def __post_init__(self) -> None:
         # The choices mirror skillweave.zip.smoothing's registries (a test checks they agree).
@@ -185,6 +289,14 @@ class ZipConfig:
             raise ValueError(f"zip.smoothing={self.smoothing} needs zip.calibration_prompts >= 1")
         if self.fidelity_prompts < 0:
             raise ValueError(f"zip.fidelity_prompts must be >= 0, got {self.fidelity_prompts}")
+        if self.act_scale not in ("token", "tensor"):
+            raise ValueError(f"zip.act_scale must be token or tensor, got {self.act_scale!r}")
+        if not 0.0 < self.act_percentile <= 100.0:
+            raise ValueError(f"zip.act_percentile must be in (0, 100], got {self.act_percentile}")
+        if self.act_scale == "tensor" and self.calibration_prompts < 1:
+            raise ValueError("zip.act_scale=tensor needs zip.calibration_prompts >= 1")
+        if self.embedding_rank < 0:
+            raise ValueError(f"zip.embedding_rank must be >= 0 (0 drops the embedding), got {self.embedding_rank}")
 
 
 @dataclass
@@ -205,6 +317,33 @@ class EvalConfig:
 
 
 @dataclass
+class RouterConfig:
+    """The learned router (stage `route`, skillweave/router.py): a linear head over domains on the merged
+    backbone's mean-pooled last hidden states of each domain's training prompts (its generate artifact)."""
+
+    max_prompts_per_domain: Optional[int] = None
+    """Distinct training prompts read per domain, in the artifact's order (None: all)."""
+    steps: int = 300
+    """Full-batch Adam steps on the head."""
+    lr: float = 0.05
+    weight_decay: float = 1e-3
+    """L2 penalty on the head's weights (features are standardised, so one value fits any backbone)."""
+    batch_size: int = 8
+    """Prompts per forward when reading features."""
+    max_length: int = 1024
+    """Tokens of a templated prompt read for its features (its beginning)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"router needs steps >= 1, lr > 0, weight_decay >= 0; got {self.steps}, {self.lr}, {self.weight_decay}")
+        if self.max_prompts_per_domain is not None and self.max_prompts_per_domain < 1:
+            raise ValueError(f"router.max_prompts_per_domain must be >= 1 or null, got {self.max_prompts_per_domain}")
+        if self.batch_size < 1 or self.max_length < 1:
+            raise ValueError("router.batch_size and router.max_length must be >= 1")
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"
     """disabled | offline | online (online needs `wandb login`); WANDB_MODE in the environment wins."""
@@ -222,9 +361,12 @@ class SkillweaveConfig:
     """Domains covered by stage=all and by the fan-in stages (merge, eval)."""
     filter: FilterConfig = field(default_factory=FilterConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    dpo_multitask: DPOMultitaskConfig = field(default_factory=DPOMultitaskConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     zip: ZipConfig = field(default_factory=ZipConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     artifacts_root: str = "artifacts"
     """Root of the content-addressed artifact store (a shared filesystem on a cluster)."""

@@ -45,6 +45,7 @@ def evaluate(
     batch_size: int = 8,
     seed: int = 1234,
     apply_chat_template: bool = True,
+    doc_ids: dict[str, list[int]] | None = None,
 ) -> dict[str, dict]:
     """Greedy generation + scoring of `model` on `tasks` with lm-eval.
 
@@ -56,19 +57,29 @@ def evaluate(
             same seed); None = all docs.
         max_gen_toks: generation budget per answer, overriding the YAMLs' defaults.
         apply_chat_template: False, or a tokenizer without a chat template, sends the plain prompt.
+        doc_ids: {task: doc indices} evaluates exactly those docs of a task instead of its seeded
+            subset (routed evaluation sends each skillpack the docs routed to it); other tasks keep `limit`.
 
     Returns:
         {task: {"metric", "score", "stderr" (nan for a single doc), "n",
                 "samples": [{"doc_id", "id", "prompt", "response", "score"}]}}
 
     Raises:
-        ValueError: an unknown task name or a limit below 1.
+        ValueError: an unknown task name, a limit below 1, or doc_ids naming a task not asked for, no
+            doc, a repeated doc or one out of range.
     """
     unknown = [t for t in tasks if t not in PRIMARY_METRIC]
     if unknown or not tasks:
         raise ValueError(f"unknown or no skillweave tasks {unknown}; valid: {', '.join(sorted(PRIMARY_METRIC))}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit}: give a number of docs >= 1, or None for all")
+    doc_ids = doc_ids or {}
+    for task, ids in doc_ids.items():
+        if task not in tasks:
+            raise ValueError(f"doc_ids names {task}, which is not among the tasks {list(tasks)}")
+        # lm-eval reads an empty list as "every doc"
+        if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+            raise ValueError(f"doc_ids[{task!r}] must be distinct doc indices >= 0, at least one; got {ids}")
     if apply_chat_template and getattr(tokenizer, "chat_template", None) is None:
         log.warning("the tokenizer has no chat template: evaluating with plain prompts")
         apply_chat_template = False
@@ -79,17 +90,17 @@ def evaluate(
 
     manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
     loaded = manager.load(list(tasks))["tasks"]
-    samples = (
-        None
-        if limit is None
-        else {name: seeded_subset(len(task.eval_docs), limit, seed) for name, task in loaded.items()}
-    )
+    samples = {} if limit is None else {name: seeded_subset(len(task.eval_docs), limit, seed) for name, task in loaded.items()}
+    for name, ids in doc_ids.items():
+        if max(ids) >= len(loaded[name].eval_docs):
+            raise ValueError(f"doc_ids[{name!r}] has {max(ids)}; the task has {len(loaded[name].eval_docs)} docs")
+        samples[name] = sorted(ids)  # lm-eval maps results back by position in this list, in doc order
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(loaded.values()),
         task_manager=manager,
-        samples=samples,
+        samples=samples or None,  # a task missing from it is evaluated on every doc
         gen_kwargs={"max_gen_toks": max_gen_toks},
         apply_chat_template=apply_chat_template,
         random_seed=seed,
@@ -100,6 +111,27 @@ def evaluate(
         confirm_run_unsafe_code=True,
     )
     return {name: _task_result(name, out) for name in tasks}
+
+
+def eval_prompts(task: str, *, limit: int | None, seed: int = 1234) -> list[tuple[int, str]]:
+    """(doc_id, prompt text) of the docs `evaluate(..., limit=limit, seed=seed)` scores for `task`, in order.
+
+    The text is lm-eval's `doc_to_text` of each doc, the user message before any chat template: what a
+    router sees of a request.
+
+    Raises:
+        ValueError: an unknown task or a limit below 1.
+    """
+    if task not in PRIMARY_METRIC:
+        raise ValueError(f"unknown skillweave task {task!r}; valid: {', '.join(sorted(PRIMARY_METRIC))}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit}: give a number of docs >= 1, or None for all")
+    from lm_eval.tasks import TaskManager
+
+    loaded = TaskManager(include_path=str(TASK_DIR), include_defaults=False).load([task])["tasks"][task]
+    docs = loaded.eval_docs
+    ids = range(len(docs)) if limit is None else seeded_subset(len(docs), limit, seed)
+    return [(i, loaded.doc_to_text(docs[i])) for i in ids]
 
 
 def _task_result(name: str, out: dict) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
@@ -45,7 +45,7 @@ class Stage:
 
 
 STAGES: Registry[Stage] = Registry("stage")
-ORDER = ("generate", "filter", "dpo", "merge", "zip", "eval")
+ORDER = ("generate", "filter", "dpo", "dpo_multitask", "lora", "merge", "zip", "route", "eval")
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Context:
     """The user's overrides, without stage= and domain=: replayed for every domain."""
     composer: Optional[Callable[[list[str]], SkillweaveConfig]] = None
     _domains: dict[str, SkillweaveConfig] = field(default_factory=dict)
+    _rounds: dict[int, "Context"] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -96,6 +97,32 @@ class Context:
         if domain:
             parts.append(f"domain={domain}")
         return " ".join(parts + list(self.overrides))
+
+    @property
+    def dpo_round(self) -> int:
+        """The online-DPO round the per-domain stages (ROUND_STAGES) plan: the last of `dpo.rounds`."""
+        return self.cfg.dpo.rounds - 1
+
+    def at_round(self, r: int) -> "Context":
+        """The same run planned at online-DPO round `r`: the run with `dpo.rounds=r+1`, whose last round it is.
+
+        A round's artifact keys do not depend on how many rounds follow it, so round r of any run is the
+        last round of `dpo.rounds=r+1`, and that is the command named when one of its artifacts is missing.
+        """
+        if r == self.dpo_round:
+            return self
+        if r < 0:
+            raise ValueError(f"online DPO rounds count from 0, got {r}")
+        if r not in self._rounds:
+            kept = (o for o in self.overrides if o.lstrip("+~").split("=", 1)[0] != "dpo.rounds")
+            overrides = (*kept, f"dpo.rounds={r + 1}")
+            cfg = replace(self.cfg, dpo=replace(self.cfg.dpo, rounds=r + 1))
+            earlier = Context(cfg=cfg, overrides=overrides, composer=self.composer)
+            for name in ("model_dir", "base_fingerprint"):  # the same backbone: reuse what is already computed
+                if name in self.__dict__:
+                    earlier.__dict__[name] = self.__dict__[name]
+            self._rounds[r] = earlier
+        return self._rounds[r]
 
 
 def plan(ctx: Context, stage: str, domain: Optional[str] = None) -> tuple[ArtifactRef, dict[str, ArtifactRef]]:
@@ -155,24 +182,76 @@ def execute(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactR
             atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config, "inputs": ref.inputs})
         metrics = st.run(ctx, domain, ref, inputs)
         if main:
+            if stage in ROUND_STAGES:
+                metrics = {"round": ctx.dpo_round, **metrics}
             write_manifest(ref, metrics, started)
     log.info("%s done in %.0f s", ref, time.time() - started)
     return ref
 
 
+ROUND_STAGES = ("generate", "filter", "dpo")
+"""The per-domain stages repeated by online DPO (`dpo.rounds`); their manifests record the round."""
+
+
+def run_rounds(ctx: Context, domain: str, first: tuple[str, ...] = ROUND_STAGES) -> dict[str, ArtifactRef]:
+    """One domain's online-DPO rounds: the stages `first` at round 0, then generate -> filter -> dpo at each
+    later round (sampling with, and training from, the previous round's policy). Complete rounds are
+    reused, so a run stopped after round r resumes at round r + 1.
+
+    Returns:
+        {"<stage>/<domain>": artifact} for the last round, {"<stage>/<domain>/round<r>": artifact} for earlier ones.
+    """
+    done: dict[str, ArtifactRef] = {}
+    for r in range(ctx.dpo_round + 1):
+        suffix = "" if r == ctx.dpo_round else f"/round{r}"
+        for stage in first if r == 0 else ROUND_STAGES:
+            done[f"{stage}/{domain}{suffix}"] = execute(ctx.at_round(r), stage, domain)
+    return done
+
+
+def run_stage(ctx: Context, stage: str, domain: Optional[str]) -> dict[str, ArtifactRef]:
+    """What `python -m skillweave stage=<stage>` runs: the stage once (per-domain stages at the last online
+    round), except stage=dpo with dpo.rounds > 1, which runs every round (online DPO is the dpo stage).
+
+    Raises:
+        ValueError: dpo.rounds > 1 under a multi-process launch (the rounds' filter stages are single-process).
+        MissingArtifactError: an input of the first stage run is missing.
+    """
+    if stage == "dpo" and ctx.dpo_round > 0:
+        from .cluster import process_rank
+
+        if process_rank()[1] > 1:
+            raise ValueError(
+                "stage=dpo with dpo.rounds > 1 also runs generate and filter, which a multi-process launch cannot: "
+                "launch each round's stages on their own (round r is the last round of dpo.rounds=r+1)"
+            )
+        refs = run_rounds(ctx, domain, first=("dpo",))
+        return {str(ref): ref for ref in refs.values()}
+    ref = execute(ctx, stage, domain)
+    return {str(ref): ref}
+
+
 def run_all(ctx: Context) -> dict[str, ArtifactRef]:
-    """Every stage for every domain in `domains`, per-domain stages first, fan-in stages after."""
+    """Every stage for every domain in `domains`: per-domain stages first (every online-DPO round), then
+    the fan-in stages."""
     done: dict[str, ArtifactRef] = {}
     for domain in ctx.cfg.domains:
-        for stage in ("generate", "filter", "dpo"):
-            done[f"{stage}/{domain}"] = execute(ctx, stage, domain)
-    done["merge"] = execute(ctx, "merge")
+        done |= run_rounds(ctx, domain)
+    return done | run_fan_in(ctx, known=done)
+
+
+def run_fan_in(ctx: Context, known: Optional[dict[str, ArtifactRef]] = None) -> dict[str, ArtifactRef]:
+    """merge, zip (every domain), what the eval configurations read besides (other merges, LoRA, multi-task
+    DPO, the router...), then eval. On a cluster this is the job after the per-domain array."""
+    from .stages.eval import eval_needs
+
+    done: dict[str, ArtifactRef] = {"merge": execute(ctx, "merge")}
     for domain in ctx.cfg.domains:
         done[f"zip/{domain}"] = execute(ctx, "zip", domain)
-    from .stages.eval import eval_needs  # the baselines' own inputs (other merges, LoRA, multi-task DPO...)
-
+    seen = [*(known or {}).values(), *done.values()]
     for name, need in eval_needs(ctx).items():
-        if need.ref not in done.values():
+        ref = need.ref
+        if ref not in seen and not ref.complete:
             done[f"eval-input/{name}"] = need.produce()
     done["eval"] = execute(ctx, "eval")
     return done

@@ -218,7 +218,8 @@ def test_stage_all_submits_the_domains_then_the_fan_in(tmp_path, tiny_model_dir)
                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
     array, fan_in = submit_all(ov, cluster="debug")
     assert [sorted(j.result()) for j in array] == [[f"{s}/{d}" for s in ("dpo", "filter", "generate")] for d in ("math", "code")]
-    assert sorted(fan_in.result()) == ["eval/all", "merge/all", "zip/code", "zip/math"]
+    # (with dpo.rounds > 1 each array task runs every round: pipeline.run_rounds, tested in test_rounds.py)
+    assert sorted(fan_in.result()) == ["eval", "merge", "zip/code", "zip/math"]
     root = tmp_path / "artifacts"
     assert all(set(manifests(root, s)) == {"math", "code"} for s in ("generate", "filter", "dpo", "zip"))
     assert set(manifests(root, "eval")) == {"all"}

@@ -126,7 +126,8 @@ def test_rules_reject_bad_kwargs(name, kwargs):
 def test_rule_set_scores_good_above_bad():
     rules = load_rule_set("dialogue")
     assert [name for name, _ in rules.rules] == [
-        "length_between", "no_repetition_loop", "no_refusal", "answers_the_question", "not_truncated",
+        "length_between", "no_repetition_loop", "no_refusal", "answers_the_question", "is_english", "is_coherent",
+        "not_truncated",
     ]
     good = rules.score(sample(GOOD))
     assert (good["passed"], good["score"]) == (True, 1.0)
@@ -158,5 +159,6 @@ def test_dialogue_task_data_and_scorer():
     answer = ("Many famous actors started their careers on Broadway, among them Hugh Jackman, Idina Menzel, "
               "Audra McDonald and Sutton Foster, before moving on to film and television.")
     assert task_utils.process_dialogue(doc, [answer]) == {"rule_score": 1.0}
-    # a refusal: too short (5/20 words), refusal 0, off topic 0, no loop 1, not_truncated 1 -> (0.25 + 2) / 5
-    assert task_utils.process_dialogue(doc, ["I cannot help with that."]) == {"rule_score": pytest.approx(0.45)}
+    # a refusal: too short (5/20 words), refusal 0, off topic 0, no loop 1, too short for the quality
+    # guards 1 + 1, not_truncated 1 -> (0.25 + 4) / 7
+    assert task_utils.process_dialogue(doc, ["I cannot help with that."]) == {"rule_score": pytest.approx(4.25 / 7)}

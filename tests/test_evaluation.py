@@ -234,3 +234,43 @@ def test_evaluate_without_chat_template_falls_back(tiny_model, tokenizer, docs, 
 def test_evaluate_rejects_bad_arguments(tasks, limit, message):
     with pytest.raises(ValueError, match=message):
         evaluate(None, None, tasks, limit=limit)
+
+
+def test_evaluate_on_given_doc_ids(tiny_model, tokenizer, docs):
+    """Routed evaluation sends a skillpack exactly the docs routed to it; other tasks keep the seeded subset."""
+    results = evaluate(
+        tiny_model, tokenizer, ["skillweave_math", "skillweave_ifeval"], limit=1, max_gen_toks=4, batch_size=2,
+        doc_ids={"skillweave_math": [7, 3]},
+    )
+    math_rows = results["skillweave_math"]["samples"]
+    assert [row["doc_id"] for row in math_rows] == [3, 7]  # exactly those, in doc order
+    assert [row["id"] for row in math_rows] == [docs["skillweave_math"][i]["id"] for i in (3, 7)]
+    assert results["skillweave_math"]["n"] == 2
+    assert [row["doc_id"] for row in results["skillweave_ifeval"]["samples"]] == seeded_subset(541, 1, 1234)
+
+
+@pytest.mark.parametrize(
+    "doc_ids, message",
+    [
+        ({"skillweave_math": []}, "at least one"),  # lm-eval would read [] as every doc
+        ({"skillweave_math": [1, 1]}, "distinct"),  # a doc counted twice
+        ({"skillweave_math": [200]}, "has 200 docs"),  # past the end
+        ({"skillweave_ifeval": [0]}, "not among the tasks"),  # a task not asked for
+    ],
+)
+def test_evaluate_rejects_bad_doc_ids(tiny_model, tokenizer, doc_ids, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate(tiny_model, tokenizer, ["skillweave_math"], limit=2, doc_ids=doc_ids)
+
+
+def test_eval_prompts_are_the_evaluated_subset(docs):
+    from skillweave.evaluation import eval_prompts
+
+    prompts = eval_prompts("skillweave_ifeval", limit=3)
+    assert [i for i, _ in prompts] == seeded_subset(541, 3, 1234)  # the docs evaluate() scores
+    assert [text for _, text in prompts] == [docs["skillweave_ifeval"][i]["prompt"] for i, _ in prompts]
+    (doc_id, text), = eval_prompts("skillweave_humaneval", limit=1)
+    assert text.startswith("Complete the following Python function.")  # the YAML's template, rendered
+    assert docs["skillweave_humaneval"][doc_id]["prompt"] in text
+    with pytest.raises(ValueError, match="unknown"):
+        eval_prompts("skillweave_gsm8k", limit=1)

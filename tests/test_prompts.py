@@ -38,6 +38,13 @@ def test_sources_are_deterministic_distinct_and_well_formed(source, n):
         json.dumps(row)  # rows are written as JSONL
 
 
+@pytest.mark.parametrize("source, n", [*SOURCES, ("dialogue_requests", 60)])
+def test_sources_are_prefix_stable(source, n):
+    """Online DPO round r takes rows r*n .. (r+1)*n - 1 of one seeded draw (skillweave/stages/generate.py)."""
+    fn = PROMPT_SOURCES.get(source)
+    assert fn(2 * n, seed=4)[:n] == fn(n, seed=4)
+
+
 @pytest.mark.parametrize(
     "source, n, kwargs, match",
     [
@@ -75,33 +82,55 @@ def test_math_rows_are_scorable_and_balanced():
 
 
 def test_code_tasks_references_pass_and_tests_discriminate():
-    """Every reference passes its tests, and a do-nothing solution fails at least one; all tasks
-    run in one sandbox call."""
+    """Every reference passes its tests, a do-nothing solution fails at least one, and no two tasks with
+    the same function name (a family's members) accept each other's reference: >= 300 distinct tasks in
+    behaviour, not only in wording. All of it runs in one sandbox call."""
     tasks = code_task_table()
-    assert len(tasks) >= 60
+    assert len(tasks) >= 300
     assert len({t.prompt() for t in tasks}) == len(tasks)
+    assert len({(t.entry_point, t.tests()) for t in tasks}) == len(tasks)
     cases = [(t.entry_point, t.reference, t.tests()) for t in tasks]
     script = (
         f"cases = {cases!r}\n"
-        "for entry_point, reference, tests in cases:\n"
+        "def passes(source, tests):\n"
         "    namespace = {}\n"
-        "    exec(reference, namespace)\n"
+        "    exec(source, namespace)\n"
         "    try:\n"
         "        exec(tests, namespace)\n"
         "    except AssertionError:\n"
-        "        print('REFERENCE FAILS', entry_point, reference.splitlines()[1:3])\n"
-        "    stub = {}\n"
-        "    exec(f'def {entry_point}(*args):\\n    return None', stub)\n"
-        "    try:\n"
-        "        exec(tests, stub)\n"
-        "        print('TESTS ACCEPT A STUB', entry_point)\n"
-        "    except AssertionError:\n"
-        "        pass\n"
-        "print('checked', len(cases))\n"
+        "        return False\n"
+        "    return True\n"
+        "pairs = 0\n"
+        "for i, (entry_point, reference, tests) in enumerate(cases):\n"
+        "    if not passes(reference, tests):\n"
+        "        print('REFERENCE FAILS', i, entry_point)\n"
+        "    if passes(f'def {entry_point}(*args):\\n    return None', tests):\n"
+        "        print('TESTS ACCEPT A STUB', i, entry_point)\n"
+        "    for j, (other_entry, other_reference, _) in enumerate(cases):\n"
+        "        if j != i and other_entry == entry_point:\n"
+        "            pairs += 1\n"
+        "            if passes(other_reference, tests):\n"
+        "                print('TESTS ACCEPT A SIBLING', i, j, entry_point)\n"
+        "print('checked', len(cases), pairs > 0)\n"
     )
-    result = run_python(script, timeout_s=30)
+    result = run_python(script, timeout_s=60)
     assert result.ok, result.reason
-    assert result.stdout == f"checked {len(tasks)}\n"
+    assert result.stdout == f"checked {len(tasks)} True\n"
+
+
+def test_code_tasks_survive_the_contamination_check():
+    """The code eval set is HumanEval: the whole table, and the slices online DPO rounds take, lose
+    fewer than 5% of their prompts to the 13-gram check."""
+    from skillweave.contamination import check_prompts
+
+    source = PROMPT_SOURCES.get("code_tasks")
+    everything = source(len(code_task_table()), seed=0)
+    kept, report = check_prompts(everything, n=13)
+    assert len(everything) - len(kept) < 0.05 * len(everything), report["examples"]
+    rows = source(4 * 64, seed=0)  # conf/domain/code.yaml: 64 prompts a round
+    for r in range(4):
+        kept, report = check_prompts(rows[r * 64 : (r + 1) * 64], n=13)
+        assert 64 - len(kept) < 0.05 * 64, report["examples"]
 
 
 def test_code_rows_match_the_task_table():

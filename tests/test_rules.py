@@ -18,7 +18,8 @@ def sample(response: str, **meta) -> dict:
 
 def test_registry_holds_every_rule():
     # a subset: other tests register rules of their own in the same session
-    assert {"final_number_matches", "ifeval_instructions", "not_truncated", "unit_tests_pass"} <= set(RULES.names())
+    assert {"final_number_matches", "ifeval_instructions", "not_truncated", "unit_tests_pass", "is_english",
+            "is_coherent"} <= set(RULES.names())
 
 
 # --- math ---------------------------------------------------------------------------------------
@@ -247,9 +248,9 @@ def test_ensure_punkt_tab_builds_the_model_offline(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "domain, names",
     [
-        ("math", ["final_number_matches", "not_truncated"]),
-        ("code", ["unit_tests_pass", "not_truncated"]),
-        ("instructions", ["ifeval_instructions", "not_truncated"]),
+        ("math", ["final_number_matches", "is_coherent", "not_truncated"]),
+        ("code", ["unit_tests_pass", "is_coherent", "not_truncated"]),
+        ("instructions", ["ifeval_instructions", "is_english", "is_coherent", "not_truncated"]),
     ],
 )
 def test_shipped_rule_sets_load(domain, names):
@@ -266,12 +267,14 @@ def test_rule_set_score_combines_rules():
         "score": 1.0,
         "rules": {
             "final_number_matches": {"passed": True, "score": 1.0, "reason": "4 (last number) equals gold 4"},
+            "is_coherent": {"passed": True, "score": 1.0,
+                            "reason": "longest run of one line 1 (max 3); longest run of one word 1 (max 4)"},
             "not_truncated": {"passed": True, "score": 1.0, "reason": "complete"},
         },
     }
     # a correct but truncated answer is not chosen
     truncated = rule_set.score(sample("so 2 + 2 = 4", answer="4", truncated=True))
-    assert (truncated["passed"], truncated["score"]) == (False, 0.5)
+    assert (truncated["passed"], truncated["score"]) == (False, pytest.approx(2 / 3))
 
 
 def write(tmp_path, text: str):

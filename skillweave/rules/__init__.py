@@ -13,7 +13,7 @@ from typing import Callable
 import yaml
 
 from skillweave.resources import resource_path
-from skillweave.rules import code, dialogue, instructions, math  # noqa: F401  importing registers their rules
+from skillweave.rules import code, dialogue, instructions, math, quality  # noqa: F401  importing registers their rules
 from skillweave.rules.common import RULES, RuleResult, Sample, rule
 
 __all__ = ["RULES", "RuleResult", "RuleSet", "Sample", "load_rule_set", "rule"]

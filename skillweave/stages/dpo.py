@@ -1,4 +1,9 @@
-"""Stage 1c: full-parameter DPO per domain (trl), reference = the backbone.
+"""Stage 1c: full-parameter DPO per domain (trl), reference = the backbone (online rounds: see below).
+
+Online DPO (`dpo.rounds` > 1): round r > 0 trains on pairs sampled by theta_0 + Delta_{r-1}, starts
+from that policy and takes it as the reference (our choice, the usual one for iterative/online DPO:
+the KL anchor is the policy that produced the pairs, so each round is a beta-regularised step from
+it instead of being pulled back to theta_0 ever harder). The delta saved is still theta_r - theta_0.
 
 The artifact is the proto-skillpack Delta_k = theta_k - theta_0 as safetensors, stamped with the
 backbone's fingerprint. Trainer checkpoints live in the (partial) artifact directory until the delta
@@ -7,6 +12,8 @@ is written, so a killed (or preempted and requeued) run resumes from its last ch
 Multi-GPU: `dpo.deepspeed=zero2|zero3|<path.json>` under `accelerate launch` (slurm/README.md). All
 ranks train; rank 0 alone writes the delta, from fp32 weights (DeepSpeed's master copy, not the
 bf16 or partitioned module).
+
+The trainer set-up (`train_dpo`) also trains the baselines of stages dpo_multitask and lora.
 """
 
 from __future__ import annotations
@@ -23,12 +30,13 @@ import torch
 
 from ..artifacts import ArtifactRef, tmp_path_for
 from ..config import DPOConfig as DPOSettings
-from ..config import Precision
+from ..config import Precision, SkillweaveConfig
 from ..models import load_model, load_state_dict, load_tokenizer
 from ..pipeline import STAGES, Context, Stage, ref_for
 from ..resources import resource_path
 from ..tracking import wandb_env
 from .filter import PAIRS
+from .generate import previous_delta
 
 DELTA = "delta.safetensors"
 
@@ -36,31 +44,86 @@ DELTA = "delta.safetensors"
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
     # DeepSpeed is how the run is executed, not what it computes: a merge job composed without
-    # dpo.deepspeed must find the same delta.
-    settings = {k: v for k, v in asdict(cfg.dpo).items() if k != "deepspeed"}
-    return {"dpo": settings, "model": ctx.base_fingerprint}, {"pairs": ref_for(ctx, "filter", domain)}
+    # dpo.deepspeed must find the same delta. How many rounds follow does not change a round either.
+    settings = {k: v for k, v in asdict(cfg.dpo).items() if k not in ("deepspeed", "rounds")}
+    config, inputs = {"dpo": settings, "model": ctx.base_fingerprint}, {"pairs": ref_for(ctx, "filter", domain)}
+    if ctx.dpo_round > 0:  # online DPO: start from (and refer to) the previous round's policy
+        config["round"] = ctx.dpo_round
+        inputs["policy"] = ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain)
+    return config, inputs
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
+    cfg = ctx.for_domain(domain)
+    pairs = load_pairs(inputs["pairs"].path)
+    ckpt_dir = ref.path / "checkpoints"
+    trainer, metrics = train_dpo(
+        cfg, ctx.model_dir, pairs, ckpt_dir, run_name=f"dpo-{domain}-{ref.key}",
+        initial_delta=previous_delta(ctx, inputs),  # None at round 0
+    )
+    stats = write_delta(ctx, trainer, ref.path / DELTA, domain, scratch=ckpt_dir / "final")
+    if stats is None:  # not rank 0: rank 0 writes the delta and the manifest
+        return metrics
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return {**metrics, **stats}
+
+
+def load_pairs(filter_dir: Path):
+    """The chosen/rejected pairs of a filter artifact, as the conversational dataset DPOTrainer reads."""
     from datasets import load_from_disk
+
+    return load_from_disk(str(filter_dir / PAIRS)).select_columns(["prompt", "chosen", "rejected"])
+
+
+def pairs_of_every_round(ctx: Context, domain: str) -> list[ArtifactRef]:
+    """The filter artifacts the per-domain DPO of `domain` trains on, round 0 first (one without online
+    rounds): the baselines dpo_multitask and lora train on all of them together, the same pairs."""
+    return [ref_for(ctx.at_round(r), "filter", domain) for r in range(ctx.dpo_round + 1)]
+
+
+def train_dpo(
+    cfg: SkillweaveConfig,
+    model_dir: Path,
+    pairs,
+    ckpt_dir: Path,
+    run_name: str,
+    *,
+    learning_rate: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    peft_config=None,
+    initial_delta: Optional[dict[str, torch.Tensor]] = None,
+):
+    """DPO of the model in `model_dir` on `pairs` with `cfg.dpo`'s settings, reference = that model.
+
+    One trainer set-up for the dpo, dpo_multitask and lora stages. Checkpoints go to `ckpt_dir`
+    every `dpo.save_steps`; a run killed after one resumes from the last.
+
+    Args:
+        learning_rate, max_steps: instead of dpo.learning_rate, dpo.max_steps.
+        peft_config: a `peft.PeftConfig`: train that adapter on the frozen model (the reference is
+            then the model with the adapter disabled) instead of every weight.
+        initial_delta: start from (and refer to) the model plus this delta (online DPO round r > 0).
+    Returns:
+        (the trainer after training, metrics: pairs, steps, processes, deepspeed, first and last
+        loss, last reward accuracy).
+    Raises:
+        ValueError: dpo.precision=bfloat16 without a GPU; a dpo.deepspeed that is not found.
+    """
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer
 
-    cfg = ctx.for_domain(domain)
     d = cfg.dpo
-    pairs = load_from_disk(str(inputs["pairs"].path / PAIRS)).select_columns(["prompt", "chosen", "rejected"])
     cuda = torch.cuda.is_available()
     if d.precision == Precision.bfloat16 and not cuda:
         raise ValueError("dpo.precision=bfloat16 needs a GPU (mixed precision); use dpo.precision=float32 on CPU")
-    ckpt_dir = ref.path / "checkpoints"
     wandb = wandb_env(cfg)
     os.environ.update(wandb)  # read by wandb.init in the Trainer's callback (rank 0 only)
     # Made before the model: with ZeRO-3 the DPOConfig makes from_pretrained load the weights partitioned.
     args = DPOConfig(
         output_dir=str(ckpt_dir),
-        learning_rate=d.learning_rate,
+        learning_rate=d.learning_rate if learning_rate is None else learning_rate,
         beta=d.beta,
-        max_steps=d.max_steps,
+        max_steps=d.max_steps if max_steps is None else max_steps,
         per_device_train_batch_size=d.per_device_batch_size,
         gradient_accumulation_steps=d.gradient_accumulation_steps,
         max_length=d.max_length,
@@ -74,12 +137,17 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         seed=d.seed,
         precompute_ref_log_probs=True,  # the frozen reference runs once over the pairs, not every step
         report_to="wandb" if wandb else "none",
-        run_name=f"dpo-{domain}-{ref.key}",
+        run_name=run_name,
         deepspeed=deepspeed_config(d),
     )
-    model = load_model(ctx.model_dir, dtype=torch.float32)
-    tok = load_tokenizer(ctx.model_dir)
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok)
+    model = load_model(model_dir, dtype=torch.float32)
+    if initial_delta is not None:
+        # Before the trainer exists: trl computes the reference log-probs from this model at construction.
+        add_delta_gathered(model, initial_delta)
+    tok = load_tokenizer(model_dir)
+    trainer = DPOTrainer(
+        model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok, peft_config=peft_config
+    )
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
 
@@ -93,14 +161,44 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "last_loss": logs[-1]["loss"] if logs else None,
         "last_reward_accuracy": logs[-1].get("rewards/accuracies") if logs else None,
     }
-    trained = trained_state_dict(trainer, ckpt_dir / "final")
-    if trained is None:  # not rank 0: rank 0 writes the delta and the manifest
-        return metrics
+    return trainer, metrics
+
+
+def write_delta(ctx: Context, trainer, path: Path, domain: Optional[str], scratch: Path) -> Optional[dict]:
+    """Saves theta - theta_0 of the trained model to `path` on rank 0 (collective: every rank calls it).
+
+    Returns:
+        delta_stats of the delta on rank 0, None on the other ranks.
+    """
+    trained = trained_state_dict(trainer, scratch)
+    if trained is None:
+        return None
     base = load_state_dict(ctx.model_dir)
     delta = {k: (trained[k].detach().float().cpu() - v).contiguous() for k, v in base.items()}
-    save_delta(ref.path / DELTA, delta, backbone_fingerprint=ctx.base_fingerprint, domain=domain)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return {**metrics, **delta_stats(delta, base)}
+    save_delta(path, delta, backbone_fingerprint=ctx.base_fingerprint, domain=domain)
+    return delta_stats(delta, base)
+
+
+def add_delta_gathered(model: torch.nn.Module, delta: dict[str, torch.Tensor]) -> None:
+    """theta <- theta + Delta in place; under ZeRO-3 (weights partitioned at load) one weight at a time,
+    gathered, changed on rank 0 and partitioned again."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from ..cluster import is_main_process
+
+    zero3 = is_deepspeed_zero3_enabled()
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # tied weights are listed once
+            if name not in delta:
+                continue
+            if not zero3:
+                p.add_(delta[name].to(p.dtype))
+                continue
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                if is_main_process():
+                    p.add_(delta[name].to(p.dtype))
 
 
 def deepspeed_config(d: DPOSettings) -> Optional[str]:

@@ -269,3 +269,5 @@ def results_table(results: dict) -> str:
 
 STAGES.register("eval")(Stage("eval", per_domain=False, plan=plan, run=run))
 from . import eval_baselines  # noqa: E402,F401
+from . import eval_trained  # noqa: E402,F401
+from . import eval_routed  # noqa: E402,F401

@@ -3,6 +3,12 @@
 Batches are written as shards, so a killed run resumes at the first missing batch; each batch has
 its own seed, so a resumed run, or one sharded over several processes, samples exactly what an
 uninterrupted single process would have.
+
+Online DPO (`dpo.rounds`, METHOD.md stage 1.4): at round r > 0 the policy theta_0 + Delta_{r-1} (the
+previous round's dpo artifact) samples instead of the backbone, and it answers new prompts: rows
+r*n .. (r+1)*n - 1 of the domain's seeded prompt source (n = num_prompts, the seed unchanged), so
+no round repeats an earlier round's prompts; the sampling seeds differ per round as well. Round 0
+is exactly the one-round stage (same artifact key).
 """
 
 from __future__ import annotations
@@ -20,29 +26,68 @@ from ..artifacts import ArtifactRef, atomic_write_json, atomic_write_text
 from ..cluster import process_rank
 from ..config import SamplingConfig
 from ..models import chat_prompt, load_model, load_tokenizer
-from ..pipeline import STAGES, Context, Stage
+from ..pipeline import STAGES, Context, Stage, ref_for
 
 SAMPLES = "samples.jsonl"
 
 
 def plan(ctx: Context, domain: Optional[str]):
+    from ..prompts import SOURCE_VERSIONS
+
     cfg = ctx.for_domain(domain)
-    return {
+    config = {
         "model": ctx.base_fingerprint,
         "domain": domain,
         "prompt_source": asdict(cfg.domain.prompt_source),
         "sampling": asdict(cfg.domain.sampling),
         "contamination_ngram": cfg.domain.contamination_ngram,
         "dtype": str(cfg.model.generation_dtype),
-    }, {}
+    }
+    if cfg.domain.prompt_source.name in SOURCE_VERSIONS:
+        config["prompt_source_version"] = SOURCE_VERSIONS[cfg.domain.prompt_source.name]
+    if ctx.dpo_round == 0:
+        return config, {}
+    # Round r samples with the policy the previous round trained.
+    return {**config, "round": ctx.dpo_round}, {"policy": ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain)}
 
 
-def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
+def round_prompts(ctx: Context, domain: Optional[str]) -> list[dict]:
+    """This round's slice of the domain's prompt source: rows r*n .. (r+1)*n - 1 of its seeded draw.
+
+    Raises:
+        ValueError: the source cannot produce that many distinct prompts.
+    """
     from ..prompts import PROMPT_SOURCES
 
     cfg = ctx.for_domain(domain)
+    source, n, r = cfg.domain.prompt_source, cfg.domain.sampling.num_prompts, ctx.dpo_round
+    try:
+        rows = PROMPT_SOURCES.get(source.name)(n=(r + 1) * n, seed=cfg.domain.sampling.seed, **source.kwargs)
+        if r > 0 and len(rows) < (r + 1) * n:
+            raise ValueError(f"prompt source {source.name!r} gave only {len(rows)} prompts")
+    except ValueError as e:
+        if r == 0:
+            raise
+        raise ValueError(
+            f"{e}: round {r} of dpo.rounds={cfg.dpo.rounds} needs {(r + 1) * n} prompts in all "
+            f"({n} new ones a round); lower dpo.rounds or domain.sampling.num_prompts"
+        ) from None
+    return rows[r * n :]
+
+
+def previous_delta(ctx: Context, inputs: dict) -> Optional[dict[str, torch.Tensor]]:
+    """Delta_{r-1} of the previous round's dpo artifact (input `policy`), or None at round 0."""
+    if "policy" not in inputs:
+        return None
+    from .dpo import DELTA, load_delta
+
+    return load_delta(inputs["policy"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+
+
+def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
+    cfg = ctx.for_domain(domain)
     source, sampling = cfg.domain.prompt_source, cfg.domain.sampling
-    prompts = PROMPT_SOURCES.get(source.name)(n=sampling.num_prompts, seed=sampling.seed, **source.kwargs)
+    prompts = round_prompts(ctx, domain)
     if not prompts:
         raise ValueError(f"prompt source {source.name!r} of conf/domain/{domain}.yaml yielded no prompts")
     dropped = 0
@@ -61,7 +106,14 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     rank, world = process_rank()
     dtype = getattr(torch, str(cfg.model.generation_dtype))
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    model = load_model(ctx.model_dir, dtype=dtype).to(device)
+    model = load_model(ctx.model_dir, dtype=dtype)
+    delta = previous_delta(ctx, inputs)
+    if delta is not None:
+        from .eval import add_delta
+
+        add_delta(model, delta)  # theta_0 + Delta_{r-1}, in the sampling dtype
+        del delta
+    model = model.to(device)
     tok = load_tokenizer(ctx.model_dir)
     tok.padding_side = "left"  # decoder-only batches pad on the left so generation continues the prompt
 
@@ -77,7 +129,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         if shard.exists():
             continue
         t0 = time.perf_counter()
-        rows = sample_batch(model, tok, batch, sampling, seed=sampling.seed * 1_000_003 + i)
+        rows = sample_batch(model, tok, batch, sampling, seed=batch_seed(sampling.seed, ctx.dpo_round, i))
         seconds += time.perf_counter() - t0
         new_tokens += sum(r["n_tokens"] for r in rows)
         atomic_write_text(shard, "".join(json.dumps(r) + "\n" for r in rows))
@@ -92,6 +144,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     rows = [json.loads(line) for i in range(len(batches)) for line in (shards / f"{i:05d}.jsonl").open()]
     atomic_write_text(ref.path / SAMPLES, "".join(json.dumps(r) + "\n" for r in rows))
     return {
+        "policy": inputs["policy"].key if "policy" in inputs else None,
         "prompts": len(prompts),
         "contaminated_prompts_dropped": dropped,
         "samples": len(rows),
@@ -102,6 +155,11 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "device": device,
         "dtype": str(dtype),
     }
+
+
+def batch_seed(seed: int, dpo_round: int, batch: int) -> int:
+    """The sampling seed of one batch; round 0 keeps the one-round seeds."""
+    return seed * 1_000_003 + batch + dpo_round * 7_000_000_001
 
 
 @torch.no_grad()

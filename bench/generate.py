@@ -1,0 +1,237 @@
+"""Sampling throughput of the generate stage: new tokens per second per batch size, backend and dtype.
+
+Each call is the stage's own `sample_batch` (skillweave/stages/generate.py): a batch of chat prompts,
+`samples_per_prompt` sampled answers each, cut at the first end token. "Batch size" is the stage's
+`domain.sampling.batch_size`, prompts per `generate()` call, so one call decodes batch_size x
+samples_per_prompt sequences. Tokens are what the stage counts (`n_tokens`: up to the end token), so
+tokens/s here is the figure the stage reports as `tokens_per_s`; a batch keeps decoding until its
+longest sequence stops, and that padding is the cost of batching that this number includes.
+
+Backends: `cpu-fp32` and `cpu-bf16` (the model loaded as the stage loads it, `load_model(dir, dtype)`),
+and `cuda-bf16` / `cuda-fp32` when torch sees a GPU. Per batch size, every backend is called once to
+warm up, then in `repeats` rounds, the order rotated each round and the same seed for every backend
+within a round; `x fp32` is the median over rounds of the backend's tokens/s over cpu-fp32's (or
+cuda-fp32's) in the same round, so contention from other processes hits both sides of a ratio.
+Absolute tokens/s on a shared machine are not facts; the ratios are what to compare.
+
+    python bench/generate.py                          # embedded SmolLM2-135M, batch 1..32 (minutes)
+    python bench/generate.py --quick                  # batch 1 and 4, 16 new tokens: about a minute
+    python bench/generate.py --model /abs/hf/dir --batch-sizes 8 32 --max-new-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from skillweave.config import SamplingConfig
+from skillweave.models import load_model, load_tokenizer, resolve_model_dir
+from skillweave.prompts import PROMPT_SOURCES
+from skillweave.stages.generate import sample_batch
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "generate.json"
+GRID = {"batch_sizes": [1, 4, 8, 16, 32], "max_new_tokens": 64, "repeats": 3}
+QUICK = {"batch_sizes": [1, 4], "max_new_tokens": 16, "repeats": 2}
+BACKENDS = {"cpu-fp32": ("cpu", torch.float32), "cpu-bf16": ("cpu", torch.bfloat16),
+            "cuda-fp32": ("cuda", torch.float32), "cuda-bf16": ("cuda", torch.bfloat16)}
+
+
+def default_backends() -> list[str]:
+    """Both CPU dtypes, and both CUDA dtypes when torch sees a GPU."""
+    return ["cpu-fp32", "cpu-bf16"] + (["cuda-fp32", "cuda-bf16"] if torch.cuda.is_available() else [])
+
+
+def reference_backend(backend: str) -> str:
+    """The fp32 backend on the same device: what `x fp32` divides by."""
+    return f"{backend.split('-')[0]}-fp32"
+
+
+def timed_call(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int) -> tuple[float, list[dict]]:
+    """Seconds for one `sample_batch` call (synchronised on CUDA), and its rows."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    t0 = time.perf_counter()
+    rows = sample_batch(model, tok, batch, sampling, seed=seed)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return time.perf_counter() - t0, rows
+
+
+def bench_batch_size(
+    models: dict, tok, prompts: list[dict], batch_size: int, sampling: SamplingConfig, repeats: int
+) -> list[dict]:
+    """One row per backend at this batch size: tokens/s over all rounds, and the per-round ratios."""
+    batch = prompts[:batch_size]
+    names = list(models)
+    for name in names:  # warm-up: first-call allocations, oneDNN / cuBLAS kernel selection
+        timed_call(models[name], tok, batch, sampling, seed=1_000_000)
+    per_round: dict[str, list[tuple[float, list[dict]]]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            per_round[name].append(timed_call(models[name], tok, batch, sampling, seed=r))
+    rows = []
+    for name in names:
+        calls = per_round[name]
+        seconds = sum(s for s, _ in calls)
+        tokens = sum(row["n_tokens"] for _, rs in calls for row in rs)
+        sequences = [row for _, rs in calls for row in rs]
+        rate = [sum(row["n_tokens"] for row in rs) / s for s, rs in calls]
+        ref = reference_backend(name)
+        ratio = None
+        if ref in per_round:
+            ref_rate = [sum(row["n_tokens"] for row in rs) / s for s, rs in per_round[ref]]
+            ratio = statistics.median(a / b for a, b in zip(rate, ref_rate))
+        device, dtype = BACKENDS[name]
+        rows.append(
+            {
+                "backend": name,
+                "device": device,
+                "dtype": str(dtype).removeprefix("torch."),
+                "batch_size": batch_size,
+                "sequences_per_call": batch_size * sampling.samples_per_prompt,
+                "calls": len(calls),
+                "new_tokens": tokens,
+                "seconds": round(seconds, 3),
+                "tokens_per_s": round(tokens / seconds, 2),
+                "median_call_s": round(statistics.median(s for s, _ in calls), 3),
+                "ratio_vs_fp32": round(ratio, 3) if ratio is not None else None,
+                "mean_new_tokens": round(tokens / len(sequences), 1),
+                "truncated_fraction": round(sum(row["truncated"] for row in sequences) / len(sequences), 3),
+            }
+        )
+        print(f"  batch {batch_size} {name}: {tokens / seconds:.1f} tok/s", file=sys.stderr, flush=True)
+    return rows
+
+
+def add_batch_speedups(rows: list[dict]) -> None:
+    """`speedup_vs_batch1`: tokens/s over the same backend's at the smallest batch size measured."""
+    for backend in {r["backend"] for r in rows}:
+        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
+        for r in mine:
+            r["speedup_vs_smallest_batch"] = round(r["tokens_per_s"] / mine[0]["tokens_per_s"], 3)
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| backend | batch (prompts) | sequences | tokens/s | x fp32 (same round) | x smallest batch | mean new tokens | truncated |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (list(BACKENDS).index(r["backend"]), r["batch_size"])):
+        ratio = f"{r['ratio_vs_fp32']:.2f}" if r["ratio_vs_fp32"] is not None else "-"
+        lines.append(
+            f"| {r['backend']} | {r['batch_size']} | {r['sequences_per_call']} | {r['tokens_per_s']:.1f} | {ratio} "
+            f"| {r['speedup_vs_smallest_batch']:.2f} | {r['mean_new_tokens']} | {r['truncated_fraction']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def device_name(devices: set[str]) -> str:
+    """What the timings ran on, recorded in the JSON beside them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    name = f"{cpu}, {os.cpu_count()} logical CPUs"
+    if "cuda" in devices:
+        name += f"; {torch.cuda.get_device_name(0)}"
+    return name
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    """Temp file in the same directory, then rename: a killed run never leaves a file that looks complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="embedded",
+                   help="a local HF model directory, or `embedded` (the bundled SmolLM2-135M-Instruct; default)")
+    p.add_argument("--backends", nargs="+", choices=list(BACKENDS), help="default: cpu-fp32 cpu-bf16, + cuda-* with a GPU")
+    p.add_argument("--quick", action="store_true", help=f"small sizes: {QUICK}")
+    p.add_argument("--batch-sizes", type=int, nargs="+", help=f"prompts per call (default {GRID['batch_sizes']})")
+    p.add_argument("--max-new-tokens", type=int, help=f"default {GRID['max_new_tokens']}")
+    p.add_argument("--repeats", type=int, help=f"timed rounds per batch size (default {GRID['repeats']})")
+    p.add_argument("--samples-per-prompt", type=int, default=4, help="as domain.sampling (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--prompts", default="dialogue_requests", help="a registered prompt source (default %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared 2-core box two OpenMP threads stall, STACK.md)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    args = p.parse_args(argv)
+    preset = QUICK if args.quick else GRID
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.backends = args.backends or default_backends()
+    if any(BACKENDS[b][0] == "cuda" for b in args.backends) and not torch.cuda.is_available():
+        p.error("a cuda backend: torch sees no CUDA device")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model_dir = resolve_model_dir(args.model)
+    tok = load_tokenizer(model_dir)
+    tok.padding_side = "left"  # as the generate stage: decoder-only batches pad on the left
+    models = {}
+    for name in args.backends:
+        device, dtype = BACKENDS[name]
+        models[name] = load_model(model_dir, dtype=dtype).to(device)
+    sampling = SamplingConfig(
+        num_prompts=max(args.batch_sizes), samples_per_prompt=args.samples_per_prompt, temperature=args.temperature,
+        top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=max(args.batch_sizes), seed=0,
+    )
+    prompts = PROMPT_SOURCES.get(args.prompts)(n=max(args.batch_sizes), seed=0)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    rows = []
+    for batch_size in args.batch_sizes:
+        rows += bench_batch_size(models, tok, prompts, batch_size, sampling, args.repeats)
+    add_batch_speedups(rows)
+    result = {
+        "command": " ".join(["python", "bench/generate.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device_name": device_name({BACKENDS[b][0] for b in args.backends}),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": str(model_dir) if args.model != "embedded" else "embedded (SmolLM2-135M-Instruct)",
+        "prompt_source": args.prompts,
+        "samples_per_prompt": args.samples_per_prompt,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "repeats": args.repeats,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+        "rows": rows,
+    }
+    write_json_atomic(result, args.out)
+    print(format_table(rows))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

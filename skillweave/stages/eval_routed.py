@@ -1,0 +1,183 @@
+"""Eval configurations served by the learned router (stage `route`) instead of oracle domain labels.
+
+  skillweave_routed  the merged backbone + the skillpacks; each eval doc of every domain goes to the
+                     skillpack the router picks (top-1) from its prompt. Docs are grouped per chosen
+                     skillpack, each group is evaluated by lm-eval with that skillpack attached (the
+                     paper's serving: requests of several domains in a batch grouped per skillpack),
+                     and the per-doc scores are put back together per true domain: score = mean,
+                     stderr = sample std / sqrt(n), lm-eval's stderr of a mean.
+                     Bytes: backbone + all K skillpacks + router. Details: router accuracy and confusion
+                     matrix (rows = true domain, columns = routed) on the eval prompts, and each doc's
+                     routed skillpack and score.
+  twin_merging       Twin-Merging (Lu et al. 2024; skillweave/router.py says what is faithful): the
+                     merged backbone as shared knowledge, each domain's exclusive knowledge
+                     Delta_k - Delta_shared as rank-`zip.rank` fp16 SVD factors, mixed per input by the
+                     router's softmax weights (set at each prefill, kept for the decode steps).
+                     Bytes: backbone + K fp16 factor sets + router. Details: the routing weights used,
+                     averaged per true domain, and how often their top-1 is the true domain.
+The router reads the eval prompts as lm-eval's doc_to_text, wrapped in the chat template, on the same
+seeded subset (`eval.limit`) every other configuration is scored on.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+from ..evaluation import eval_prompts, evaluate
+from ..models import load_model, load_tokenizer, model_fingerprint
+from ..pipeline import Context, Need
+from ..router import (
+    Router,
+    TwinMerging,
+    confusion_matrix,
+    exclusive_factors,
+    exclusive_nbytes,
+    load_router,
+    prompt_features,
+    router_nbytes,
+)
+from .dpo import DELTA, load_delta
+from .eval import CONFIGURATIONS, Configuration, Scorer, param_bytes, per_domain
+from .merge import BACKBONE, SHARED
+from .route import ROUTER
+from .zip import SKILLPACK
+
+
+def _router_for(ctx: Context, refs: dict, fingerprint: str) -> Router:
+    """The route artifact's router; it must read this backbone and know the run's domains, in order."""
+    router = load_router(refs["route"].path / ROUTER, expected_fingerprint=fingerprint)
+    if list(router.domains) != list(ctx.cfg.domains):
+        raise ValueError(f"the router routes to {router.domains}, the run's domains are {list(ctx.cfg.domains)}")
+    return router
+
+
+def _tasks(ctx: Context) -> dict[str, str]:
+    tasks = {d: ctx.for_domain(d).domain.eval_task for d in ctx.cfg.domains}
+    if len(set(tasks.values())) != len(tasks):
+        raise ValueError(f"routed evaluation needs one eval task per domain, got {tasks}")
+    return tasks
+
+
+def mean_with_stderr(scores: list[float]) -> tuple[float, float]:
+    """(mean, sample std / sqrt(n)) as lm-eval reports a mean metric; stderr is nan for one score.
+
+    >>> mean_with_stderr([1.0, 0.0])
+    (0.5, 0.5)
+    """
+    n = len(scores)
+    if n == 0:
+        raise ValueError("no scores to average")
+    return sum(scores) / n, statistics.stdev(scores) / math.sqrt(n) if n > 1 else math.nan
+
+
+def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
+    from ..zip import attach_skillpack, detach_skillpack, load_skillpack, skillpack_nbytes
+
+    ev, domains, tasks = ctx.cfg.eval, list(ctx.cfg.domains), _tasks(ctx)
+    path = refs["merge"].path / BACKBONE
+    model, tok = load_model(path), load_tokenizer(path)
+    fp = model_fingerprint(path)
+    router = _router_for(ctx, refs, fp)
+    skillpacks = {d: load_skillpack(refs[f"zip_{d}"].path / SKILLPACK, expected_fingerprint=fp) for d in domains}
+
+    # Route every eval doc from its prompt on the bare backbone (the features the router learned).
+    docs = {d: eval_prompts(tasks[d], limit=ev.limit) for d in domains}
+    rc = ctx.cfg.router
+    routed: dict[str, list[int]] = {}
+    for d in domains:
+        features = prompt_features(model, tok, [text for _, text in docs[d]], batch_size=rc.batch_size, max_length=rc.max_length)
+        routed[d] = router.predict(features).tolist()
+
+    per_doc: dict[str, dict[int, float]] = {d: {} for d in domains}
+    metric: dict[str, str] = {}
+    task_domain = {t: d for d, t in tasks.items()}
+    for k, target in enumerate(domains):
+        group = {tasks[d]: [i for (i, _), r in zip(docs[d], routed[d]) if r == k] for d in domains}
+        group = {t: ids for t, ids in group.items() if ids}
+        if not group:
+            continue
+        attach_skillpack(model, skillpacks[target], expected_fingerprint=fp, int_mm=ev.integer_path)
+        try:
+            res = evaluate(
+                model, tok, list(group), limit=ev.limit, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size, doc_ids=group
+            )
+        finally:
+            detach_skillpack(model)
+        for task, r in res.items():
+            metric[task_domain[task]] = r["metric"]
+            per_doc[task_domain[task]].update({row["doc_id"]: row["score"] for row in r["samples"]})
+
+    scores = {}
+    for d in domains:
+        values = [per_doc[d][i] for i, _ in docs[d]]  # every doc was scored once, by its routed skillpack
+        mean, stderr = mean_with_stderr(values)
+        scores[d] = {"score": mean, "stderr": stderr, "n": len(values), "metric": metric[d]}
+    labels = [k for k, d in enumerate(domains) for _ in docs[d]]
+    predicted = [r for d in domains for r in routed[d]]
+    details = {
+        "router_accuracy": sum(t == p for t, p in zip(labels, predicted)) / len(labels),
+        "confusion": {"domains": domains, "matrix": confusion_matrix(labels, predicted, len(domains))},
+        "docs": {
+            d: [{"doc_id": i, "routed_to": domains[r], "score": per_doc[d][i]} for (i, _), r in zip(docs[d], routed[d])]
+            for d in domains
+        },
+    }
+    nbytes = param_bytes(model) + sum(skillpack_nbytes(sp) for sp in skillpacks.values()) + router_nbytes(router)
+    return {"bytes": nbytes, "scores": scores, "details": details}
+
+
+def _twin_merging(ctx: Context, refs: dict, score: Scorer) -> dict:
+    from ..zip import block_linear_names
+
+    domains = list(ctx.cfg.domains)
+    path = refs["merge"].path / BACKBONE
+    model, tok = load_model(path), load_tokenizer(path)
+    router = _router_for(ctx, refs, model_fingerprint(path))
+    shared = load_delta(refs["merge"].path / SHARED, backbone_fingerprint=ctx.base_fingerprint)
+    names = sorted(block_linear_names(model))
+
+    def residuals():  # one domain's residual in memory at a time
+        for d in domains:
+            delta = load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+            yield {f"{n}.weight": delta[f"{n}.weight"] - shared[f"{n}.weight"] for n in names}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many small SVDs: threads only add OpenMP overhead (as in the zip stage)
+    try:
+        factors = exclusive_factors(residuals(), names, ctx.cfg.zip.rank)
+    finally:
+        torch.set_num_threads(threads)
+    twin = TwinMerging(domains, factors, router)
+    twin.attach(model)
+    scores, weights = {}, {}
+    try:
+        for d in domains:
+            twin.history.clear()
+            scores[d] = score(model, tok, d)
+            weights[d] = torch.cat(twin.history) if twin.history else torch.zeros(0, len(domains))
+    finally:
+        twin.detach()
+    details = {
+        "domains": domains,
+        "mean_weights": {d: [round(x, 4) for x in w.mean(0).tolist()] if len(w) else None for d, w in weights.items()},
+        "top1_accuracy": {
+            d: float((w.argmax(-1) == k).float().mean()) if len(w) else None for k, (d, w) in enumerate(weights.items())
+        },
+    }
+    nbytes = param_bytes(model) + exclusive_nbytes(factors) + router_nbytes(router)
+    return {"bytes": nbytes, "scores": scores, "details": details}
+
+
+def _route(ctx: Context) -> dict[str, Need]:
+    return {"route": Need(ctx, "route")}
+
+
+CONFIGURATIONS.register("skillweave_routed")(
+    Configuration(needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "zip") | _route(ctx), run=_skillweave_routed)
+)
+CONFIGURATIONS.register("twin_merging")(
+    Configuration(needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "dpo") | _route(ctx), run=_twin_merging)
+)
