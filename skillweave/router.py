@@ -19,7 +19,7 @@ each fine-tune from it, input-dependent mixing by a router trained on the domain
 Not faithful: the paper merges the (decompressed) exclusive deltas into the weights per batch; the
 forward hooks here add each row's mix to the linears' outputs, the same function without
 materialising weights; 1-D residuals (norm weights) and embeddings are not part of the exclusive
-knowledge (as SkillZip drops embeddings; the norms' residuals carry little of the delta's norm).
+knowledge (as BitDelta and Delta-CoMe drop them; the norms' residuals carry little of the delta's norm).
 """
 
 from __future__ import annotations

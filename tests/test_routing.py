@@ -14,7 +14,8 @@ def skillpack_for(domain: str, seed: int):
     model = tiny_model()
     g = torch.Generator().manual_seed(seed)
     residual = {k: 0.05 * p.std().item() * torch.randn(p.shape, generator=g) for k, p in model.state_dict().items() if p.ndim == 2}
-    return compress_residual(residual, block_linear_names(model), 8, 8, domain, "fp")
+    # the embedding's residual too: its wrapper must come and go with each group as the linears' do
+    return compress_residual(residual, block_linear_names(model), 8, 8, domain, "fp", embedding_rank=4)
 
 
 def first_logits(model, prompts: list[str]) -> list[str]:

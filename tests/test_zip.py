@@ -44,7 +44,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_model(hidden: int = 64, seed: int = 0):
+def tiny_model(hidden: int = 64, seed: int = 0, tied: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -55,6 +55,7 @@ def tiny_model(hidden: int = 64, seed: int = 0):
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=128,
+        tie_word_embeddings=tied,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -228,7 +229,7 @@ def test_truncated_missing_or_foreign_files_are_refused(skillpack, tmp_path):
         "format_version": 1, "domain": "math", "backbone_fingerprint": "fp-a", "rank": 1, "bits": 8, "meta": {}
     }
     save_file({"x": torch.zeros(2)}, tmp_path / "v1.safetensors", metadata={"skillweave": json.dumps(header)})
-    with pytest.raises(SkillpackError, match="format_version 1; this skillweave reads version 2"):
+    with pytest.raises(SkillpackError, match="format_version 1; this skillweave reads versions 2, 3"):
         load_skillpack(tmp_path / "v1.safetensors")
 
 
@@ -352,3 +353,131 @@ def test_blas_operand_copies_only_degenerate_layouts():
 )
 def test_int_mm_accepts(m, k, n, device, accepts):
     assert _int_mm_accepts(m, k, n, torch.device(device)) is accepts
+
+
+# ---- the embedding's residual (embedding_rank)
+
+
+def embedding_residual(model, tied: bool) -> dict[str, torch.Tensor]:
+    """A residual on every parameter whose embedding part is rank 4 plus a little noise (a fine-tune's
+    embedding residual is far from full rank); with tied weights lm_head has none of its own, as in a
+    delta read from disk (safetensors stores the tied weight once)."""
+    g = torch.Generator().manual_seed(5)
+    res = {k: 0.05 * p.std().item() * torch.randn(p.shape, generator=g) for k, p in model.state_dict().items()}
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        low = torch.randn(128, 4, generator=g) @ torch.randn(4, 64, generator=g)
+        res[key] = 0.3 * model.get_parameter(key).std().item() * (low / low.std() + 0.05 * torch.randn(128, 64, generator=g))
+    if tied:
+        del res["lm_head.weight"]
+    return res
+
+
+def compress_with_embedding(model, res, tied: bool, embedding_rank: int):
+    return compress_residual(
+        res, block_linear_names(model), 16, 8, "math", "fp-a", rotation="hadamard",
+        embedding_rank=embedding_rank, tied_embeddings=tied,
+    )
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_embedding_factors_bring_the_model_closer_to_the_full_residual(tied, input_ids):
+    from skillweave.zip.fidelity import next_token_kl
+
+    model = tiny_model(tied=tied)
+    res = embedding_residual(model, tied)
+    dropped, kept = (compress_with_embedding(model, res, tied, r) for r in (0, 8))
+    assert "model.embed_tokens.weight" in dropped.meta["dropped"] and "model.embed_tokens" not in dropped.factors
+    # tied: one set of factors serves both sides; untied: lm_head has its own
+    assert {"model.embed_tokens", "lm_head"} & set(kept.factors) == ({"model.embed_tokens"} if tied else {"model.embed_tokens", "lm_head"})
+    assert kept.meta["dropped"] == {} and kept.meta["layer_rel_error"]["model.embed_tokens"] < 0.08
+    # the model the residual stands for: every parameter moved
+    target = copy.deepcopy(model)
+    with torch.no_grad():
+        for key, r in res.items():
+            target.get_parameter(key).add_(r)
+        want = target(input_ids).logits
+        error = {}
+        for sp in (dropped, kept):
+            attach_skillpack(model, sp, int_mm=True)
+            error[sp is kept] = rel(model(input_ids).logits, want)
+            detach_skillpack(model)
+    batches = [{"input_ids": input_ids}]
+    kl = {sp is kept: next_token_kl(model, res, sp, batches)["kl_skillpack"] for sp in (dropped, kept)}
+    # measured: logits error 0.35 -> 0.030 tied, 0.39 -> 0.036 untied; KL 2.4e-3 -> 1.7e-5 and 2.2e-3 -> 1.8e-5
+    assert error[True] < 0.15 * error[False], error
+    assert kl[True] < 0.02 * kl[False], kl
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_embedding_attach_detach_is_bit_exact_and_copies_nothing(tied, input_ids):
+    from skillweave.zip import SkillpackEmbedding
+
+    model = tiny_model(tied=tied)
+    sp = compress_with_embedding(model, embedding_residual(model, tied), tied, 8)
+    embedding, head = model.model.embed_tokens, model.lm_head
+    ptrs = (embedding.weight.data_ptr(), head.weight.data_ptr())
+    with torch.no_grad():
+        before = model(input_ids).logits
+        attach_skillpack(model, sp, int_mm=True)
+        assert isinstance(model.model.embed_tokens, SkillpackEmbedding) and model.model.embed_tokens.base is embedding
+        assert isinstance(model.lm_head, SkillpackLinear) and model.lm_head.base is head  # tied: same factors
+        assert model.get_input_embeddings().weight is embedding.weight
+        assert not torch.equal(model(input_ids).logits, before)
+        detach_skillpack(model)
+        after = model(input_ids).logits
+    assert model.model.embed_tokens is embedding and model.lm_head is head
+    assert (embedding.weight.data_ptr(), head.weight.data_ptr()) == ptrs
+    assert (head.weight is embedding.weight) is tied
+    assert torch.equal(after, before)
+
+
+def test_embedding_bytes_are_counted():
+    model = tiny_model(tied=True)
+    res = embedding_residual(model, tied=True)
+    dropped, kept = (compress_with_embedding(model, res, True, r) for r in (0, 8))
+    # int8 A (128 x 8) and B (8 x 64), fp32 scales per row of A (128) and per rank (8)
+    assert skillpack_nbytes(kept) - skillpack_nbytes(dropped) == 128 * 8 + 8 * 64 + 4 * (128 + 8) == 2080
+
+
+def test_tied_embeddings_mismatches_are_refused():
+    untied, tied = tiny_model(tied=False), tiny_model(tied=True)
+    sp_tied = compress_with_embedding(tied, embedding_residual(tied, True), True, 8)
+    with pytest.raises(SkillpackError, match="made for tied embeddings; this model's output head does not share"):
+        attach_skillpack(untied, sp_tied)
+    sp_untied = compress_with_embedding(untied, embedding_residual(untied, False), False, 8)
+    del sp_untied.factors["lm_head"]
+    with pytest.raises(SkillpackError, match="made for untied embeddings; this model's output head shares"):
+        attach_skillpack(tied, sp_untied)
+    assert attached_domain(tied) is None and attached_domain(untied) is None
+    res = embedding_residual(untied, tied=False)  # two different residuals cannot be one tied weight
+    with pytest.raises(ValueError, match="tied_embeddings, but the residuals of model.embed_tokens.weight and lm_head"):
+        compress_with_embedding(untied, res, True, 8)
+    with pytest.raises(ValueError, match="embedding_rank must be >= 0"):
+        compress_with_embedding(untied, res, False, -1)
+
+
+def test_embedding_factors_round_trip_through_the_file(tmp_path):
+    model = tiny_model(tied=True)
+    sp = compress_with_embedding(model, embedding_residual(model, True), True, 8)
+    save_skillpack(sp, tmp_path / "math.safetensors")
+    loaded = load_skillpack(tmp_path / "math.safetensors")
+    assert loaded.tied_embeddings is True
+    f, g = sp.factors["model.embed_tokens"], loaded.factors["model.embed_tokens"]
+    assert (g.out_features, g.in_features, g.rank) == (128, 64, 8)
+    assert all(torch.equal(t, g.stored()[k]) for k, t in f.stored().items())
+
+
+def test_fidelity_reference_adds_a_tied_residual_once(input_ids):
+    """An in-memory state_dict of a tied model lists the shared weight under both names; the reference
+    (backbone + whole residual) must still add it once, or a lossless skillpack would read as lossy."""
+    from skillweave.zip.fidelity import next_token_kl
+
+    model = tiny_model(tied=True)
+    res = embedding_residual(model, tied=True)
+    both = {**res, "lm_head.weight": res["model.embed_tokens.weight"]}
+    # full rank everywhere: only INT8 rounding is left
+    sp = compress_residual(both, block_linear_names(model), 64, 8, "math", "fp-a", embedding_rank=64, tied_embeddings=True)
+    batches = [{"input_ids": input_ids}]
+    kl = next_token_kl(model, res, sp, batches, int_mm=False)
+    assert next_token_kl(model, both, sp, batches, int_mm=False) == kl
+    assert kl["kl_skillpack"] < 1e-3 * kl["kl_backbone"]

@@ -2,10 +2,12 @@
 
 Per linear layer of the decoder blocks (skillweave/zip/): channel-wise smoothing from the domain's
 calibration activations on the merged backbone, truncated SVD at `zip.rank` (or `zip.energy`), a
-rank-wise rotation, INT8 or INT4 factors with per-channel scales. The calibration prompts are the
-domain's own (its generate artifact, prompt + sampled answer); the next prompts of that artifact are
-held out for the fidelity KL. The skillpack is stamped with the merged backbone's fingerprint: it
-only makes sense on top of that backbone.
+rank-wise rotation, INT8 or INT4 factors with per-channel scales; the input embedding's residual
+(and lm_head's) at `zip.embedding_rank`; with `zip.act_scale=tensor`, static activation scales for
+the integer path, calibrated with the skillpack attached. The calibration prompts are the domain's
+own (its generate artifact, prompt + sampled answer); the next prompts of that artifact are held out
+for the fidelity KL. The skillpack is stamped with the merged backbone's fingerprint: it only makes
+sense on top of that backbone.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from .merge import BACKBONE, SHARED
 SKILLPACK = "skillpack.safetensors"
 
 
+def _calibrates(z) -> bool:
+    return z.smoothing != "none" or z.act_scale == "tensor"
+
+
 def _needs_prompts(cfg) -> bool:
-    return cfg.zip.smoothing != "none" or cfg.zip.fidelity_prompts > 0
+    return _calibrates(cfg.zip) or cfg.zip.fidelity_prompts > 0
 
 
 def plan(ctx: Context, domain: Optional[str]):
@@ -59,6 +65,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
     from ..zip import block_linear_names, compress_residual, save_skillpack, skillpack_nbytes
     from ..zip.fidelity import next_token_kl
+    from ..zip.skillpack import EMBEDDING, calibrate_act_scales
     from ..zip.smoothing import collect_channel_stats
 
     cfg = ctx.for_domain(domain).zip
@@ -69,21 +76,25 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     with torch.device("meta"):  # module names only: no weights allocated
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(backbone_dir))
     names = sorted(block_linear_names(skeleton))
+    tied = bool(getattr(skeleton.config, "tie_word_embeddings", False))
 
     model = stats = None
     calib: list[dict] = []
     held_out: list[dict] = []
-    n_calib = cfg.calibration_prompts if cfg.smoothing != "none" else 0
+    n_calib = cfg.calibration_prompts if _calibrates(cfg) else 0
     if _needs_prompts(ctx.for_domain(domain)):
         model, tok = load_model(backbone_dir), load_tokenizer(backbone_dir)
         texts = domain_texts(inputs["generate"].path / SAMPLES, tok, n_calib + cfg.fidelity_prompts)
         if n_calib and not texts:
-            raise ValueError(f"zip.smoothing={cfg.smoothing} needs calibration prompts; the generate artifact of {domain} has none")
+            raise ValueError(
+                f"zip.smoothing={cfg.smoothing} and zip.act_scale={cfg.act_scale} need calibration prompts; "
+                f"the generate artifact of {domain} has none"
+            )
         # Calibration comes first; held-out prompts are what is left (none on a tiny smoke run).
         encode = lambda t: dict(tok(t, return_tensors="pt", add_special_tokens=False))  # noqa: E731
         calib = [encode(t) for t in texts[:n_calib]]
         held_out = [encode(t) for t in texts[n_calib:]]
-        if calib:
+        if calib and cfg.smoothing != "none":
             stats = collect_channel_stats(model, calib, names)
 
     threads = torch.get_num_threads()
@@ -102,26 +113,32 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
             energy=cfg.energy,
             calibration=stats,
             seed=cfg.seed,
+            embedding_rank=cfg.embedding_rank,
+            tied_embeddings=tied,
         )
     finally:
         torch.set_num_threads(threads)
-    if stats:
+    if cfg.act_scale == "tensor":
+        calibrate_act_scales(model, skillpack, calib, cfg.act_percentile)
+    if calib:
         skillpack.calibration_summary["prompts"] = len(calib)
     fidelity = next_token_kl(model, residual, skillpack, held_out) if held_out else {}
     skillpack.meta.update(config=asdict(cfg), fidelity=fidelity)
     save_skillpack(skillpack, ref.path / SKILLPACK)
-    errors = list(skillpack.meta["layer_rel_error"].values())
+    rel_error = skillpack.meta["layer_rel_error"]
+    errors = [rel_error[name] for name in names if name in rel_error]
     dense_fp16 = sum(2 * t.numel() for t in residual.values())
     nbytes = skillpack_nbytes(skillpack)
-    ranks = [f.rank for f in skillpack.factors.values()]
+    ranks = [skillpack.factors[name].rank for name in names if name in skillpack.factors]
     return {
         "bytes": nbytes,
         "dense_fp16_bytes": dense_fp16,
         "compression": round(dense_fp16 / nbytes, 2) if nbytes else None,
-        "layers": len(skillpack.factors),
+        "layers": len(errors),
         "mean_rank": round(sum(ranks) / len(ranks), 1) if ranks else None,
         "mean_layer_rel_error": round(sum(errors) / len(errors), 4) if errors else None,
         "max_layer_rel_error": round(max(errors), 4) if errors else None,
+        "embedding_rel_error": round(rel_error[EMBEDDING], 4) if EMBEDDING in rel_error else None,
         "calibration_tokens": skillpack.calibration_summary.get("tokens", 0),
         **{k: round(v, 6) for k, v in fidelity.items()},
         "dropped": skillpack.meta["dropped"],

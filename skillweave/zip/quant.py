@@ -64,6 +64,17 @@ def quantize_per_channel(
     return q, scale
 
 
+def quantize_static(t: torch.Tensor, inv_scale: torch.Tensor | float, bits: int = 8) -> torch.Tensor:
+    """int8 round(t * inv_scale), saturated to [-qmax, qmax]: for a scale fixed at calibration, values
+    beyond its range clip to the largest integer instead of wrapping around.
+
+    `inv_scale` is 1 / scale, a scalar or a tensor that broadcasts against `t` (the int path folds the
+    smoothing scales into it, so that one multiply does both).
+    """
+    top = qmax(bits)
+    return torch.round(t.float() * inv_scale).clamp_(-top, top).to(torch.int8)
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """float32 values of `q` given the per-channel `scale` along `dim` (inverse of quantize_per_channel)."""
     return q.float() * scale.reshape(_scale_shape(q, dim % q.ndim))
