@@ -58,25 +58,46 @@ def _wandb_dir(cfg: SkillweaveConfig) -> str:
 
 
 @contextmanager
+def _default_env(values: dict[str, Path]) -> Iterator[None]:
+    """Set the variables not already set, for the duration of the block only."""
+    added = [k for k in values if not os.environ.get(k)]
+    for k in added:
+        values[k].mkdir(parents=True, exist_ok=True)
+        os.environ[k] = str(values[k])
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextmanager
 def wandb_run(cfg: SkillweaveConfig, job_type: str, name: str, config: dict[str, Any]) -> Iterator[Any]:
-    """A W&B run for one stage's results, or None when W&B is disabled."""
+    """A W&B run for one stage's results, or None when W&B is disabled.
+
+    W&B's cache, config and data directories default to folders beside the runs when unset, so
+    nothing is written to ~/.cache or ~/.config (read-only or quota-limited on many clusters).
+    """
     mode = wandb_mode(cfg)
     if mode == "disabled":
         yield None
         return
     import wandb
 
-    run = wandb.init(
-        project=cfg.wandb.project,
-        group=wandb_group(cfg),
-        job_type=job_type,
-        name=name,
-        config=config,
-        dir=_wandb_dir(cfg),
-        mode=mode,
-        reinit="create_new",
-    )
-    try:
-        yield run
-    finally:
-        run.finish()
+    root = Path(_wandb_dir(cfg))
+    dirs = {"WANDB_CACHE_DIR": root / "cache", "WANDB_CONFIG_DIR": root / "config", "WANDB_DATA_DIR": root / "data"}
+    with _default_env(dirs):
+        run = wandb.init(
+            project=cfg.wandb.project,
+            group=wandb_group(cfg),
+            job_type=job_type,
+            name=name,
+            config=config,
+            dir=str(root),
+            mode=mode,
+            reinit="create_new",
+        )
+        try:
+            yield run
+        finally:
+            run.finish()

@@ -15,11 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import statistics
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
@@ -402,37 +400,17 @@ def _flatten(obj, prefix: str = "") -> dict:
     return flat
 
 
-@contextmanager
-def _default_env(values: dict[str, Path]):
-    """Set the variables not already set, for the duration of the block only (a stage=all run
-    filters several domains in one process, and other stages choose their own)."""
-    added = [k for k in values if not os.environ.get(k)]
-    for k in added:
-        values[k].mkdir(parents=True, exist_ok=True)
-        os.environ[k] = str(values[k])
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
 def log_card(card: dict, cfg: SkillweaveConfig, name: str) -> Optional[str]:
     """Log the card to W&B unless it is disabled (`wandb.mode`, or WANDB_MODE, which wins): one run,
     job_type "filter", in the project and group of `cfg.wandb` (skillweave.tracking), with the
     settings as its config, the card as a table (field, JSON value) plus a table of pass rates per
     rule, and the card's numbers as the run summary. Returns the run's directory, or None.
-
-    W&B's cache, config and data directories default to folders beside the runs (under WANDB_DIR,
-    else `<artifacts_root>/wandb`) when unset, so nothing is written to ~/.cache or ~/.config.
     """
     if wandb_mode(cfg) == "disabled":
         return None
     import wandb
 
-    root = Path(os.environ.get("WANDB_DIR") or Path(cfg.artifacts_root) / "wandb").resolve()
-    dirs = {"WANDB_CACHE_DIR": root / "cache", "WANDB_CONFIG_DIR": root / "config", "WANDB_DATA_DIR": root / "data"}
-    with _default_env(dirs), wandb_run(cfg, job_type="filter", name=name, config=card["settings"]) as run:
+    with wandb_run(cfg, job_type="filter", name=name, config=card["settings"]) as run:
         flat = _flatten({k: v for k, v in card.items() if k not in ("settings", "examples")})
         table = wandb.Table(columns=["field", "value"], data=[[k, json.dumps(v, default=str)] for k, v in flat.items()])
         rules = wandb.Table(columns=["rule", "pass_rate"], data=[[k, v] for k, v in card["pass_rate_per_rule"].items()])

@@ -1,0 +1,40 @@
+"""Copy an eval artifact's report into an experiment folder, with the manifests of everything it read.
+
+    python experiments/collect.py artifacts/eval/all-<key> experiments/<name>
+
+Writes results.json, results.md, frontier.png, domains.png and manifests.json ({"<stage>/<label>":
+{"metrics", "seconds"}} over the eval's inputs, their inputs, and so on down to generate).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def collect(eval_dir: Path, out: Path) -> None:
+    root = eval_dir.parent.parent
+    by_key = {p.name.rsplit("-", 1)[1]: p for p in root.glob("*/*-*") if (p / "manifest.json").is_file()}
+    manifests, todo, seen = {}, [eval_dir], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        config = json.loads((path / "config.json").read_text())
+        manifest = json.loads((path / "manifest.json").read_text())
+        name = f"{config['stage']}/{config['label']}"
+        if name in manifests:  # the same stage and label under other settings (e.g. other merge methods)
+            name += f"/{path.name.rsplit('-', 1)[1]}"
+        manifests[name] = {"metrics": manifest.get("metrics"), "seconds": manifest.get("seconds")}
+        todo += [by_key[k] for k in config["inputs"].values() if k in by_key]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.md", "frontier.png", "domains.png"):
+        shutil.copy2(eval_dir / name, out / name)
+    (out / "manifests.json").write_text(json.dumps(dict(sorted(manifests.items())), indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    collect(Path(sys.argv[1]), Path(sys.argv[2]))
