@@ -22,18 +22,17 @@ Absolute tokens/s on a shared machine are not facts; the ratios are what to comp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from skillweave.artifacts import atomic_write_json
 from skillweave.config import SamplingConfig
 from skillweave.models import load_model, load_tokenizer, resolve_model_dir
 from skillweave.prompts import PROMPT_SOURCES
@@ -114,7 +113,7 @@ def bench_batch_size(
 
 
 def add_batch_speedups(rows: list[dict]) -> None:
-    """`speedup_vs_batch1`: tokens/s over the same backend's at the smallest batch size measured."""
+    """`speedup_vs_smallest_batch`: tokens/s over the same backend's at the smallest batch size measured."""
     for backend in {r["backend"] for r in rows}:
         mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
         for r in mine:
@@ -146,21 +145,6 @@ def device_name(devices: set[str]) -> str:
     if "cuda" in devices:
         name += f"; {torch.cuda.get_device_name(0)}"
     return name
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    """Temp file in the same directory, then rename: a killed run never leaves a file that looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -228,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "rows": rows,
     }
-    write_json_atomic(result, args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
     print(format_table(rows))
     print(f"\nwrote {args.out}")
 

@@ -45,7 +45,6 @@ class Stage:
 
 
 STAGES: Registry[Stage] = Registry("stage")
-ORDER = ("generate", "filter", "dpo", "dpo_multitask", "lora", "merge", "zip", "route", "eval")
 
 
 @dataclass

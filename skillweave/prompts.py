@@ -17,7 +17,7 @@ import random
 from functools import cache
 from typing import Callable
 
-from skillweave.code_tasks import CodeTask, code_task_table  # noqa: F401  (CodeTask: re-exported)
+from skillweave.code_tasks import code_task_table
 from skillweave.registry import Registry
 
 PROMPT_SOURCES: Registry[Callable[..., list[dict]]] = Registry("prompt source")

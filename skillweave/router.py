@@ -157,9 +157,11 @@ def train_router(
     penalised), from zero weights, in float32: deterministic for given features.
 
     Raises:
-        ValueError: no features, mismatched lengths, a label outside the domains, or a domain with no
-            example (a router cannot learn a class it never saw).
+        ValueError: no features, mismatched lengths, a label outside the domains, a domain with no
+            example (a router cannot learn a class it never saw), steps < 1, lr <= 0 or weight_decay < 0.
     """
+    if steps < 1 or not lr > 0 or not weight_decay >= 0:
+        raise ValueError(f"train_router needs steps >= 1, lr > 0, weight_decay >= 0; got {steps}, {lr}, {weight_decay}")
     k = len(domains)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if features.ndim != 2 or len(features) == 0 or len(features) != len(labels):

@@ -42,13 +42,43 @@ def wandb_group(cfg: SkillweaveConfig) -> Optional[str]:
 
 
 def wandb_env(cfg: SkillweaveConfig) -> dict[str, str]:
-    """What the Trainer's W&B callback reads from the environment ({} when disabled)."""
+    """What the Trainer's W&B callback reads from the environment ({} when disabled); set it for the
+    training only (`scoped_env`), so a later job of an in-process sweep is not logged by mistake."""
     mode = wandb_mode(cfg)
     if mode == "disabled":
         return {}
-    env = {"WANDB_MODE": mode, "WANDB_PROJECT": cfg.wandb.project, "WANDB_DIR": _wandb_dir(cfg)}
+    root = Path(_wandb_dir(cfg))
+    env = {"WANDB_MODE": mode, "WANDB_PROJECT": cfg.wandb.project, "WANDB_DIR": str(root)}
+    env |= _side_dirs(root)
     group = wandb_group(cfg)
     return env | ({"WANDB_RUN_GROUP": group} if group else {})
+
+
+_SIDE_DIRS = {"WANDB_CACHE_DIR": "cache", "WANDB_CONFIG_DIR": "config", "WANDB_DATA_DIR": "data"}
+"""W&B's own directories, beside the runs unless set: nothing lands in ~/.cache or ~/.config
+(read-only or quota-limited on many clusters)."""
+
+
+def _side_dirs(root: Path) -> dict[str, str]:
+    dirs = {k: os.environ.get(k) or str(root / sub) for k, sub in _SIDE_DIRS.items()}
+    for path in dirs.values():
+        Path(path).mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+@contextmanager
+def scoped_env(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the block only; what was there before is put back."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _wandb_dir(cfg: SkillweaveConfig) -> str:
@@ -58,26 +88,8 @@ def _wandb_dir(cfg: SkillweaveConfig) -> str:
 
 
 @contextmanager
-def _default_env(values: dict[str, Path]) -> Iterator[None]:
-    """Set the variables not already set, for the duration of the block only."""
-    added = [k for k in values if not os.environ.get(k)]
-    for k in added:
-        values[k].mkdir(parents=True, exist_ok=True)
-        os.environ[k] = str(values[k])
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
-@contextmanager
 def wandb_run(cfg: SkillweaveConfig, job_type: str, name: str, config: dict[str, Any]) -> Iterator[Any]:
-    """A W&B run for one stage's results, or None when W&B is disabled.
-
-    W&B's cache, config and data directories default to folders beside the runs when unset, so
-    nothing is written to ~/.cache or ~/.config (read-only or quota-limited on many clusters).
-    """
+    """A W&B run for one stage's results, or None when W&B is disabled."""
     mode = wandb_mode(cfg)
     if mode == "disabled":
         yield None
@@ -85,8 +97,7 @@ def wandb_run(cfg: SkillweaveConfig, job_type: str, name: str, config: dict[str,
     import wandb
 
     root = Path(_wandb_dir(cfg))
-    dirs = {"WANDB_CACHE_DIR": root / "cache", "WANDB_CONFIG_DIR": root / "config", "WANDB_DATA_DIR": root / "data"}
-    with _default_env(dirs):
+    with scoped_env(_side_dirs(root)):
         run = wandb.init(
             project=cfg.wandb.project,
             group=wandb_group(cfg),

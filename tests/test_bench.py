@@ -1,4 +1,4 @@
-"""bench/skillzip.py: a quick run writes complete, consistent rows; its factors are laid out as the library's."""
+"""bench/skillzip.py and bench/generate.py: a quick run writes complete, consistent rows; what they time is the library's own code."""
 
 from __future__ import annotations
 
@@ -78,13 +78,23 @@ def test_random_factors_have_the_layout_of_compress_factors(bits):
 GENERATE_BENCH = Path(__file__).resolve().parents[1] / "bench" / "generate.py"
 
 
-def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_model_dir):
+def load_generate_bench():
+    spec = importlib.util.spec_from_file_location("generate_bench", GENERATE_BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "results" / "generate.json"
     args = ["--model", str(tiny_model_dir), "--batch-sizes", "1", "2", "--max-new-tokens", "4", "--repeats", "2",
             "--samples-per-prompt", "2", "--backends", "cpu-fp32", "cpu-bf16", "--out", str(out)]
-    # seconds of work; the margin is for imports on a busy 2-core box
-    proc = subprocess.run([sys.executable, str(GENERATE_BENCH), *args], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = torch.get_num_threads()
+    try:  # main() sets torch's thread count for the whole process: give the session its own back
+        load_generate_bench().main(args)
+    finally:
+        torch.set_num_threads(threads)
+    stdout = capsys.readouterr().out
     assert list(out.parent.iterdir()) == [out]  # written to a temp file and renamed
     data = json.loads(out.read_text())
     assert (data["threads"], data["max_new_tokens"], data["samples_per_prompt"]) == (1, 4, 2)
@@ -99,14 +109,11 @@ def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_mo
         assert 0.0 <= r["truncated_fraction"] <= 1.0
     assert {r["ratio_vs_fp32"] for r in rows if r["backend"] == "cpu-fp32"} == {1.0}
     assert [r["speedup_vs_smallest_batch"] for r in rows if r["batch_size"] == 1] == [1.0, 1.0]
-    assert "| cpu-bf16 | 2 | 4 |" in proc.stdout
+    assert "| cpu-bf16 | 2 | 4 |" in stdout
 
 
 def test_generate_bench_times_the_stage_sampler():
     """The benchmark must measure the generate stage's real path, not a copy of it."""
     from skillweave.stages.generate import sample_batch
 
-    spec = importlib.util.spec_from_file_location("generate_bench", GENERATE_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.sample_batch is sample_batch
+    assert load_generate_bench().sample_batch is sample_batch

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from skillweave.config import FilterConfig, PairStrategy
-from skillweave.stages.filter import can_be_chosen, length_stats, make_pairs, pair_report
+from skillweave.stages.filter import can_be_chosen, dataset_card, length_stats, make_pairs, pair_report
 
 
 def s(prompt: str, i: int, passed: bool, score: float, response: str, truncated: bool = False) -> dict:
@@ -167,6 +167,17 @@ def test_report_shows_the_length_ratio_before_and_after():
     assert report["chosen_rejected_length_ratio"] == round(20 / 35, 3)
     assert report["pairs_before_length_balance"] == report["pairs"] == 1
     assert report["median_pair_length_ratio"] == round(20 / 35, 3)
+
+
+def test_dataset_card_takes_the_report_the_stage_already_has():
+    rows = [{**r, "prompt": "say something"} for r in LENGTHS]
+    before = make_pairs(rows, FilterConfig())
+    after = make_pairs(rows, FilterConfig(length_balance="match"))
+    report = pair_report(rows, after, before)
+    # given the report, the card is what it computes by itself; and it reads the report it is given
+    assert dataset_card("d", rows, after, before, {}, {}, report=report) == dataset_card("d", rows, after, before, {}, {})
+    marked = dataset_card("d", rows, after, before, {}, {}, report={**report, "pass_rate": 0.123})
+    assert marked["pass_rate"] == 0.123
 
 
 def test_length_stats():

@@ -199,3 +199,19 @@ def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model
     uninterrupted = load_delta(refs["dpo/math"].path / DELTA)
     for k, v in load_delta(partial / DELTA).items():
         torch.testing.assert_close(v, uninterrupted[k], rtol=1e-4, atol=1e-7)
+
+
+def test_eval_key_covers_the_settings_its_configurations_read(tmp_path, tiny_model_dir):
+    from skillweave import stages  # noqa: F401  (registers the stages and eval configurations)
+    from skillweave.pipeline import Context, ref_for
+
+    def key(*extra: str) -> str:
+        ov = overrides(tmp_path, tiny_model_dir, *extra)
+        with hydra_context():
+            ctx = Context(cfg=compose_config(ov), overrides=replayable(ov), composer=compose_config)
+            return ref_for(ctx, "eval").key
+
+    # twin_merging compresses at zip.rank itself (none of its inputs does): a new rank is a new eval
+    assert key("eval.configurations=[twin_merging]", "zip.rank=4") != key("eval.configurations=[twin_merging]", "zip.rank=8")
+    # base reads no such setting: its eval is reused
+    assert key("eval.configurations=[base]", "zip.rank=4") == key("eval.configurations=[base]", "zip.rank=8")

@@ -102,6 +102,21 @@ def test_train_router_refuses_a_domain_without_prompts():
         train_router(torch.randn(3, 4), torch.tensor([0, 0, 0]), ["math", "code"], "fp")
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"steps": 0},  # no step taken: there would be no loss to report and an untrained head
+        {"steps": -1},
+        {"lr": 0.0},  # Adam would never move from the zero init
+        {"lr": float("nan")},
+        {"weight_decay": -1e-3},  # a negative penalty rewards large weights
+    ],
+)
+def test_train_router_refuses_bad_training_settings(kwargs):
+    with pytest.raises(ValueError, match=r"train_router needs steps >= 1, lr > 0, weight_decay >= 0"):
+        train_router(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), ["math", "code"], "fp", **kwargs)
+
+
 def test_save_load_round_trip_and_wrong_backbone(router, toy_split, tmp_path):
     (x, _), _ = toy_split
     path = tmp_path / "router.safetensors"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from skillweave.artifacts import make_ref
 from skillweave.plots import domain_bars, frontier_plot
 from skillweave.stages.eval import log_results
-from skillweave.tracking import wandb_env, wandb_group, wandb_mode
+from skillweave.tracking import scoped_env, wandb_env, wandb_group, wandb_mode
 from compose import compose_config, hydra_context
 
 QUICKSTART = Path(__file__).parent.parent / "experiments" / "quickstart" / "results.json"
@@ -50,9 +51,20 @@ def test_group_and_env(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_DIR", raising=False)
     cfg = compose_config([f"artifacts_root={tmp_path}", "wandb.group=ablation-1"])
     assert wandb_group(cfg) == "ablation-1"
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
     env = wandb_env(cfg)
     assert env["WANDB_RUN_GROUP"] == "ablation-1" and env["WANDB_DIR"] == str(tmp_path / "wandb")
+    assert env["WANDB_CACHE_DIR"] == str(tmp_path / "wandb" / "cache")  # nothing in ~/.cache
     assert wandb_group(compose_config([])) is None  # a single run outside a sweep is ungrouped
+
+
+def test_scoped_env_puts_back_what_was_there(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    with scoped_env({"WANDB_MODE": "offline", "WANDB_PROJECT": "p"}):
+        assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_PROJECT"] == "p"
+    assert os.environ["WANDB_MODE"] == "disabled" and "WANDB_PROJECT" not in os.environ
 
 
 def test_offline_eval_run_is_written(monkeypatch, tmp_path):

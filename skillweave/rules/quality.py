@@ -60,10 +60,11 @@ FOREIGN_FUNCTION_WORDS = frozenset(
     """os da das dos em um não mais ao na nos pelo pela uma às é
     het een niet zijn ook dat wat voor maar bij naar
     """.split()
-) - ENGLISH_FUNCTION_WORDS - frozenset("come con den die do per pour sale van ou".split())
+) - ENGLISH_FUNCTION_WORDS - frozenset("come con per pour ou".split())
 """Frequent function words of Italian, Spanish, French, German, Portuguese and Dutch that are not
 English words (English ones such as "a", "in", "no", "die", "come" and "per" are left out), and no
-one-letter words, which English text has as variables and abbreviations."""
+one-letter ASCII words, which English text has as variables and abbreviations (the accented "è" and
+"é", Italian's and Portuguese's "is", are kept)."""
 
 
 def _check(value: float, bound: Optional[float], minimum: bool) -> Optional[float]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..config import Precision, SkillweaveConfig
 from ..models import load_model, load_state_dict, load_tokenizer
 from ..pipeline import STAGES, Context, Stage, ref_for
 from ..resources import resource_path
-from ..tracking import wandb_env
+from ..tracking import scoped_env, wandb_env
 from .filter import PAIRS
 from .generate import previous_delta
 
@@ -117,39 +116,39 @@ def train_dpo(
     if d.precision == Precision.bfloat16 and not cuda:
         raise ValueError("dpo.precision=bfloat16 needs a GPU (mixed precision); use dpo.precision=float32 on CPU")
     wandb = wandb_env(cfg)
-    os.environ.update(wandb)  # read by wandb.init in the Trainer's callback (rank 0 only)
-    # Made before the model: with ZeRO-3 the DPOConfig makes from_pretrained load the weights partitioned.
-    args = DPOConfig(
-        output_dir=str(ckpt_dir),
-        learning_rate=d.learning_rate if learning_rate is None else learning_rate,
-        beta=d.beta,
-        max_steps=d.max_steps if max_steps is None else max_steps,
-        per_device_train_batch_size=d.per_device_batch_size,
-        gradient_accumulation_steps=d.gradient_accumulation_steps,
-        max_length=d.max_length,
-        warmup_steps=d.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
-        gradient_checkpointing=d.gradient_checkpointing,
-        bf16=d.precision == Precision.bfloat16,
-        use_cpu=not cuda,
-        save_steps=d.save_steps,
-        save_total_limit=1,
-        logging_steps=1,
-        seed=d.seed,
-        precompute_ref_log_probs=True,  # the frozen reference runs once over the pairs, not every step
-        report_to="wandb" if wandb else "none",
-        run_name=run_name,
-        deepspeed=deepspeed_config(d),
-    )
-    model = load_model(model_dir, dtype=torch.float32)
-    if initial_delta is not None:
-        # Before the trainer exists: trl computes the reference log-probs from this model at construction.
-        add_delta_gathered(model, initial_delta)
-    tok = load_tokenizer(model_dir)
-    trainer = DPOTrainer(
-        model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok, peft_config=peft_config
-    )
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    with scoped_env(wandb):  # read by wandb.init in the Trainer's callback (rank 0 only)
+        # Made before the model: with ZeRO-3 the DPOConfig makes from_pretrained load the weights partitioned.
+        args = DPOConfig(
+            output_dir=str(ckpt_dir),
+            learning_rate=d.learning_rate if learning_rate is None else learning_rate,
+            beta=d.beta,
+            max_steps=d.max_steps if max_steps is None else max_steps,
+            per_device_train_batch_size=d.per_device_batch_size,
+            gradient_accumulation_steps=d.gradient_accumulation_steps,
+            max_length=d.max_length,
+            warmup_steps=d.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+            gradient_checkpointing=d.gradient_checkpointing,
+            bf16=d.precision == Precision.bfloat16,
+            use_cpu=not cuda,
+            save_steps=d.save_steps,
+            save_total_limit=1,
+            logging_steps=1,
+            seed=d.seed,
+            precompute_ref_log_probs=True,  # the frozen reference runs once over the pairs, not every step
+            report_to="wandb" if wandb else "none",
+            run_name=run_name,
+            deepspeed=deepspeed_config(d),
+        )
+        model = load_model(model_dir, dtype=torch.float32)
+        if initial_delta is not None:
+            # Before the trainer exists: trl computes the reference log-probs from this model at construction.
+            add_delta_gathered(model, initial_delta)
+        tok = load_tokenizer(model_dir)
+        trainer = DPOTrainer(
+            model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok, peft_config=peft_config
+        )
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        trainer.train(resume_from_checkpoint=last)
 
     logs = [r for r in trainer.state.log_history if "loss" in r]
     metrics = {

@@ -37,6 +37,8 @@ class Configuration:
     run: Callable[[Context, dict[str, ArtifactRef], Scorer], dict]
     """-> {"bytes": int, "scores": {domain: {"score", "stderr", "n", "metric"}}, optional "details": {...}}
     (details, e.g. a router's accuracy and confusion matrix, are kept in results.json under the row)."""
+    settings: Callable[[Context], dict] = lambda ctx: {}
+    """What else its result depends on (settings read besides its inputs), hashed into the eval's key."""
 
 
 CONFIGURATIONS: Registry[Configuration] = Registry("eval configuration")
@@ -152,12 +154,29 @@ def _tasks(ctx: Context) -> dict[str, str]:
 
 def plan(ctx: Context, domain: Optional[str]):
     inputs = {name: need.ref for name, need in eval_needs(ctx).items()}
-    config = {"eval": asdict(ctx.cfg.eval), "tasks": _tasks(ctx), "model": ctx.base_fingerprint}
+    config = {"eval": asdict(ctx.cfg.eval), "tasks": _tasks(ctx), "model": ctx.base_fingerprint, "task_files": task_digest()}
+    settings = {name: CONFIGURATIONS.get(name).settings(ctx) for name in ctx.cfg.eval.configurations}
+    config["settings"] = {name: s for name, s in settings.items() if s}
     if "external" in ctx.cfg.eval.configurations and ctx.cfg.eval.external_model:
         from ..models import resolve_model_dir
 
         config["external"] = model_fingerprint(resolve_model_dir(ctx.cfg.eval.external_model))
     return config, inputs
+
+
+def task_digest() -> str:
+    """A hash of the task definitions (skillweave/tasks) and of the dialogue rules its score uses:
+    changing how a task is scored gives a new eval artifact instead of reusing old numbers."""
+    import hashlib
+
+    from ..evaluation import TASK_DIR
+    from ..resources import resource_path
+
+    files = sorted([*TASK_DIR.glob("*.yaml"), *TASK_DIR.glob("*.py")]) + [resource_path("rules", "dialogue.yaml")]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:

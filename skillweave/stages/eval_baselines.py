@@ -27,7 +27,7 @@ from ..baselines import (
     distill_bitdelta_scales,
 )
 from ..models import load_model, load_tokenizer
-from ..pipeline import Context, Need
+from ..pipeline import Context
 from ..zip import block_linear_names
 from .dpo import DELTA, load_delta
 from .eval import CONFIGURATIONS, Configuration, Scorer, add_delta, param_bytes, per_domain
@@ -82,6 +82,11 @@ CONFIGURATIONS.register("bitdelta")(
     Configuration(
         needs=lambda ctx: per_domain(ctx, "dpo") | per_domain(ctx, "generate"),
         run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=True)),
+        settings=lambda ctx: {
+            "calibration_prompts": {d: ctx.for_domain(d).zip.calibration_prompts for d in ctx.cfg.domains},
+            "distill_steps": DISTILL_STEPS,
+            "distill_lr": DISTILL_LR,
+        },
     )
 )
 CONFIGURATIONS.register("bitdelta_nodistill")(

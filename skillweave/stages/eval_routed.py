@@ -176,8 +176,16 @@ def _route(ctx: Context) -> dict[str, Need]:
 
 
 CONFIGURATIONS.register("skillweave_routed")(
-    Configuration(needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "zip") | _route(ctx), run=_skillweave_routed)
+    Configuration(
+        needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "zip") | _route(ctx),
+        run=_skillweave_routed,
+        settings=lambda ctx: {"router_max_length": ctx.cfg.router.max_length},
+    )
 )
 CONFIGURATIONS.register("twin_merging")(
-    Configuration(needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "dpo") | _route(ctx), run=_twin_merging)
+    Configuration(
+        needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "dpo") | _route(ctx),
+        run=_twin_merging,
+        settings=lambda ctx: {"rank": ctx.cfg.zip.rank, "router_max_length": ctx.cfg.router.max_length},
+    )
 )

@@ -86,7 +86,9 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "samples_artifact": str(inputs["samples"]),
         "filter_artifact": str(ref),
     }
-    card = dataset_card(domain, scored, pairs, before, contamination_summary(inputs["samples"].path), settings)
+    card = dataset_card(
+        domain, scored, pairs, before, contamination_summary(inputs["samples"].path), settings, report=report
+    )
     atomic_write_json(ref.path / "card.json", card)
     atomic_write_text(ref.path / "card.md", card_markdown(card))
     run_dir = log_card(card, cfg, f"filter-{domain}")
@@ -274,10 +276,14 @@ def dataset_card(
     contamination: dict,
     settings: dict,
     max_example_chars: int = 300,
+    *,
+    report: Optional[dict] = None,
 ) -> dict:
     """The filter artifact's dataset card: counts, pass rates per rule, lengths, truncation,
-    contamination, the settings that made it, and one example pair."""
-    report = pair_report(scored, pairs, before)
+    contamination, the settings that made it, and one example pair. `report` is
+    `pair_report(scored, pairs, before)` when the caller already has it (computed here otherwise)."""
+    if report is None:
+        report = pair_report(scored, pairs, before)
     examples = [
         {
             "prompt": c["prompt"][:max_example_chars],
