@@ -225,6 +225,15 @@ class MergeConfig:
     """Seed of DARE's random drop."""
 
 
+class ActScale(StrEnum):
+    """Activation scales of a skillpack's integer path (skillweave.zip.skillpack.SkillpackLinear)."""
+
+    token = "token"
+    """One per token, computed at run time."""
+    tensor = "tensor"
+    """Static, one per layer's input and one per its INT32 intermediate, calibrated at zip time."""
+
+
 @dataclass
 class ZipConfig:
     """SkillZip (METHOD.md stage 2); conf/zip/ holds the paper's setting and its ablations."""
@@ -247,10 +256,11 @@ class ZipConfig:
     smoothing and static activation scales; unused when smoothing=none and act_scale=token."""
     fidelity_prompts: int = 4
     """Other prompts of that artifact on which the next-token KL of skillpack vs uncompressed
-    residual is measured; 0 skips it."""
+    residual is measured, of the served integer path (kl_skillpack, the only one act_scale changes) and
+    of the fp factors (kl_skillpack_fp); 0 skips it."""
     seed: int = 0
     """Seeds rotation=random."""
-    act_scale: str = "token"
+    act_scale: ActScale = ActScale.token
     """Activation scales of the integer path: token (one per token, computed at run time) | tensor
     (static: one for each layer's smoothed input and one truncating its INT32 intermediate to INT8,
     calibrated at zip time on the calibration prompts; values beyond them saturate). token stays the
@@ -290,11 +300,9 @@ class ZipConfig:
             raise ValueError(f"zip.smoothing={self.smoothing} needs zip.calibration_prompts >= 1")
         if self.fidelity_prompts < 0:
             raise ValueError(f"zip.fidelity_prompts must be >= 0, got {self.fidelity_prompts}")
-        if self.act_scale not in ("token", "tensor"):
-            raise ValueError(f"zip.act_scale must be token or tensor, got {self.act_scale!r}")
         if not 0.0 < self.act_percentile <= 100.0:
             raise ValueError(f"zip.act_percentile must be in (0, 100], got {self.act_percentile}")
-        if self.act_scale == "tensor" and self.calibration_prompts < 1:
+        if self.act_scale == ActScale.tensor and self.calibration_prompts < 1:
             raise ValueError("zip.act_scale=tensor needs zip.calibration_prompts >= 1")
         if self.embedding_rank < 0:
             raise ValueError(f"zip.embedding_rank must be >= 0 (0 drops the embedding), got {self.embedding_rank}")

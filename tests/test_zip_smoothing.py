@@ -4,6 +4,7 @@ calibration and PEFT export."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -445,7 +446,10 @@ def test_peft_export_round_trip(calibrated, tmp_path):
 def test_peft_export_round_trip_with_the_embedding(tied, tmp_path):
     """PEFT's embedding LoRA holds the embedding's factors, and a LoRA on lm_head the tied head's
     side; the adapter then computes the skillpack's fp path (its dense norms aside)."""
+    import json
+
     from peft import PeftModel
+    from safetensors import safe_open
     from test_zip import compress_with_embedding, embedding_residual
 
     model = tiny_model(tied=tied)
@@ -461,10 +465,15 @@ def test_peft_export_round_trip_with_the_embedding(tied, tmp_path):
         detach_skillpack(model)
         adapter = PeftModel.from_pretrained(tiny_model(tied=tied), tmp_path / "lora").eval()
         assert rel(adapter(ids).logits, want) < 1e-5
-    # for servers without embedding LoRA: the embedding (and a tied head) are left out and listed
+    # for servers with LoRA on the blocks only: the embedding and lm_head, tied or own factors, are left
+    # out and listed
     left_out = export_skillpack(sp, tmp_path / "blocks", "tiny", embedding=False)
-    assert "model.embed_tokens.weight" in left_out and ("lm_head.weight" in left_out) is tied
-    assert "model.embed_tokens.weight" in (tmp_path / "blocks" / "README.md").read_text()
+    assert left_out == sorted([*sp.dense, "model.embed_tokens.weight", "lm_head.weight"])
+    assert "Not in this adapter: " + ", ".join(left_out) in (tmp_path / "blocks" / "README.md").read_text()
+    targets = json.loads((tmp_path / "blocks" / "adapter_config.json").read_text())["target_modules"]
+    assert targets and all(t.startswith("model.layers.") for t in targets), targets
+    with safe_open(str(tmp_path / "blocks" / "adapter_model.safetensors"), "pt") as f:
+        assert all(".layers." in k for k in f.keys())
 
 # ---- fidelity
 
@@ -486,9 +495,71 @@ def test_next_token_kl_is_zero_for_a_lossless_skillpack_and_restores_the_model(c
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_the_int_path_kl_uses_static_scales_and_the_stage_reports_both_paths(calibrated):
+    """Only the integer path reads the static scales (act_scale tensor): its KL moves with them, while
+    the fp path's is that of the same factors with per-token scales. The zip stage reports both paths
+    (skillpack_fidelity). Full rank, so that the KL is the quantization's, not the truncation's."""
+    from skillweave.zip.fidelity import next_token_kl, skillpack_fidelity
+
+    residual, names, stats = calibrated
+    packs = {}
+    for name, percentile in [("token", None), ("tensor", 100.0), ("clipped", 50.0)]:  # 50: clips half the tokens
+        packs[name] = compress_residual(
+            residual, names, 128, 8, "math", "fp-a", smoothing="smoothquant", rotation="hadamard", calibration=stats
+        )
+        if percentile is not None:
+            calibrate_act_scales(tiny_model(), packs[name], random_prompts(20, n=8), percentile=percentile)
+    model, batches = tiny_model(), random_prompts(21)  # not the calibration prompts
+    kl = {
+        (name, int_mm): next_token_kl(model, residual, sp, batches, int_mm=int_mm)["kl_skillpack"]
+        for name, sp in packs.items()
+        for int_mm in (False, True)
+    }
+    assert kl["tensor", False] == kl["token", False] == kl["clipped", False]  # the fp path ignores them
+    # measured: fp 3.0e-7; int path 7.8e-7 per token, 2.2e-6 static, 5.1e-5 static clipped
+    assert kl["token", False] < kl["token", True] < kl["tensor", True] / 1.5, kl
+    assert kl["clipped", True] > 10 * kl["tensor", True], kl
+    fidelity = skillpack_fidelity(model, residual, packs["tensor"], batches)
+    backbone = next_token_kl(model, residual, packs["tensor"], batches)["kl_backbone"]
+    assert fidelity == {
+        "kl_skillpack": kl["tensor", True], "kl_skillpack_fp": kl["tensor", False], "kl_backbone": backbone
+    }
+
+
+def test_next_token_kl_refuses_an_unknown_key_and_leaves_no_hooks(calibrated):
+    from skillweave.zip.fidelity import next_token_kl
+
+    residual, names, _ = calibrated
+    sp = compress_residual(residual, names, 8, 8, "math", "fp-a")
+    model = tiny_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = random_prompts(26, n=1)
+    cases = [
+        # a 2-D residual of a module the model lacks
+        (
+            {"model.layers.9.mlp.up_proj.weight": torch.zeros(128, 64)},
+            "residual model.layers.9.mlp.up_proj.weight: this model has no module model.layers.9.mlp.up_proj",
+        ),
+        # a dense one the model lacks, after valid 2-D ones and a valid dense one: their hooks and the
+        # valid in-place add must be undone
+        (
+            {"model.norm.weight": torch.ones(64), "model.nrom.weight": torch.ones(64)},
+            "residual model.nrom.weight: this model has no such parameter",
+        ),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            next_token_kl(model, {**residual, **extra}, sp, batches)
+        assert not any(m._forward_hooks for m in model.modules())
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert next_token_kl(model, residual, sp, batches)["kl_skillpack"] > 0  # and the model still works
+
+
 def test_zip_config_choices_match_the_registries():
-    from skillweave.config import ZipConfig
-    from skillweave.zip.skillpack import ACT_SCALES
+    from compose import compose_config, hydra_context
+    from hydra.errors import ConfigCompositionException
+
+    from skillweave.config import ActScale, ZipConfig
     from skillweave.zip.smoothing import ROTATIONS, SMOOTHINGS
 
     for name in ["none", *SMOOTHINGS.names()]:
@@ -499,10 +570,15 @@ def test_zip_config_choices_match_the_registries():
         ZipConfig(bits=2)
     with pytest.raises(ValueError, match="needs zip.calibration_prompts >= 1"):
         ZipConfig(calibration_prompts=0)
-    for act_scale in ACT_SCALES:
+    assert list(ActScale) == ["token", "tensor"]  # what SkillpackLinear and calibrate_act_scales implement
+    for act_scale in ActScale:
         ZipConfig(act_scale=act_scale)
-    with pytest.raises(ValueError, match="zip.act_scale must be token or tensor, got 'channel'"):
-        ZipConfig(act_scale="channel")
+    # a typo fails when Hydra composes, before any model loads
+    with hydra_context(), pytest.raises(ConfigCompositionException) as info:
+        compose_config(["zip.act_scale=channel"])
+    assert "channel" in str(info.value) + str(info.value.__cause__)
+    with hydra_context():
+        assert compose_config(["zip=static_act"]).zip.act_scale is ActScale.tensor
     with pytest.raises(ValueError, match="zip.act_scale=tensor needs zip.calibration_prompts >= 1"):
         ZipConfig(act_scale="tensor", smoothing="none", calibration_prompts=0)
     with pytest.raises(ValueError, match=r"zip.act_percentile must be in \(0, 100\]"):

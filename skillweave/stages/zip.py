@@ -6,8 +6,9 @@ rank-wise rotation, INT8 or INT4 factors with per-channel scales; the input embe
 (and lm_head's) at `zip.embedding_rank`; with `zip.act_scale=tensor`, static activation scales for
 the integer path, calibrated with the skillpack attached. The calibration prompts are the domain's
 own (its generate artifact, prompt + sampled answer); the next prompts of that artifact are held out
-for the fidelity KL. The skillpack is stamped with the merged backbone's fingerprint: it only makes
-sense on top of that backbone.
+for the fidelity KL, of the served integer path (kl_skillpack, the only one that uses static
+activation scales) and of the fp factors (kl_skillpack_fp). The skillpack is stamped with the merged backbone's
+fingerprint: it only makes sense on top of that backbone.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..zip import block_linear_names, compress_residual, save_skillpack, skillpack_nbytes
-    from ..zip.fidelity import next_token_kl
+    from ..zip.fidelity import skillpack_fidelity
     from ..zip.skillpack import EMBEDDING, calibrate_act_scales
     from ..zip.smoothing import collect_channel_stats
 
@@ -122,7 +123,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         calibrate_act_scales(model, skillpack, calib, cfg.act_percentile)
     if calib:
         skillpack.calibration_summary["prompts"] = len(calib)
-    fidelity = next_token_kl(model, residual, skillpack, held_out) if held_out else {}
+    fidelity = skillpack_fidelity(model, residual, skillpack, held_out) if held_out else {}
     skillpack.meta.update(config=asdict(cfg), fidelity=fidelity)
     save_skillpack(skillpack, ref.path / SKILLPACK)
     rel_error = skillpack.meta["layer_rel_error"]

@@ -9,8 +9,9 @@ skillpack's dequantized integers, so the adapter computes the skillpack's fp pat
 The embedding's factors (E_res ~ A B) become PEFT's embedding LoRA, lora_embedding_A = A^T and
 lora_embedding_B = B^T, and with tied weights also a linear LoRA on lm_head (PEFT adapts the two
 modules separately, so the tie has to be spelled out: exact in the forward pass, but merging both
-into a model that still ties the weights would add the residual twice). Servers that take LoRA only
-on the blocks' linears can be given an adapter without them (`export_skillpack(..., embedding=False)`).
+into a model that still ties the weights would add the residual twice). An untied lm_head has its own
+factors, a linear LoRA like the blocks'. Servers that take LoRA only on the blocks' linears can be
+given an adapter without the embedding and lm_head, tied or not (`export_skillpack(..., embedding=False)`).
 
 What LoRA cannot hold: the dense 1-D residuals (norm weights). They are listed in the return value
 and in the adapter's README so nobody mistakes the adapter for the whole skillpack.
@@ -124,17 +125,19 @@ def export_peft_lora(
 def export_skillpack(
     sp: Skillpack, out_dir: str | os.PathLike, base_model_name_or_path: str, *, embedding: bool = True, **kwargs
 ) -> list[str]:
-    """`export_peft_lora` of a skillpack's factors; returns the names left out: the dense residuals,
-    and with embedding=False the embedding's factors (for servers without embedding LoRA)."""
+    """`export_peft_lora` of a skillpack's factors; returns the parameter names left out, sorted: the
+    dense residuals and, with embedding=False (a blocks-only adapter, for servers that take LoRA only
+    on the blocks' linears), the embedding's and lm_head's, tied or untied."""
     factors = skillpack_lora_factors(sp)
     embeddings = {EMBEDDING: (sp.factors[EMBEDDING].a(), sp.factors[EMBEDDING].b())} if EMBEDDING in sp.factors else {}
-    left_out = sorted(sp.dense)
-    if embeddings and not embedding:
-        left_out.append(f"{EMBEDDING}.weight")
-        embeddings = {}
-        if sp.tied_embeddings:
-            del factors[HEAD]
+    left_out = list(sp.dense)
+    if not embedding:
+        if embeddings:
+            left_out.append(f"{EMBEDDING}.weight")
+            embeddings = {}
+        if factors.pop(HEAD, None) is not None:  # the tied head's (the embedding's factors) or its own
             left_out.append(f"{HEAD}.weight")
+    left_out.sort()
     out = export_peft_lora(factors, out_dir, base_model_name_or_path, embeddings=embeddings, not_exported=left_out, **kwargs)
     if embeddings and sp.tied_embeddings:
         with open(out / "README.md", "a") as f:

@@ -53,7 +53,6 @@ EMBEDDING = "model.embed_tokens"
 HEAD = "lm_head"
 """Module names of the input embedding and the output head in the HF Llama-family layout."""
 CALIBRATION_PREFIX = "calibration."
-ACT_SCALES = ("token", "tensor")
 _FACTOR_PARTS = ("a_q", "a_scale", "b_q", "b_scale")
 _OPTIONAL_PARTS = ("smooth", "x_scale", "h_scale")
 _ATTACHMENT = "_skillweave_attachment"
