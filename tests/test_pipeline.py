@@ -215,3 +215,27 @@ def test_eval_key_covers_the_settings_its_configurations_read(tmp_path, tiny_mod
     assert key("eval.configurations=[twin_merging]", "zip.rank=4") != key("eval.configurations=[twin_merging]", "zip.rank=8")
     # base reads no such setting: its eval is reused
     assert key("eval.configurations=[base]", "zip.rank=4") == key("eval.configurations=[base]", "zip.rank=8")
+
+
+def test_a_killed_eval_resumes_at_its_first_unfinished_configuration(pipeline, monkeypatch):
+    from skillweave.stages import eval as eval_stage
+
+    tmp, ov, refs = pipeline
+    ref = refs["eval"]
+    rows = {p.stem for p in (ref.path / "rows").glob("*.json")}
+    assert rows == {"base", "dpo", "merged", "skillweave"}  # one file per finished configuration
+    # Kill after the first two: their rows stay, the rest and the manifest are gone.
+    for name in ("merged", "skillweave"):
+        (ref.path / "rows" / f"{name}.json").unlink()
+    (ref.path / "manifest.json").unlink()
+    before = json.loads((ref.path / "results.json").read_text())
+    ran = []
+    for name in ("base", "dpo", "merged", "skillweave"):
+        conf = eval_stage.CONFIGURATIONS.get(name)
+        monkeypatch.setitem(
+            eval_stage.CONFIGURATIONS._items, name,
+            conf.__class__(needs=conf.needs, run=lambda ctx, i, s, _n=name, _r=conf.run: (ran.append(_n), _r(ctx, i, s))[1]),
+        )
+    run_overrides([*ov, "stage=eval"])
+    assert ran == ["merged", "skillweave"]
+    assert json.loads((ref.path / "results.json").read_text())["configurations"] == before["configurations"]

@@ -197,7 +197,13 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         return score
 
     rows = []
+    (ref.path / "rows").mkdir(exist_ok=True)
     for name in ev.configurations:
+        # One file per finished configuration: a killed eval resumes at the first unfinished one.
+        done = ref.path / "rows" / f"{name}.json"
+        if done.is_file():
+            rows.append(json.loads(done.read_text()))
+            continue
         out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name))
         scores = {d: s["score"] for d, s in out["scores"].items()}
         rows.append(
@@ -211,6 +217,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
             }
             | ({"details": out["details"]} if out.get("details") else {})
         )
+        atomic_write_json(done, rows[-1])
     base_bytes = next((r["bytes"] for r in rows if r["name"] == "base"), rows[0]["bytes"])
     for r in rows:
         r["relative_bytes"] = round(r["bytes"] / base_bytes, 4)
