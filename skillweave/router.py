@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -35,6 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from .artifacts import tmp_path_for
 
 FORMAT = "skillweave-router"
 FORMAT_VERSION = 1
@@ -237,14 +238,8 @@ def save_router(router: Router, path: str | os.PathLike) -> None:
         "meta": router.meta,
     }
     tensors = {name: getattr(router, name).detach().float().cpu().contiguous() for name in _TENSORS}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(header)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with tmp_path_for(path) as tmp:
+        save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header)})
 
 
 def load_router(path: str | os.PathLike, expected_fingerprint: str | None = None) -> Router:

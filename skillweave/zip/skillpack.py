@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -31,6 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
+from skillweave.artifacts import tmp_path_for
 from skillweave.zip.quant import (
     check_bits,
     dequantize,
@@ -452,14 +452,8 @@ def save_skillpack(sp: Skillpack, path: str | os.PathLike) -> None:
         "meta": sp.meta,
     }
     tensors = {k: t.detach().cpu().contiguous() for k, t in _stored_tensors(sp).items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(header)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with tmp_path_for(path) as tmp:
+        save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header)})
 
 
 def load_skillpack(path: str | os.PathLike, expected_fingerprint: str | None = None) -> Skillpack:
