@@ -23,6 +23,7 @@ class StageName(StrEnum):
     merge = "merge"
     zip = "zip"
     route = "route"
+    dev = "dev"
     eval = "eval"
     all = "all"
 
@@ -309,6 +310,24 @@ class ZipConfig:
 
 
 @dataclass
+class DevConfig:
+    """The dev split DPO settings are tuned on (stage `dev`, skillweave/stages/dev.py): held-out prompts
+    of the domain's own source, scored by its rules, never the eval set."""
+
+    prompts: int = 64
+    """Prompts drawn from the domain's source with another seed; any that a training round uses are removed."""
+    max_new_tokens: Optional[int] = None
+    """Greedy answer length (None: domain.sampling.max_new_tokens, what the pairs were sampled with)."""
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1 or self.batch_size < 1:
+            raise ValueError(f"dev.prompts and dev.batch_size must be >= 1, got {self.prompts}, {self.batch_size}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"dev.max_new_tokens must be >= 1 or null, got {self.max_new_tokens}")
+
+
+@dataclass
 class EvalConfig:
     limit: Optional[int] = 20
     """Documents per task (None: all)."""
@@ -376,6 +395,7 @@ class SkillweaveConfig:
     zip: ZipConfig = field(default_factory=ZipConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
+    dev: DevConfig = field(default_factory=DevConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     artifacts_root: str = "artifacts"
     """Root of the content-addressed artifact store (a shared filesystem on a cluster)."""

@@ -155,3 +155,14 @@ def _task_result(name: str, out: dict) -> dict:
         "n": len(rows),
         "samples": rows,
     }
+
+
+def paired_difference(before: list[float], after: list[float]) -> tuple[float, float]:
+    """Mean of after - before over the same items, and its standard error (sample std / sqrt n; nan
+    for one item). Far tighter than the two means' own stderrs combined when most items agree."""
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    if not diffs:
+        raise ValueError("paired_difference needs at least one item")
+    n, mean = len(diffs), sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1)) if n > 1 else math.nan
+    return mean, sd / math.sqrt(n)

@@ -210,12 +210,17 @@ def run_rounds(ctx: Context, domain: str, first: tuple[str, ...] = ROUND_STAGES)
 
 def run_stage(ctx: Context, stage: str, domain: Optional[str]) -> dict[str, ArtifactRef]:
     """What `python -m skillweave stage=<stage>` runs: the stage once (per-domain stages at the last online
-    round), except stage=dpo with dpo.rounds > 1, which runs every round (online DPO is the dpo stage).
+    round), except stage=dpo with dpo.rounds > 1, which runs every round (online DPO is the dpo stage),
+    and stage=dev, which runs every round's generate, filter and dpo it needs before scoring the dev split.
 
     Raises:
         ValueError: dpo.rounds > 1 under a multi-process launch (the rounds' filter stages are single-process).
         MissingArtifactError: an input of the first stage run is missing.
     """
+    if stage == "dev":  # tuning: one command per sweep point trains (every round) what it scores
+        ref_for(ctx, "dev", domain)  # a dev split that cannot be drawn fails before any training
+        refs = run_rounds(ctx, domain)
+        return {str(ref): ref for ref in [*refs.values(), execute(ctx, "dev", domain)]}
     if stage == "dpo" and ctx.dpo_round > 0:
         from .cluster import process_rank
 

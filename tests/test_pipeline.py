@@ -217,25 +217,47 @@ def test_eval_key_covers_the_settings_its_configurations_read(tmp_path, tiny_mod
     assert key("eval.configurations=[base]", "zip.rank=4") == key("eval.configurations=[base]", "zip.rank=8")
 
 
-def test_a_killed_eval_resumes_at_its_first_unfinished_configuration(pipeline, monkeypatch):
+def _count_runs(monkeypatch, names) -> list[str]:
+    """Wraps the named eval configurations so that each run is recorded in the returned list."""
     from skillweave.stages import eval as eval_stage
 
-    tmp, ov, refs = pipeline
-    ref = refs["eval"]
-    rows = {p.stem for p in (ref.path / "rows").glob("*.json")}
-    assert rows == {"base", "dpo", "merged", "skillweave"}  # one file per finished configuration
-    # Kill after the first two: their rows stay, the rest and the manifest are gone.
-    for name in ("merged", "skillweave"):
-        (ref.path / "rows" / f"{name}.json").unlink()
-    (ref.path / "manifest.json").unlink()
-    before = json.loads((ref.path / "results.json").read_text())
     ran = []
-    for name in ("base", "dpo", "merged", "skillweave"):
+    for name in names:
         conf = eval_stage.CONFIGURATIONS.get(name)
         monkeypatch.setitem(
             eval_stage.CONFIGURATIONS._items, name,
-            conf.__class__(needs=conf.needs, run=lambda ctx, i, s, _n=name, _r=conf.run: (ran.append(_n), _r(ctx, i, s))[1]),
+            conf.__class__(needs=conf.needs, settings=conf.settings,
+                           run=lambda ctx, i, s, _n=name, _r=conf.run: (ran.append(_n), _r(ctx, i, s))[1]),
         )
+    return ran
+
+
+def test_a_killed_eval_resumes_at_its_first_unfinished_configuration(pipeline, monkeypatch):
+    tmp, ov, refs = pipeline
+    ref = refs["eval"]
+    before = json.loads((ref.path / "results.json").read_text())
+    rows = {r["name"]: tmp / "artifacts" / r["row"] for r in before["configurations"]}
+    assert set(rows) == {"base", "dpo", "merged", "skillweave"}  # one artifact per finished configuration
+    assert all((p / "manifest.json").is_file() and (p / "samples").is_dir() for p in rows.values())
+    # Kill after the first two: their rows stay, the rest and the manifest are gone.
+    for name in ("merged", "skillweave"):
+        (rows[name] / "manifest.json").unlink()
+    (ref.path / "manifest.json").unlink()
+    ran = _count_runs(monkeypatch, rows)
     run_overrides([*ov, "stage=eval"])
     assert ran == ["merged", "skillweave"]
     assert json.loads((ref.path / "results.json").read_text())["configurations"] == before["configurations"]
+
+
+def test_another_comparison_reuses_the_rows_it_shares_and_pairs_them_with_base(pipeline, monkeypatch):
+    tmp, ov, refs = pipeline
+    ran = _count_runs(monkeypatch, ["base", "dpo", "merged", "skillweave"])
+    run_overrides([*ov, "stage=eval", "eval.configurations=[base,skillweave]"])
+    assert ran == []  # both rows exist from the full comparison: a new eval artifact, nothing recomputed
+    results = [json.loads(p.read_text()) for p in (tmp / "artifacts" / "eval").glob("all-*/results.json")]
+    pair = next(r for r in results if [c["name"] for c in r["configurations"]] == ["base", "skillweave"])
+    vs = pair["configurations"][1]["vs_base"]["math"]
+    # The paired difference is the difference of the two means over the same documents.
+    scores = {c["name"]: c["scores"]["math"] for c in pair["configurations"]}
+    assert vs["delta"] == pytest.approx(scores["skillweave"] - scores["base"])
+    assert vs["n"] == pair["configurations"][0]["n"]["math"] and 0.0 <= vs["changed"] <= 1.0

@@ -264,7 +264,9 @@ def test_routed_configurations_run_end_to_end(routed_run):
     assert details["confusion"]["domains"] == ["math", "instructions"]
     assert [sum(row) for row in matrix] == [2, 2]  # limit 2 docs per true domain
     assert details["router_accuracy"] == pytest.approx((matrix[0][0] + matrix[1][1]) / 4)
-    for d, docs in details["docs"].items():
+    for d in ("math", "instructions"):
+        docs = [json.loads(line) for line in (refs["eval"].path / "samples" / f"skillweave_routed-{d}.jsonl").open()]
+        assert all(doc["routed_to"] in ("math", "instructions") and doc["response"] is not None for doc in docs)
         scores = [doc["score"] for doc in docs]
         assert routed["n"][d] == 2 and routed["scores"][d] == pytest.approx(sum(scores) / 2)
         spread = abs(scores[0] - scores[1]) / 2  # sample std / sqrt(2) of two scores

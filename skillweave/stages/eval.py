@@ -13,13 +13,18 @@ A configuration is a function registered in CONFIGURATIONS; `eval.configurations
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from ..artifacts import ArtifactRef, atomic_write_json, atomic_write_text
+from ..artifacts import ArtifactRef, artifact_lock, atomic_write_json, atomic_write_text, make_ref, write_manifest
+from ..evaluation import paired_difference
 from ..models import load_model, load_tokenizer, model_fingerprint
 from ..pipeline import STAGES, Context, Need, Stage
 from ..registry import Registry
@@ -28,6 +33,7 @@ from .merge import BACKBONE
 from .zip import SKILLPACK
 
 Scorer = Callable[[torch.nn.Module, object, str], dict]
+log = logging.getLogger("skillweave")
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,8 @@ class Configuration:
     """The artifacts this configuration reads, by name; stage=all produces them in this order."""
     run: Callable[[Context, dict[str, ArtifactRef], Scorer], dict]
     """-> {"bytes": int, "scores": {domain: {"score", "stderr", "n", "metric"}}, optional "details": {...}}
-    (details, e.g. a router's accuracy and confusion matrix, are kept in results.json under the row)."""
+    (details, e.g. a router's accuracy and confusion matrix, are kept in results.json under the row) and
+    optional "samples": {domain: per-doc rows}, for a configuration that scores without the Scorer."""
     settings: Callable[[Context], dict] = lambda ctx: {}
     """What else its result depends on (settings read besides its inputs), hashed into the eval's key."""
 
@@ -179,45 +186,78 @@ def task_digest() -> str:
     return h.hexdigest()[:16]
 
 
+ROWS = "eval_rows"
+"""Where each configuration's row lives as its own artifact (`<root>/eval_rows/<name>-<key>/`)."""
+
+
+def row_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+    """The artifact of one configuration's row: keyed by what that row depends on (its own inputs and
+    settings, the tasks and generation settings), not by the other configurations of the eval, so a
+    comparison that adds a configuration reuses every row it already has (base is evaluated once)."""
+    conf = CONFIGURATIONS.get(name)
+    ev = ctx.cfg.eval
+    config = {
+        "configuration": name,
+        "eval": {"limit": ev.limit, "max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path},
+        "tasks": _tasks(ctx),
+        "model": ctx.base_fingerprint,
+        "task_files": task_digest(),
+        "settings": conf.settings(ctx),
+    }
+    if name == "external" and ev.external_model:
+        from ..models import resolve_model_dir
+
+        config["external"] = model_fingerprint(resolve_model_dir(ev.external_model))
+    mine = {k: inputs[k] for k in conf.needs(ctx)}
+    return make_ref(ctx.root, ROWS, name, config, mine)
+
+
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from ..evaluation import evaluate
 
     ev, tasks = ctx.cfg.eval, _tasks(ctx)
     (ref.path / "samples").mkdir(exist_ok=True)
 
-    def scorer(config: str) -> Scorer:
+    def scorer(row: ArtifactRef) -> Scorer:
         def score(model, tok, d: str) -> dict:
             res = evaluate(model, tok, [tasks[d]], limit=ev.limit, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size)
             r = res[tasks[d]]
             # Every answer is kept: which ones a skillpack changed is as telling as the score.
             lines = "".join(json.dumps(row) + "\n" for row in r["samples"])
-            atomic_write_text(ref.path / "samples" / f"{config}-{d}.jsonl", lines)
+            atomic_write_text(row.path / "samples" / f"{d}.jsonl", lines)
             return {"score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"]}
 
         return score
 
     rows = []
-    (ref.path / "rows").mkdir(exist_ok=True)
     for name in ev.configurations:
-        # One file per finished configuration: a killed eval resumes at the first unfinished one.
-        done = ref.path / "rows" / f"{name}.json"
-        if done.is_file():
-            rows.append(json.loads(done.read_text()))
-            continue
-        out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name))
-        scores = {d: s["score"] for d, s in out["scores"].items()}
-        rows.append(
-            {
-                "name": name,
-                "bytes": out["bytes"],
-                "scores": scores,
-                "stderr": {d: s["stderr"] for d, s in out["scores"].items()},
-                "n": {d: s["n"] for d, s in out["scores"].items()},
-                "average": sum(scores.values()) / len(scores),
-            }
-            | ({"details": out["details"]} if out.get("details") else {})
-        )
-        atomic_write_json(done, rows[-1])
+        # Each finished row is a complete artifact: a killed eval resumes at the first unfinished one,
+        # and another eval with the same row (same inputs and settings) reads it instead of recomputing.
+        row = row_ref(ctx, name, inputs)
+        with artifact_lock(row):
+            if not row.complete:
+                started = time.time()
+                (row.path / "samples").mkdir(exist_ok=True)
+                out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(row))
+                for d, answers in out.get("samples", {}).items():
+                    atomic_write_text(row.path / "samples" / f"{d}.jsonl", "".join(json.dumps(a) + "\n" for a in answers))
+                scores = {d: s["score"] for d, s in out["scores"].items()}
+                result = {
+                    "name": name,
+                    "bytes": out["bytes"],
+                    "scores": scores,
+                    "stderr": {d: s["stderr"] for d, s in out["scores"].items()},
+                    "n": {d: s["n"] for d, s in out["scores"].items()},
+                    "average": sum(scores.values()) / len(scores),
+                } | ({"details": out["details"]} if out.get("details") else {})
+                atomic_write_json(row.path / "row.json", result)
+                write_manifest(row, {"average": result["average"]}, started)
+            else:
+                log.info("eval row %s is complete: reused", row)
+        rows.append(json.loads((row.path / "row.json").read_text()) | {"row": str(row)})
+        for f in sorted((row.path / "samples").glob("*.jsonl")):
+            shutil.copyfile(f, ref.path / "samples" / f"{name}-{f.name}")
+    compare_with_base(rows, ref.path / "samples")
     base_bytes = next((r["bytes"] for r in rows if r["name"] == "base"), rows[0]["bytes"])
     for r in rows:
         r["relative_bytes"] = round(r["bytes"] / base_bytes, 4)
@@ -232,7 +272,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "configurations": rows,
     }
     atomic_write_json(ref.path / "results.json", results)
-    table = results_table(results) + eval_baselines.budget_note(ev.budget_bytes, excluded)
+    table = results_table(results) + vs_base_table(results) + eval_baselines.budget_note(ev.budget_bytes, excluded)
     atomic_write_text(ref.path / "results.md", table)
     from ..plots import domain_bars, frontier_plot
 
@@ -241,6 +281,56 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     log_results(ctx.cfg, results, ref)
     print(table)
     return {"configurations": len(rows)}
+
+
+def _read_samples(path: Path) -> dict[int, dict]:
+    if not path.is_file():
+        return {}
+    return {r["doc_id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def compare_with_base(rows: list[dict], samples: Path) -> None:
+    """Adds `vs_base[domain] = {delta, stderr, changed, n}` to every row with answers on base's docs.
+
+    A paired comparison on the same documents (evaluation.paired_difference): `delta` is the mean
+    per-document score difference from base, `stderr` its standard error, `changed` the share of
+    answers that differ from base's. A gain "beyond the standard error" means delta > stderr; 2 x stderr is ~95%.
+    """
+    base = next((r for r in rows if r["name"] == "base"), None)
+    if base is None:
+        return
+    for r in rows:
+        if r is base:
+            continue
+        vs = {}
+        for d in r["scores"]:
+            mine, theirs = _read_samples(samples / f"{r['name']}-{d}.jsonl"), _read_samples(samples / f"base-{d}.jsonl")
+            common = sorted(set(mine) & set(theirs))
+            if not common:
+                continue
+            delta, stderr = paired_difference([theirs[i]["score"] for i in common], [mine[i]["score"] for i in common])
+            changed = sum(mine[i]["response"] != theirs[i]["response"] for i in common) / len(common)
+            vs[d] = {"delta": delta, "stderr": stderr, "changed": changed, "n": len(common)}
+        if vs:
+            r["vs_base"] = vs
+
+
+def vs_base_table(results: dict) -> str:
+    """Markdown: each configuration's paired difference from base per domain (delta ± stderr, changed answers)."""
+    rows = [r for r in results["configurations"] if r.get("vs_base")]
+    if not rows:
+        return ""
+    domains = list(results["tasks"])
+    head = "\nPaired with base on the same documents: score difference in points ± its standard error (answers changed)\n\n"
+    head += "| configuration | " + " | ".join(domains) + " |\n|" + "---|" * (len(domains) + 1) + "\n"
+    lines = []
+    for r in rows:
+        cells = []
+        for d in domains:
+            v = r["vs_base"].get(d)
+            cells.append("" if v is None else f"{100 * v['delta']:+.1f} ± {100 * v['stderr']:.1f} ({100 * v['changed']:.0f}%)")
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
 
 
 def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
@@ -273,6 +363,10 @@ def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
             run.summary[f"{r['name']}/bytes"] = r["bytes"]
             for key, value in (r.get("details") or {}).items():
                 run.summary[f"{r['name']}/{key}"] = value
+            for d, v in (r.get("vs_base") or {}).items():
+                run.summary[f"{r['name']}/{d}/delta_vs_base"] = v["delta"]
+                run.summary[f"{r['name']}/{d}/delta_vs_base_stderr"] = v["stderr"]
+                run.summary[f"{r['name']}/{d}/changed_vs_base"] = v["changed"]
 
 
 def results_table(results: dict) -> str:

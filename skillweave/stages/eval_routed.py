@@ -91,7 +91,7 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
         features = prompt_features(model, tok, [text for _, text in docs[d]], batch_size=rc.batch_size, max_length=rc.max_length)
         routed[d] = router.predict(features).tolist()
 
-    per_doc: dict[str, dict[int, float]] = {d: {} for d in domains}
+    per_doc: dict[str, dict[int, dict]] = {d: {} for d in domains}
     metric: dict[str, str] = {}
     task_domain = {t: d for d, t in tasks.items()}
     for k, target in enumerate(domains):
@@ -108,11 +108,11 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
             detach_skillpack(model)
         for task, r in res.items():
             metric[task_domain[task]] = r["metric"]
-            per_doc[task_domain[task]].update({row["doc_id"]: row["score"] for row in r["samples"]})
+            per_doc[task_domain[task]].update({row["doc_id"]: {**row, "routed_to": target} for row in r["samples"]})
 
     scores = {}
     for d in domains:
-        values = [per_doc[d][i] for i, _ in docs[d]]  # every doc was scored once, by its routed skillpack
+        values = [per_doc[d][i]["score"] for i, _ in docs[d]]  # every doc was scored once, by its routed skillpack
         mean, stderr = mean_with_stderr(values)
         scores[d] = {"score": mean, "stderr": stderr, "n": len(values), "metric": metric[d]}
     labels = [k for k, d in enumerate(domains) for _ in docs[d]]
@@ -120,13 +120,11 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
     details = {
         "router_accuracy": sum(t == p for t, p in zip(labels, predicted)) / len(labels),
         "confusion": {"domains": domains, "matrix": confusion_matrix(labels, predicted, len(domains))},
-        "docs": {
-            d: [{"doc_id": i, "routed_to": domains[r], "score": per_doc[d][i]} for (i, _), r in zip(docs[d], routed[d])]
-            for d in domains
-        },
     }
     nbytes = param_bytes(model) + sum(skillpack_nbytes(sp) for sp in skillpacks.values()) + router_nbytes(router)
-    return {"bytes": nbytes, "scores": scores, "details": details}
+    # Every answer is kept, as for the other configurations, with the skillpack it was routed to.
+    samples = {d: [per_doc[d][i] for i, _ in docs[d]] for d in domains}
+    return {"bytes": nbytes, "scores": scores, "details": details, "samples": samples}
 
 
 def _twin_merging(ctx: Context, refs: dict, score: Scorer) -> dict:

@@ -163,18 +163,20 @@ def batch_seed(seed: int, dpo_round: int, batch: int) -> int:
 
 
 @torch.no_grad()
-def sample_batch(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int) -> list[dict]:
-    """`samples_per_prompt` sampled answers to each prompt, with token counts and truncation flags."""
+def sample_batch(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int, greedy: bool = False) -> list[dict]:
+    """`samples_per_prompt` sampled answers to each prompt (greedy: one greedy answer each), with token
+    counts and truncation flags."""
     texts = [chat_prompt(tok, row["prompt"]) for row in batch]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     torch.manual_seed(seed)
+    per = 1 if greedy else sampling.samples_per_prompt
+    decoding = {"do_sample": False} if greedy else {
+        "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
     out = model.generate(
         **enc,
-        do_sample=True,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
+        **decoding,
         max_new_tokens=sampling.max_new_tokens,
-        num_return_sequences=sampling.samples_per_prompt,
+        num_return_sequences=per,
         pad_token_id=tok.pad_token_id,
     )
     gen = out[:, enc["input_ids"].shape[1] :].cpu()
@@ -183,13 +185,13 @@ def sample_batch(model, tok, batch: list[dict], sampling: SamplingConfig, seed: 
     for j, seq in enumerate(gen):
         ids = seq.tolist()
         end = next((k for k, t in enumerate(ids) if t in stop_ids), None)
-        row = batch[j // sampling.samples_per_prompt]
+        row = batch[j // per]
         rows.append(
             {
                 "prompt_id": row["id"],
                 "prompt": row["prompt"],
                 "meta": row["meta"],
-                "sample": j % sampling.samples_per_prompt,
+                "sample": j % per,
                 "response": tok.decode(ids[:end], skip_special_tokens=True),
                 "n_tokens": len(ids) if end is None else end,
                 # Stopped by the token limit, not by the model: never usable as a chosen answer.

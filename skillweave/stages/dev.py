@@ -1,0 +1,194 @@
+"""Stage dev: the dev split DPO's settings are tuned on, never the eval set (issue: "a real gain").
+
+Held-out prompts of the domain's own training distribution: its prompt source drawn with another
+seed, minus every prompt a training round uses, scored by the domain's rules (the verifiers the pairs
+came from). The policy DPO started from (the backbone, or the previous round's) and the trained one
+answer them greedily in fp32 (a bf16 copy would round most of a small delta away). The manifest
+records both scores, their paired difference with its standard error, the share of answers that
+changed and the relative weight change; a sweep is one command and one table:
+
+    python -m skillweave -m stage=dev domain=instructions dpo.learning_rate=5e-6,1e-5,2e-5
+    python -m skillweave.stages.dev artifacts instructions
+
+stage=dev trains what it scores if that is missing (every online round, as stage=dpo). The starting
+policy's answers are their own artifact (`dev/<domain>-start-<key>`), shared by every point of a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from ..artifacts import ArtifactRef, artifact_lock, atomic_write_text, content_key, make_ref, write_manifest
+from ..config import SamplingConfig
+from ..evaluation import paired_difference
+from ..models import load_model, load_tokenizer
+from ..pipeline import STAGES, Context, Stage, ref_for
+from ..prompts import PROMPT_SOURCES
+from .filter import rule_set_path
+
+DEV_SEED_OFFSET = 7919
+"""The dev draw's seed is domain.sampling.seed + this: another draw of the same source."""
+ANSWERS = "answers.jsonl"
+
+
+def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
+    """(the dev prompts, how many of the draw were dropped because a training round uses them).
+
+    Raises:
+        ValueError: every drawn prompt is also a training prompt (a small source such as code_tasks
+        asked for more prompts than it has); the message names the settings to lower.
+    """
+    cfg = ctx.for_domain(domain)
+    source, s = cfg.domain.prompt_source, cfg.domain.sampling
+    make = PROMPT_SOURCES.get(source.name)
+    training = {r["id"] for r in make(n=cfg.dpo.rounds * s.num_prompts, seed=s.seed, **source.kwargs)}
+    draw = make(n=cfg.dev.prompts, seed=s.seed + DEV_SEED_OFFSET, **source.kwargs)
+    kept = [r for r in draw if r["id"] not in training]
+    if not kept:
+        raise ValueError(
+            f"all {len(draw)} dev prompts of {source.name!r} are training prompts of domain {domain}: lower "
+            f"domain.sampling.num_prompts x dpo.rounds ({cfg.dpo.rounds * s.num_prompts}) or dev.prompts"
+        )
+    return kept, len(draw) - len(kept)
+
+
+def _answer_settings(ctx: Context, domain: str) -> dict:
+    cfg = ctx.for_domain(domain)
+    prompts, _ = dev_prompts(ctx, domain)
+    return {
+        "prompts": content_key(sorted(r["id"] for r in prompts)),
+        "max_new_tokens": cfg.dev.max_new_tokens or cfg.domain.sampling.max_new_tokens,
+        "model": ctx.base_fingerprint,
+    }
+
+
+def plan(ctx: Context, domain: Optional[str]):
+    cfg = ctx.for_domain(domain)
+    path = rule_set_path(cfg.domain.rules)
+    rules = content_key(path.read_text()) if path.is_file() else str(path)
+    return {"answers": _answer_settings(ctx, domain), "rules": rules}, {"dpo": ref_for(ctx, "dpo", domain)}
+
+
+def start_ref(ctx: Context, domain: str) -> ArtifactRef:
+    """The starting policy's answers: the backbone's at round 0, theta_0 + Delta_{r-1} at round r."""
+    inputs = {"policy": ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain)} if ctx.dpo_round > 0 else {}
+    return make_ref(ctx.root, "dev", f"{domain}-start", {"answers": _answer_settings(ctx, domain)}, inputs)
+
+
+def answer(ctx: Context, domain: str, delta_path: Optional[Path], desc: str) -> list[dict]:
+    """Greedy fp32 answers of theta_0 (+ the delta at `delta_path`) to the dev prompts."""
+    from .dpo import load_delta
+    from .eval import add_delta
+    from .generate import sample_batch
+
+    cfg = ctx.for_domain(domain)
+    prompts, _ = dev_prompts(ctx, domain)
+    model = load_model(ctx.model_dir, dtype=torch.float32)
+    if delta_path is not None:
+        add_delta(model, load_delta(delta_path, backbone_fingerprint=ctx.base_fingerprint))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    tok = load_tokenizer(ctx.model_dir)
+    tok.padding_side = "left"
+    sampling = SamplingConfig(max_new_tokens=cfg.dev.max_new_tokens or cfg.domain.sampling.max_new_tokens)
+    rows, b = [], cfg.dev.batch_size
+    for i in tqdm(range(0, len(prompts), b), desc=desc, unit="batch"):
+        rows += sample_batch(model, tok, prompts[i : i + b], sampling, seed=0, greedy=True)
+    return rows
+
+
+def _cached_answers(ref: ArtifactRef, make) -> list[dict]:
+    with artifact_lock(ref):
+        if not ref.complete:
+            started = time.time()
+            rows = make()
+            atomic_write_text(ref.path / ANSWERS, "".join(json.dumps(r) + "\n" for r in rows))
+            write_manifest(ref, {"answers": len(rows)}, started)
+    return [json.loads(line) for line in (ref.path / ANSWERS).read_text().splitlines()]
+
+
+def score_rows(ctx: Context, domain: str, rows: list[dict]) -> list[dict]:
+    from ..rules import load_rule_set
+
+    rule_set = load_rule_set(domain, rule_set_path(ctx.for_domain(domain).domain.rules))
+    out = []
+    for r in rows:
+        v = rule_set.score({"prompt": r["prompt"], "response": r["response"], "meta": {**r["meta"], "truncated": r["truncated"]}})
+        out.append({**r, "score": v["score"], "passed": v["passed"]})
+    return out
+
+
+def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
+    from .dpo import DELTA
+
+    cfg = ctx.for_domain(domain)
+    start_inputs = start_ref(ctx, domain).inputs
+    policy = ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain).path / DELTA if start_inputs else None
+    start = score_rows(ctx, domain, _cached_answers(start_ref(ctx, domain), lambda: answer(ctx, domain, policy, f"dev[{domain}] start")))
+    trained = score_rows(ctx, domain, answer(ctx, domain, inputs["dpo"].path / DELTA, f"dev[{domain}] trained"))
+    by_id = {r["prompt_id"]: r for r in start}
+    start = [by_id[r["prompt_id"]] for r in trained]
+    atomic_write_text(
+        ref.path / ANSWERS,
+        "".join(json.dumps({**t, "start_response": s["response"], "start_score": s["score"], "start_passed": s["passed"]}) + "\n"
+                for s, t in zip(start, trained)),
+    )
+    delta, stderr = paired_difference([s["score"] for s in start], [t["score"] for t in trained])
+    n = len(trained)
+    _, dropped = dev_prompts(ctx, domain)
+    dpo = inputs["dpo"].manifest()["metrics"]
+    return {
+        "prompts": n,
+        "dropped_training_prompts": dropped,
+        "score": sum(t["score"] for t in trained) / n,
+        "score_start": sum(s["score"] for s in start) / n,
+        "delta": delta,
+        "delta_stderr": stderr,
+        "pass_rate": sum(t["passed"] for t in trained) / n,
+        "pass_rate_start": sum(s["passed"] for s in start) / n,
+        "changed": sum(s["response"] != t["response"] for s, t in zip(start, trained)) / n,
+        "truncated": sum(t["truncated"] for t in trained) / n,
+        "truncated_start": sum(s["truncated"] for s in start) / n,
+        "relative_weight_change": dpo.get("relative_weight_change"),
+        "pairs": dpo.get("pairs"),
+        "dpo": {k: v for k, v in asdict(cfg.dpo).items() if k in ("learning_rate", "max_steps", "beta", "rounds")},
+        "round": ctx.dpo_round,
+    }
+
+
+def sweep_table(root: Path, domain: Optional[str] = None) -> str:
+    """Markdown: every complete dev artifact under `root` (a sweep's points), best paired gain first."""
+    rows = []
+    for d in sorted((Path(root) / "dev").glob("*/manifest.json")):
+        m = json.loads(d.read_text())
+        if m["label"].endswith("-start") or (domain and m["label"] != domain):
+            continue
+        rows.append((m["label"], m["metrics"], d.parent.name))
+    rows.sort(key=lambda r: -r[1]["delta"])
+    head = ("| domain | lr | steps | beta | rounds | pairs | weight change | dev score (start -> trained) | "
+            "paired gain ± stderr | pass rate | changed | truncated | artifact |\n" + "|---" * 13 + "|\n")
+    lines = [
+        f"| {lab} | {m['dpo']['learning_rate']:g} | {m['dpo']['max_steps']} | {m['dpo']['beta']:g} | {m['dpo']['rounds']} | "
+        f"{m['pairs']} | {m['relative_weight_change']:.2e} | {m['score_start']:.3f} -> {m['score']:.3f} | "
+        f"{100 * m['delta']:+.1f} ± {100 * m['delta_stderr']:.1f} | {m['pass_rate_start']:.0%} -> {m['pass_rate']:.0%} | "
+        f"{m['changed']:.0%} | {m['truncated_start']:.0%} -> {m['truncated']:.0%} | {name} |"
+        for lab, m, name in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+STAGES.register("dev")(Stage("dev", per_domain=True, plan=plan, run=run))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m skillweave.stages.dev <artifacts_root> [domain]")
+    print(sweep_table(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) == 3 else None), end="")

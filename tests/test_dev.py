@@ -1,0 +1,72 @@
+"""Stage dev: a held-out split of the training distribution that DPO settings are tuned on."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import WORDS
+from test_pipeline import overrides, run_overrides
+
+from skillweave.prompts import PROMPT_SOURCES, prompt_id
+
+
+@PROMPT_SOURCES.register("test_pool_prompts")
+def pool_prompts(n: int, seed: int) -> list[dict]:
+    """A finite pool drawn in a seeded order, as code_tasks is: two seeds' draws overlap."""
+    pool = [f"say {w} and {w}" for w in WORDS]
+    random.Random(seed).shuffle(pool)
+    return [{"id": prompt_id(p), "prompt": p, "meta": {"answer": "1"}} for p in pool[:n]]
+
+
+@pytest.fixture(scope="module")
+def dev_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("dev")
+    ov = overrides(tmp, tiny_model_dir, "domain.prompt_source.name=test_pool_prompts", "domain.sampling.num_prompts=8",
+                   "dev.prompts=12", "stage=dev", "domain=math")
+    return tmp, ov, run_overrides(ov)
+
+
+def _dev(refs: dict):
+    return next(r for r in refs.values() if r.stage == "dev")
+
+
+def test_dev_trains_what_it_scores_on_prompts_no_round_trains_on(dev_run):
+    tmp, ov, refs = dev_run
+    assert {r.stage for r in refs.values()} == {"generate", "filter", "dpo", "dev"}
+    dev = _dev(refs)
+    answers = [json.loads(line) for line in (dev.path / "answers.jsonl").read_text().splitlines()]
+    trained_on = {json.loads(line)["prompt_id"] for line in (next(r for r in refs.values() if r.stage == "generate").path / "samples.jsonl").open()}
+    m = dev.manifest()["metrics"]
+    # 12 drawn from a pool of 21 with another seed: the ones the 8 training prompts share are dropped.
+    assert m["prompts"] == len(answers) == 12 - m["dropped_training_prompts"] and m["dropped_training_prompts"] > 0
+    assert not {a["prompt_id"] for a in answers} & trained_on
+    # The paired difference is the difference of the two means over the same prompts.
+    assert m["delta"] == pytest.approx(m["score"] - m["score_start"])
+    assert m["changed"] == sum(a["response"] != a["start_response"] for a in answers) / len(answers)
+    dpo = next(r for r in refs.values() if r.stage == "dpo").manifest()["metrics"]
+    assert m["relative_weight_change"] == dpo["relative_weight_change"] and m["pairs"] == dpo["pairs"]
+
+
+def test_a_sweep_point_reuses_the_starting_answers_and_a_zero_step_reproduces_them(dev_run, monkeypatch):
+    from skillweave.stages import dev as dev_stage
+
+    tmp, ov, refs = dev_run
+    calls = []
+    real = dev_stage.answer
+    monkeypatch.setattr(dev_stage, "answer", lambda ctx, d, delta, desc: (calls.append(desc), real(ctx, d, delta, desc))[1])
+    # lr 0: the trained policy is the starting one, so every greedy answer is the same
+    point = run_overrides([*ov, "dpo.learning_rate=0.0"])
+    assert calls == ["dev[math] trained"]  # the start answers are the first point's
+    m = _dev(point).manifest()["metrics"]
+    assert m["changed"] == 0.0 and m["delta"] == 0.0 and m["relative_weight_change"] == 0.0
+    table = dev_stage.sweep_table(tmp / "artifacts", "math").splitlines()
+    assert len(table) == 2 + 2 and all("| math | " in line for line in table[2:])
+
+
+def test_dev_prompts_cannot_all_be_training_prompts(tmp_path, tiny_model_dir):
+    ov = overrides(tmp_path, tiny_model_dir, "domain.prompt_source.name=test_pool_prompts", "domain.sampling.num_prompts=21",
+                   "stage=dev", "domain=math")
+    with pytest.raises(ValueError, match="dev prompts .* are training prompts of domain math"):
+        run_overrides(ov)
