@@ -1,9 +1,10 @@
 """Copy an eval artifact's report into an experiment folder, with the manifests of everything it read.
 
-    python experiments/collect.py artifacts/eval/all-<key> experiments/<name>
+    python experiments/collect.py artifacts/eval/all-<key> experiments/<name> [artifacts/dev/<label>-<key> ...]
 
 Writes results.json, results.md, frontier.png, domains.png and manifests.json ({"<stage>/<label>":
-{"metrics", "seconds"}} over the eval's inputs, their inputs, and so on down to generate).
+{"metrics", "seconds"}} over the eval's rows and inputs, their inputs, and so on down to generate,
+and over any further artifact directories named, e.g. the dev artifacts a setting was chosen on).
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import sys
 from pathlib import Path
 
 
-def collect(eval_dir: Path, out: Path) -> None:
+def collect(eval_dir: Path, out: Path, extra: tuple[Path, ...] = ()) -> None:
     root = eval_dir.parent.parent
     by_key = {p.name.rsplit("-", 1)[1]: p for p in root.glob("*/*-*") if (p / "manifest.json").is_file()}
-    manifests, todo, seen = {}, [eval_dir], set()
+    results = json.loads((eval_dir / "results.json").read_text())
+    rows = [root / r["row"] for r in results["configurations"] if "row" in r]
+    manifests, todo, seen = {}, [eval_dir, *rows, *extra], set()
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
-        config = json.loads((path / "config.json").read_text())
         manifest = json.loads((path / "manifest.json").read_text())
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else manifest
         name = f"{config['stage']}/{config['label']}"
         if name in manifests:  # the same stage and label under other settings (e.g. other merge methods)
             name += f"/{path.name.rsplit('-', 1)[1]}"
@@ -37,4 +40,6 @@ def collect(eval_dir: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    collect(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) < 3:
+        sys.exit("usage: python experiments/collect.py <eval artifact dir> <experiment dir> [artifact dir ...]")
+    collect(Path(sys.argv[1]), Path(sys.argv[2]), tuple(Path(p) for p in sys.argv[3:]))

@@ -261,3 +261,19 @@ def test_another_comparison_reuses_the_rows_it_shares_and_pairs_them_with_base(p
     scores = {c["name"]: c["scores"]["math"] for c in pair["configurations"]}
     assert vs["delta"] == pytest.approx(scores["skillweave"] - scores["base"])
     assert vs["n"] == pair["configurations"][0]["n"]["math"] and 0.0 <= vs["changed"] <= 1.0
+
+
+def test_an_experiment_folder_collects_the_report_and_every_manifest_behind_it(pipeline, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("collect", Path(__file__).parents[1] / "experiments" / "collect.py")
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+    _, _, refs = pipeline
+    collect.collect(refs["eval"].path, tmp_path / "exp")
+    manifests = json.loads((tmp_path / "exp" / "manifests.json").read_text())
+    assert {"eval/all", "eval_rows/base", "eval_rows/skillweave", "merge/all", "zip/math", "dpo/math", "filter/code",
+            "generate/instructions"} <= set(manifests)
+    assert manifests["dpo/math"]["metrics"]["pairs"] >= 1
+    assert {p.name for p in (tmp_path / "exp").iterdir()} == {"results.json", "results.md", "frontier.png", "domains.png", "manifests.json"}

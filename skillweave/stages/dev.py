@@ -130,9 +130,9 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     from .dpo import DELTA
 
     cfg = ctx.for_domain(domain)
-    start_inputs = start_ref(ctx, domain).inputs
-    policy = ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain).path / DELTA if start_inputs else None
-    start = score_rows(ctx, domain, _cached_answers(start_ref(ctx, domain), lambda: answer(ctx, domain, policy, f"dev[{domain}] start")))
+    first = start_ref(ctx, domain)
+    policy = ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain).path / DELTA if ctx.dpo_round > 0 else None
+    start = score_rows(ctx, domain, _cached_answers(first, lambda: answer(ctx, domain, policy, f"dev[{domain}] start")))
     trained = score_rows(ctx, domain, answer(ctx, domain, inputs["dpo"].path / DELTA, f"dev[{domain}] trained"))
     by_id = {r["prompt_id"]: r for r in start}
     start = [by_id[r["prompt_id"]] for r in trained]
