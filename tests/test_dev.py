@@ -63,6 +63,19 @@ def test_a_sweep_point_reuses_the_starting_answers_and_a_zero_step_reproduces_th
     assert m["changed"] == 0.0 and m["delta"] == 0.0 and m["relative_weight_change"] == 0.0
     table = dev_stage.sweep_table(tmp / "artifacts", "math").splitlines()
     assert len(table) == 2 + 2 and all("| math | " in line for line in table[2:])
+    gains = [float(line.split(" | ")[8].split(" ± ")[0]) for line in table[2:]]
+    assert {line.split(" | ")[1] for line in table[2:]} == {"0", "5e-06"} and gains == sorted(gains, reverse=True)
+
+
+def test_the_sweep_command_prints_the_table_or_says_how_to_call_it(dev_run, capsys):
+    from skillweave.stages.dev import sweep_table
+    from skillweave.sweep import main
+
+    tmp, _, _ = dev_run
+    main([str(tmp / "artifacts")])
+    assert capsys.readouterr().out == sweep_table(tmp / "artifacts")
+    with pytest.raises(SystemExit, match="usage: python -m skillweave.sweep"):
+        main([str(tmp / "missing")])
 
 
 def test_dev_prompts_cannot_all_be_training_prompts(tmp_path, tiny_model_dir):

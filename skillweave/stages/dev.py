@@ -8,7 +8,7 @@ records both scores, their paired difference with its standard error, the share 
 changed and the relative weight change; a sweep is one command and one table:
 
     python -m skillweave -m stage=dev domain=instructions dpo.learning_rate=5e-6,1e-5,2e-5
-    python -m skillweave.stages.dev artifacts instructions
+    python -m skillweave.sweep artifacts instructions
 
 stage=dev trains what it scores if that is missing (every online round, as stage=dpo). The starting
 policy's answers are their own artifact (`dev/<domain>-start-<key>`), shared by every point of a sweep.
@@ -17,7 +17,6 @@ policy's answers are their own artifact (`dev/<domain>-start-<key>`), shared by 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -187,8 +186,3 @@ def sweep_table(root: Path, domain: Optional[str] = None) -> str:
 
 STAGES.register("dev")(Stage("dev", per_domain=True, plan=plan, run=run))
 
-
-if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m skillweave.stages.dev <artifacts_root> [domain]")
-    print(sweep_table(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) == 3 else None), end="")
