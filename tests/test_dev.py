@@ -55,7 +55,7 @@ def test_a_sweep_point_reuses_the_starting_answers_and_a_zero_step_reproduces_th
     tmp, ov, refs = dev_run
     calls = []
     real = dev_stage.answer
-    monkeypatch.setattr(dev_stage, "answer", lambda ctx, d, delta, desc: (calls.append(desc), real(ctx, d, delta, desc))[1])
+    monkeypatch.setattr(dev_stage, "answer", lambda ctx, d, ps, delta, desc: (calls.append(desc), real(ctx, d, ps, delta, desc))[1])
     # lr 0: the trained policy is the starting one, so every greedy answer is the same
     point = run_overrides([*ov, "dpo.learning_rate=0.0"])
     assert calls == ["dev[math] trained"]  # the start answers are the first point's

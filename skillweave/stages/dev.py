@@ -31,7 +31,7 @@ from ..evaluation import paired_difference
 from ..models import load_model, load_tokenizer
 from ..pipeline import STAGES, Context, Stage, ref_for
 from ..prompts import PROMPT_SOURCES
-from .filter import rule_set_path
+from .filter import rule_set_path, score_sample
 
 DEV_SEED_OFFSET = 7919
 """The dev draw's seed is domain.sampling.seed + this: another draw of the same source."""
@@ -82,14 +82,13 @@ def start_ref(ctx: Context, domain: str) -> ArtifactRef:
     return make_ref(ctx.root, "dev", f"{domain}-start", {"answers": _answer_settings(ctx, domain)}, inputs)
 
 
-def answer(ctx: Context, domain: str, delta_path: Optional[Path], desc: str) -> list[dict]:
-    """Greedy fp32 answers of theta_0 (+ the delta at `delta_path`) to the dev prompts."""
+def answer(ctx: Context, domain: str, prompts: list[dict], delta_path: Optional[Path], desc: str) -> list[dict]:
+    """Greedy fp32 answers of theta_0 (+ the delta at `delta_path`) to `prompts`."""
     from .dpo import load_delta
     from .eval import add_delta
     from .generate import sample_batch
 
     cfg = ctx.for_domain(domain)
-    prompts, _ = dev_prompts(ctx, domain)
     model = load_model(ctx.model_dir, dtype=torch.float32)
     if delta_path is not None:
         add_delta(model, load_delta(delta_path, backbone_fingerprint=ctx.base_fingerprint))
@@ -118,21 +117,18 @@ def score_rows(ctx: Context, domain: str, rows: list[dict]) -> list[dict]:
     from ..rules import load_rule_set
 
     rule_set = load_rule_set(domain, rule_set_path(ctx.for_domain(domain).domain.rules))
-    out = []
-    for r in rows:
-        v = rule_set.score({"prompt": r["prompt"], "response": r["response"], "meta": {**r["meta"], "truncated": r["truncated"]}})
-        out.append({**r, "score": v["score"], "passed": v["passed"]})
-    return out
+    return [score_sample(rule_set, r) for r in rows]
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from .dpo import DELTA
 
     cfg = ctx.for_domain(domain)
+    prompts, dropped = dev_prompts(ctx, domain)
     first = start_ref(ctx, domain)
     policy = ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain).path / DELTA if ctx.dpo_round > 0 else None
-    start = score_rows(ctx, domain, _cached_answers(first, lambda: answer(ctx, domain, policy, f"dev[{domain}] start")))
-    trained = score_rows(ctx, domain, answer(ctx, domain, inputs["dpo"].path / DELTA, f"dev[{domain}] trained"))
+    start = score_rows(ctx, domain, _cached_answers(first, lambda: answer(ctx, domain, prompts, policy, f"dev[{domain}] start")))
+    trained = score_rows(ctx, domain, answer(ctx, domain, prompts, inputs["dpo"].path / DELTA, f"dev[{domain}] trained"))
     by_id = {r["prompt_id"]: r for r in start}
     start = [by_id[r["prompt_id"]] for r in trained]
     atomic_write_text(
@@ -142,7 +138,6 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     )
     delta, stderr = paired_difference([s["score"] for s in start], [t["score"] for t in trained])
     n = len(trained)
-    _, dropped = dev_prompts(ctx, domain)
     dpo = inputs["dpo"].manifest()["metrics"]
     return {
         "prompts": n,

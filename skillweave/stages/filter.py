@@ -64,10 +64,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     samples = [json.loads(line) for line in (inputs["samples"].path / SAMPLES).open()]
     scored = []
     for row in tqdm(samples, desc=f"filter[{domain}]", unit="sample"):
-        verdict = rule_set.score(
-            {"prompt": row["prompt"], "response": row["response"], "meta": {**row["meta"], "truncated": row["truncated"]}}
-        )
-        scored.append({**row, "passed": verdict["passed"], "score": verdict["score"], "rules": verdict["rules"]})
+        scored.append(score_sample(rule_set, row))
     atomic_write_text(ref.path / "scored.jsonl", "".join(json.dumps(r) + "\n" for r in scored))
 
     pairs = make_pairs(scored, cfg.filter)
@@ -118,6 +115,12 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     shutil.rmtree(ref.path / PAIRS, ignore_errors=True)
     tmp.rename(ref.path / PAIRS)
     return report
+
+
+def score_sample(rule_set, row: dict) -> dict:
+    """A generated sample (prompt, response, meta, truncated) with its rule set's verdict added."""
+    verdict = rule_set.score({"prompt": row["prompt"], "response": row["response"], "meta": {**row["meta"], "truncated": row["truncated"]}})
+    return {**row, "passed": verdict["passed"], "score": verdict["score"], "rules": verdict["rules"]}
 
 
 def can_be_chosen(row: dict) -> bool:
