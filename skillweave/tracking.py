@@ -112,3 +112,22 @@ def wandb_run(cfg: SkillweaveConfig, job_type: str, name: str, config: dict[str,
             yield run
         finally:
             run.finish()
+            close_wandb()
+
+
+def close_wandb() -> None:
+    """Finish the open W&B run, if any, and drop wandb's process-wide state.
+
+    wandb reads its settings (mode, directories) from the environment once per process; without this
+    a later run in the same process (the Trainer's callback in stage=dev or stage=all, the next job of
+    an in-process -m sweep) keeps the first run's settings and, for example, asks for an API key
+    although WANDB_MODE=offline is set for it.
+    """
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is None:
+        return
+    if wandb.run is not None:
+        wandb.run.finish()
+    wandb.teardown()

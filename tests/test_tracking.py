@@ -80,3 +80,25 @@ def test_offline_eval_run_is_written(monkeypatch, tmp_path):
     log_results(compose_config([f"artifacts_root={tmp_path / 'artifacts'}"]), results, ref)
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_trainer_run_after_a_stage_run_stays_offline(monkeypatch, tmp_path):
+    """stage=dev runs filter (a wandb_run) then DPO (the Trainer's callback: wandb.init with only
+    WANDB_MODE in the environment) in one process; wandb reads the environment once per process, so
+    without close_wandb the second init ignored WANDB_MODE=offline and asked for an API key."""
+    import wandb
+
+    from skillweave.tracking import close_wandb, wandb_run
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_config(["wandb.mode=offline", f"artifacts_root={tmp_path}"])
+    with wandb_run(cfg, job_type="filter", name="filter-x", config={}):
+        pass
+    with scoped_env(wandb_env(cfg)):
+        run = wandb.init(project=os.environ["WANDB_PROJECT"])  # what transformers' WandbCallback calls
+        assert run.settings.mode == "offline"
+        close_wandb()
+    assert wandb.run is None

@@ -33,7 +33,7 @@ from ..config import Precision, SkillweaveConfig
 from ..models import load_model, load_state_dict, load_tokenizer
 from ..pipeline import STAGES, Context, Stage, ref_for
 from ..resources import resource_path
-from ..tracking import scoped_env, wandb_env
+from ..tracking import close_wandb, scoped_env, wandb_env
 from .filter import PAIRS
 from .generate import previous_delta
 
@@ -149,6 +149,8 @@ def train_dpo(
         )
         last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=last)
+        if wandb:
+            close_wandb()  # the callback's run ends with the training, not at process exit
 
     logs = [r for r in trainer.state.log_history if "loss" in r]
     metrics = {
