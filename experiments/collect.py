@@ -5,6 +5,7 @@
 Writes results.json, results.md, frontier.png, domains.png and manifests.json ({"<stage>/<label>":
 {"metrics", "seconds"}} over the eval's rows and inputs, their inputs, and so on down to generate,
 and over any further artifact directories named, e.g. the dev artifacts a setting was chosen on).
+A first artifact that is not an eval (a run stopped at the dev split) gives manifests.json only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 def collect(eval_dir: Path, out: Path, extra: tuple[Path, ...] = ()) -> None:
     root = eval_dir.parent.parent
     by_key = {p.name.rsplit("-", 1)[1]: p for p in root.glob("*/*-*") if (p / "manifest.json").is_file()}
-    results = json.loads((eval_dir / "results.json").read_text())
+    is_eval = (eval_dir / "results.json").is_file()
+    results = json.loads((eval_dir / "results.json").read_text()) if is_eval else {"configurations": []}
     rows = [root / r["row"] for r in results["configurations"] if "row" in r]
     manifests, todo, seen = {}, [eval_dir, *rows, *extra], set()
     while todo:
@@ -34,12 +36,12 @@ def collect(eval_dir: Path, out: Path, extra: tuple[Path, ...] = ()) -> None:
         manifests[name] = {"metrics": manifest.get("metrics"), "seconds": manifest.get("seconds")}
         todo += [by_key[k] for k in config["inputs"].values() if k in by_key]
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "results.md", "frontier.png", "domains.png"):
+    for name in ("results.json", "results.md", "frontier.png", "domains.png") if is_eval else ():
         shutil.copy2(eval_dir / name, out / name)
     (out / "manifests.json").write_text(json.dumps(dict(sorted(manifests.items())), indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:
-        sys.exit("usage: python experiments/collect.py <eval artifact dir> <experiment dir> [artifact dir ...]")
+        sys.exit("usage: python experiments/collect.py <eval (or dev) artifact dir> <experiment dir> [artifact dir ...]")
     collect(Path(sys.argv[1]), Path(sys.argv[2]), tuple(Path(p) for p in sys.argv[3:]))
