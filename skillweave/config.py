@@ -315,7 +315,8 @@ class DevConfig:
     of the domain's own source, scored by its rules, never the eval set."""
 
     prompts: int = 64
-    """Prompts drawn from the domain's source with another seed; any that a training round uses are removed."""
+    """Prompts drawn from the domain's source with another seed; any that a training round uses are removed
+    (a warning says so when that is more than half: small sources such as code_tasks)."""
     max_new_tokens: Optional[int] = None
     """Greedy answer length (None: domain.sampling.max_new_tokens, what the pairs were sampled with)."""
     batch_size: int = 16

@@ -15,7 +15,8 @@ import itertools
 import os
 import random
 from functools import cache
-from typing import Callable
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, Union
 
 from skillweave.code_tasks import code_task_table
 from skillweave.registry import Registry
@@ -60,7 +61,20 @@ MATH_EVAL_POOL = 1000
 """math_eval_set(n) is the first n of a fixed pool of this size; training excludes the whole pool."""
 
 
-def _math_items(n: int, seed: int, generators: tuple[str, ...], exclude: frozenset[str]) -> list[tuple[str, str, str]]:
+GeneratorSpec = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
+"""Generator names, or {name: settings}: reasoning-gym's config fields for that generator (its
+difficulty: terms, digits, operators, ...), e.g. {"basic_arithmetic": {"max_terms": 2, "max_digits": 2}}."""
+
+
+def _generator_settings(generators: GeneratorSpec) -> tuple[tuple[str, dict], ...]:
+    if isinstance(generators, str):
+        raise ValueError(f"math_reasoning_gym: generators must be a list of names or a mapping, got the string {generators!r}")
+    if isinstance(generators, Mapping):
+        return tuple((str(name), dict(kw or {})) for name, kw in generators.items())
+    return tuple((str(name), {}) for name in generators)
+
+
+def _math_items(n: int, seed: int, generators: GeneratorSpec, exclude: frozenset[str]) -> list[tuple[str, str, str]]:
     """(question, answer, generator), round-robin over the generators (a balanced mix), skipping
     repeated and excluded questions."""
     from fractions import Fraction
@@ -68,16 +82,23 @@ def _math_items(n: int, seed: int, generators: tuple[str, ...], exclude: frozens
     os.environ.setdefault("MPLCONFIGDIR", "/tmp/mpl")  # reasoning_gym imports matplotlib
     import reasoning_gym
 
-    if not generators:
+    settings = _generator_settings(generators)
+    if not settings:
         raise ValueError("math_reasoning_gym: generators is empty")
     # Items are generated lazily and item i does not depend on size: the size only bounds the search,
     # with room for repeated questions and for all excluded ones coming from one generator.
     size = 2 * n + len(exclude) + 20
     datasets = []
-    for name in generators:
+    for name, kwargs in settings:
+        if {"size", "seed"} & kwargs.keys():
+            raise ValueError(f"math_reasoning_gym: generator {name!r}: size and seed are set by skillweave, not in its settings")
         # Each generator gets its own seed, so adding one does not change the others' questions.
         sub_seed = int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "big")
-        datasets.append((name, reasoning_gym.create_dataset(name, size=size, seed=sub_seed)))
+        try:
+            dataset = reasoning_gym.create_dataset(name, size=size, seed=sub_seed, **kwargs)
+        except (TypeError, AssertionError) as err:  # an unknown config field / a failed validate()
+            raise ValueError(f"math_reasoning_gym: generator {name!r} rejects the settings {kwargs}: {err}") from None
+        datasets.append((name, dataset))
     items, seen = [], set(exclude)
     for i in range(size):
         for name, dataset in datasets:
@@ -114,19 +135,20 @@ def math_eval_set(n: int = 200) -> list[dict]:
 
 
 @PROMPT_SOURCES.register("math_reasoning_gym")
-def math_reasoning_gym(
-    n: int, seed: int, generators: tuple[str, ...] | list[str] = DEFAULT_MATH_GENERATORS
-) -> list[dict]:
+def math_reasoning_gym(n: int, seed: int, generators: GeneratorSpec = DEFAULT_MATH_GENERATORS) -> list[dict]:
     """Math word and arithmetic problems; meta = {"answer": numeric gold as str, "generator": name}.
 
+    `generators` also takes per-generator settings (GeneratorSpec), for an easier curriculum than the
+    eval set's defaults:
+    `'+domain.prompt_source.kwargs.generators={basic_arithmetic: {max_terms: 2, max_digits: 2}}'`.
     Questions of the eval pool (see math_eval_set) are dropped, so train and eval are disjoint.
 
     Raises:
-        ValueError: an unknown generator, one with non-numeric answers, or fewer than n prompts.
+        ValueError: an unknown generator or setting, one with non-numeric answers, or fewer than n prompts.
     """
     _check_n(n, "math_reasoning_gym")
     exclude = frozenset(question for question, _, _ in _math_eval_pool())
-    return _take(_math_rows(_math_items(n, seed, tuple(generators), exclude)), n, "math_reasoning_gym")
+    return _take(_math_rows(_math_items(n, seed, generators, exclude)), n, "math_reasoning_gym")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,3 +83,25 @@ def test_dev_prompts_cannot_all_be_training_prompts(tmp_path, tiny_model_dir):
                    "stage=dev", "domain=math")
     with pytest.raises(ValueError, match="dev prompts .* are training prompts of domain math"):
         run_overrides(ov)
+
+
+def test_a_dev_split_mostly_of_training_prompts_is_flagged(caplog):
+    """code_tasks-like pools: 15 of 21 prompts train, so most of a 12-prompt dev draw is dropped, and the
+    warning says how large a draw keeps 12."""
+    from types import SimpleNamespace as NS
+
+    from skillweave.stages.dev import dev_prompts
+
+    def ctx(num_prompts: int):
+        cfg = NS(domain=NS(prompt_source=NS(name="test_pool_prompts", kwargs={}), sampling=NS(num_prompts=num_prompts, seed=0)),
+                 dpo=NS(rounds=1), dev=NS(prompts=12))
+        return NS(for_domain=lambda domain: cfg)
+
+    with caplog.at_level("WARNING", logger="skillweave"):
+        kept, dropped = dev_prompts(ctx(15), "math")
+    assert len(kept) + dropped == 12 and 2 * len(kept) < 12
+    assert f"only {len(kept)} of 12 dev prompts are not training prompts" in caplog.text and "raise dev.prompts" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skillweave"):
+        kept, _ = dev_prompts(ctx(2), "math")
+    assert len(kept) >= 10 and not caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -53,6 +54,10 @@ def test_sources_are_prefix_stable(source, n):
         ("math_reasoning_gym", 5, {"generators": ["basic_arithmetc"]}, "not registered"),
         # answers like "Friday" cannot be checked numerically
         ("math_reasoning_gym", 5, {"generators": ["calendar_arithmetic"]}, "non-numeric answer"),
+        ("math_reasoning_gym", 5, {"generators": {"chain_sum": {"max_digitz": 2}}}, "rejects the settings"),
+        ("math_reasoning_gym", 5, {"generators": {"chain_sum": {"min_terms": 3, "max_terms": 2}}}, "rejects the settings"),
+        ("math_reasoning_gym", 5, {"generators": {"chain_sum": {"seed": 1}}}, "set by skillweave"),
+        ("math_reasoning_gym", 5, {"generators": "chain_sum"}, "list of names or a mapping"),
         ("ifeval_synthetic", 5, {"max_instructions": 0}, "max_instructions"),
     ],
 )
@@ -79,6 +84,18 @@ def test_math_rows_are_scorable_and_balanced():
         assert rule({"prompt": row["prompt"], "response": f"The answer is {answer}.", "meta": row["meta"]}).passed
     generators = [row["meta"]["generator"] for row in rows]
     assert all(generators.count(g) == 10 for g in set(generators)) and len(set(generators)) == 7
+
+
+def test_math_generator_settings_make_a_curriculum():
+    """Per-generator settings reach reasoning-gym: two-term, one-digit sums only; a name list and a
+    mapping without settings give the same rows."""
+    source = PROMPT_SOURCES.get("math_reasoning_gym")
+    easy = source(20, seed=1, generators={"chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}})
+    for row in easy:
+        question = row["prompt"].split("\n")[0]
+        a, op, b = re.fullmatch(r".*: (\d) ([+-]) (\d) =", question).groups()
+        assert int(row["meta"]["answer"]) == int(a) + (int(b) if op == "+" else -int(b))
+    assert source(10, seed=1, generators=["chain_sum"]) == source(10, seed=1, generators={"chain_sum": None})
 
 
 def test_code_tasks_references_pass_and_tests_discriminate():

@@ -17,6 +17,7 @@ policy's answers are their own artifact (`dev/<domain>-start-<key>`), shared by 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +37,7 @@ from .filter import rule_set_path, score_sample
 DEV_SEED_OFFSET = 7919
 """The dev draw's seed is domain.sampling.seed + this: another draw of the same source."""
 ANSWERS = "answers.jsonl"
+log = logging.getLogger("skillweave")
 
 
 def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
@@ -55,6 +57,14 @@ def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
         raise ValueError(
             f"all {len(draw)} dev prompts of {source.name!r} are training prompts of domain {domain}: lower "
             f"domain.sampling.num_prompts x dpo.rounds ({cfg.dpo.rounds * s.num_prompts}) or dev.prompts"
+        )
+    if 2 * len(kept) < len(draw):
+        # A small source (code_tasks: 325 tasks) mostly drawn for training leaves a dev split too
+        # small to tell a gain from noise; say so before hours of training are read off it.
+        log.warning(
+            "dev[%s]: only %d of %d dev prompts are not training prompts; a paired gain on %d prompts has a "
+            "wide standard error: raise dev.prompts (about %d keeps %d) or lower domain.sampling.num_prompts",
+            domain, len(kept), len(draw), len(kept), len(draw) * cfg.dev.prompts // len(kept), cfg.dev.prompts,
         )
     return kept, len(draw) - len(kept)
 
@@ -168,12 +178,12 @@ def sweep_table(root: Path, domain: Optional[str] = None) -> str:
         rows.append((m["label"], m["metrics"], d.parent.name))
     rows.sort(key=lambda r: -r[1]["delta"])
     head = ("| domain | lr | steps | beta | rounds | pairs | weight change | dev score (start -> trained) | "
-            "paired gain ± stderr | pass rate | changed | truncated | artifact |\n" + "|---" * 13 + "|\n")
+            "paired gain ± stderr | pass rate | changed | truncated | dev prompts | artifact |\n" + "|---" * 14 + "|\n")
     lines = [
         f"| {lab} | {m['dpo']['learning_rate']:g} | {m['dpo']['max_steps']} | {m['dpo']['beta']:g} | {m['dpo']['rounds']} | "
         f"{m['pairs']} | {m['relative_weight_change']:.2e} | {m['score_start']:.3f} -> {m['score']:.3f} | "
         f"{100 * m['delta']:+.1f} ± {100 * m['delta_stderr']:.1f} | {m['pass_rate_start']:.0%} -> {m['pass_rate']:.0%} | "
-        f"{m['changed']:.0%} | {m['truncated_start']:.0%} -> {m['truncated']:.0%} | {name} |"
+        f"{m['changed']:.0%} | {m['truncated_start']:.0%} -> {m['truncated']:.0%} | {m['prompts']} | {name} |"
         for lab, m, name in rows
     ]
     return head + "\n".join(lines) + "\n"
