@@ -14,8 +14,8 @@ import hashlib
 import itertools
 import os
 import random
-from functools import cache
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any, Callable, Optional, Union
 
 from skillweave.code_tasks import code_task_table
