@@ -170,13 +170,48 @@ def test_ifeval_scorer(docs, key, response, strict):
 def test_math_scorer(docs):
     doc = docs["skillweave_math"][0]
     answer = float(doc["answer"])
-    cases = [
-        (f"We add the parts.\nThe answer is {doc['answer']}", 1.0),  # the reference number, last
-        (f"The answer is {answer + 1:g}", 0.0),  # off by one
-        ("I cannot tell.", 0.0),  # no number at all
+    loop = "She plans to have 3 rounds of bowling, which is a round of 3. " * 12 + doc["answer"]
+    cases = [  # (response, exact_match, final_number)
+        (f"We add the parts.\nThe answer is {doc['answer']}", 1.0, 1.0),  # the reference number, last
+        (f"The answer is {answer + 1:g}", 0.0, 0.0),  # off by one
+        ("I cannot tell.", 0.0, 0.0),  # no number at all
+        (loop, 0.0, 1.0),  # the right last number at the end of a repetition loop: only the guard catches it
     ]
-    for response, expected in cases:
-        assert task_utils.process_math(doc, [response]) == {"exact_match": expected}, response
+    for response, exact, final in cases:
+        assert task_utils.process_math(doc, [response]) == {"exact_match": exact, "final_number": final}, response
+
+
+def test_math_scorer_needs_the_final_number_rule(docs, tmp_path, monkeypatch):
+    from skillweave import resources
+
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "math.yaml").write_text("rules: [{name: is_coherent}]\n")
+    monkeypatch.setattr(resources, "resource_root", lambda: tmp_path)
+    task_utils._math_rule_set.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="rules/math.yaml: .*final_number_matches"):
+            task_utils.process_math(docs["skillweave_math"][0], ["42"])
+    finally:
+        task_utils._math_rule_set.cache_clear()
+
+
+def test_task_digest_follows_the_scoring_rule_sets(tmp_path, monkeypatch):
+    """A change to a rule set an eval task scores with (math, dialogue) keys new eval rows."""
+    import shutil
+
+    from skillweave import resources
+    from skillweave.stages.eval import task_digest
+
+    root = tmp_path / "resources"
+    shutil.copytree(resources.resource_root() / "rules", root / "rules")
+    monkeypatch.setattr(resources, "resource_root", lambda: root)
+    before = task_digest()
+    math_rules = root / "rules" / "math.yaml"
+    math_rules.write_text(math_rules.read_text().replace("max_word_run: 4", "max_word_run: 5"))
+    changed = task_digest()
+    assert changed != before
+    (root / "rules" / "code.yaml").write_text("rules: [{name: not_truncated}]\n")  # no eval task scores with it
+    assert task_digest() == changed
 
 
 # ------------------------------------------------------------------------------------ evaluate

@@ -172,14 +172,14 @@ def plan(ctx: Context, domain: Optional[str]):
 
 
 def task_digest() -> str:
-    """A hash of the task definitions (skillweave/tasks) and of the dialogue rules its score uses:
-    changing how a task is scored gives a new eval artifact instead of reusing old numbers."""
+    """A hash of the task definitions (skillweave/tasks) and of the rule sets their scores use (dialogue,
+    math): changing how a task is scored gives a new eval artifact instead of reusing old numbers."""
     import hashlib
 
     from ..evaluation import TASK_DIR
     from ..resources import resource_path
 
-    files = sorted([*TASK_DIR.glob("*.yaml"), *TASK_DIR.glob("*.py")]) + [resource_path("rules", "dialogue.yaml")]
+    files = sorted([*TASK_DIR.glob("*.yaml"), *TASK_DIR.glob("*.py")]) + [resource_path("rules", f"{d}.yaml") for d in ("dialogue", "math")]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())

@@ -17,7 +17,7 @@ import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import datasets
 
@@ -143,16 +143,24 @@ def load_math(n: int = 200, **_metadata: Any) -> datasets.DatasetDict:
 
 
 @functools.cache
-def _final_number_rule() -> Callable[[dict], Any]:
-    from skillweave.rules import RULES
+def _math_rule_set() -> Any:
+    from skillweave.rules import load_rule_set
 
-    return RULES.get("final_number_matches")(rel_tol=1e-6)
+    rule_set = load_rule_set("math")
+    if "final_number_matches" not in dict(rule_set.rules):
+        raise ValueError("rules/math.yaml: skillweave_math scores with final_number_matches; add it back to the rule set")
+    return rule_set
 
 
 def process_math(doc: dict, results: list[str]) -> dict[str, float]:
-    """exact_match: the response's final number equals the reference answer (relative tolerance 1e-6)."""
+    """exact_match: the final number equals the reference AND the answer passes the math rule set's
+    quality guard (rules/math.yaml: no repetition loop, not gibberish), the rules that filter the
+    training data; a loop cut at the token limit whose last number happens to match is not correct.
+    final_number: the final number alone (GSM8K-style scoring), kept to show what the guard removes.
+    lm-eval does not say whether generation stopped at max_gen_toks, so `not_truncated` passes here."""
     sample = {"prompt": doc["prompt"], "response": results[0], "meta": {"answer": doc["answer"]}}
-    return {"exact_match": float(_final_number_rule()(sample).passed)}
+    verdict = _math_rule_set().score(sample)
+    return {"exact_match": float(verdict["passed"]), "final_number": float(verdict["rules"]["final_number_matches"]["passed"])}
 
 
 # --------------------------------------------------------------------------------------- dialogue
