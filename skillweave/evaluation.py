@@ -26,6 +26,10 @@ PRIMARY_METRIC = {
 }
 """The metric each task is reported by; every task also reports its `<metric>_stderr`."""
 
+ALSO_KEPT = {"skillweave_math": ("final_number",)}
+"""Per-doc metrics kept beside the primary one in each sample row (`also`): the unguarded final-number
+match shows what skillweave_math's quality guard removed."""
+
 _FILTER = "none"  # lm-eval keys metrics as "<metric>,<filter>"; these tasks define no filters
 
 
@@ -62,7 +66,7 @@ def evaluate(
 
     Returns:
         {task: {"metric", "score", "stderr" (nan for a single doc), "n",
-                "samples": [{"doc_id", "id", "prompt", "response", "score"}]}}
+                "samples": [{"doc_id", "id", "prompt", "response", "score", optional "also": {metric: value}}]}}
 
     Raises:
         ValueError: an unknown task name, a limit below 1, or doc_ids naming a task not asked for, no
@@ -138,6 +142,7 @@ def _task_result(name: str, out: dict) -> dict:
     metric = PRIMARY_METRIC[name]
     scores = out["results"][name]
     stderr = scores[f"{metric}_stderr,{_FILTER}"]
+    others = ALSO_KEPT.get(name, ())
     rows = [
         {
             "doc_id": s["doc_id"],
@@ -145,6 +150,7 @@ def _task_result(name: str, out: dict) -> dict:
             "prompt": s["arguments"][0][0],
             "response": s["filtered_resps"][0],
             "score": float(s[metric]),
+            **({"also": {m: float(s[m]) for m in others}} if others else {}),
         }
         for s in out["samples"][name]
     ]
