@@ -85,12 +85,15 @@ def test_dev_prompts_cannot_all_be_training_prompts(tmp_path, tiny_model_dir):
         run_overrides(ov)
 
 
-def test_a_dev_split_mostly_of_training_prompts_is_flagged(caplog):
+def test_a_dev_split_mostly_of_training_prompts_is_flagged(caplog, monkeypatch):
     """code_tasks-like pools: 15 of 21 prompts train, so most of a 12-prompt dev draw is dropped, and the
     warning says how large a draw keeps 12."""
     from types import SimpleNamespace as NS
 
+    from skillweave.stages import dev
     from skillweave.stages.dev import dev_prompts
+
+    monkeypatch.setattr(dev, "_WARNED", set())  # said once per process: start from none said
 
     def ctx(num_prompts: int):
         cfg = NS(domain=NS(prompt_source=NS(name="test_pool_prompts", kwargs={}), sampling=NS(num_prompts=num_prompts, seed=0)),
@@ -102,6 +105,9 @@ def test_a_dev_split_mostly_of_training_prompts_is_flagged(caplog):
     assert len(kept) + dropped == 12 and 2 * len(kept) < 12
     assert f"only {len(kept)} of 12 dev prompts are not training prompts" in caplog.text and "raise dev.prompts" in caplog.text
     caplog.clear()
+    with caplog.at_level("WARNING", logger="skillweave"):
+        dev_prompts(ctx(15), "math")  # the run asks again after planning did: one warning is enough
+    assert not caplog.text
     with caplog.at_level("WARNING", logger="skillweave"):
         kept, _ = dev_prompts(ctx(2), "math")
     assert len(kept) >= 10 and not caplog.text

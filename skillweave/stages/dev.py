@@ -38,6 +38,7 @@ DEV_SEED_OFFSET = 7919
 """The dev draw's seed is domain.sampling.seed + this: another draw of the same source."""
 ANSWERS = "answers.jsonl"
 log = logging.getLogger("skillweave")
+_WARNED: set[str] = set()
 
 
 def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
@@ -61,11 +62,14 @@ def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
     if 2 * len(kept) < len(draw):
         # A small source (code_tasks: 325 tasks) mostly drawn for training leaves a dev split too
         # small to tell a gain from noise; say so before hours of training are read off it.
-        log.warning(
-            "dev[%s]: only %d of %d dev prompts are not training prompts; a paired gain on %d prompts has a "
-            "wide standard error: raise dev.prompts (about %d keeps %d) or lower domain.sampling.num_prompts",
-            domain, len(kept), len(draw), len(kept), len(draw) * cfg.dev.prompts // len(kept), cfg.dev.prompts,
+        message = (
+            f"dev[{domain}]: only {len(kept)} of {len(draw)} dev prompts are not training prompts; a paired gain on "
+            f"{len(kept)} prompts has a wide standard error: raise dev.prompts (about "
+            f"{len(draw) * cfg.dev.prompts // len(kept)} keeps {cfg.dev.prompts}) or lower domain.sampling.num_prompts"
         )
+        if message not in _WARNED:  # planning and running both ask for the split: say it once
+            _WARNED.add(message)
+            log.warning(message)
     return kept, len(draw) - len(kept)
 
 
