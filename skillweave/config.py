@@ -144,6 +144,11 @@ class DPOConfig:
     deepspeed: Optional[str] = None
     """A DeepSpeed config: `zero2` or `zero3` (conf/deepspeed/<name>.json) or a path to a JSON file;
     null trains without DeepSpeed. Launch with `accelerate launch` for more than one process."""
+    nll_weight: float = 0.0
+    """RPO (Pang et al. 2024, iterative reasoning preference optimisation): add this weight x the chosen
+    answer's mean token NLL to the DPO loss (trl's loss_type [sigmoid, sft]). On short pairs that differ
+    in a few tokens plain DPO lowers the chosen answer's likelihood as well and the policy drifts into
+    long, rambling answers (experiments/math_gain); the NLL term holds the correct answers up. 0: plain DPO."""
     rounds: int = 1
     """Online DPO rounds (generate -> filter -> train, repeated; skillweave/pipeline.py). Round r > 0
     samples new prompts with theta_0 + Delta_{r-1} and trains from that policy, which is also its
@@ -155,6 +160,8 @@ class DPOConfig:
             raise ValueError(f"dpo.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.rounds < 1:
             raise ValueError(f"dpo.rounds must be >= 1, got {self.rounds}")
+        if not self.nll_weight >= 0.0:
+            raise ValueError(f"dpo.nll_weight must be >= 0 (0: plain DPO; Pang et al. use 1), got {self.nll_weight}")
 
 
 class MultitaskSteps(StrEnum):

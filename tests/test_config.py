@@ -65,9 +65,13 @@ def test_bad_overrides_fail_at_compose_time(override, error, words):
     assert words in str(info.value) + str(info.value.__cause__)
 
 
-def test_cross_field_checks_run_at_start():
-    with hydra_context(), pytest.raises((ValueError, ValidationError), match="samples_per_prompt"):
-        compose_config(["domain.sampling.samples_per_prompt=1"])
+@pytest.mark.parametrize(
+    "override, words",
+    [("domain.sampling.samples_per_prompt=1", "samples_per_prompt"), ("dpo.nll_weight=-0.5", "dpo.nll_weight must be >= 0")],
+)
+def test_cross_field_checks_run_at_start(override, words):
+    with hydra_context(), pytest.raises((ValueError, ValidationError), match=words):
+        compose_config([override])
 
 
 def test_overrides_replayed_for_other_domains_drop_stage_and_domain():

@@ -63,7 +63,7 @@ def test_a_sweep_point_reuses_the_starting_answers_and_a_zero_step_reproduces_th
     assert m["changed"] == 0.0 and m["delta"] == 0.0 and m["relative_weight_change"] == 0.0
     table = dev_stage.sweep_table(tmp / "artifacts", "math").splitlines()
     assert len(table) == 2 + 2 and all("| math | " in line for line in table[2:])
-    gains = [float(line.split(" | ")[8].split(" ± ")[0]) for line in table[2:]]
+    gains = [float(line.split(" | ")[9].split(" ± ")[0]) for line in table[2:]]
     assert {line.split(" | ")[1] for line in table[2:]} == {"0", "5e-06"} and gains == sorted(gains, reverse=True)
 
 

@@ -201,6 +201,31 @@ def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model
         torch.testing.assert_close(v, uninterrupted[k], rtol=1e-4, atol=1e-7)
 
 
+def test_nll_weight_adds_the_chosen_answers_nll_to_the_dpo_loss(pipeline, monkeypatch):
+    """dpo.nll_weight > 0 is RPO: trl's DPO loss plus the weighted chosen NLL, in its own artifact; at 0
+    the key is the one plain DPO had before the setting existed."""
+    import trl
+
+    tmp, ov, refs = pipeline
+    seen = []
+
+    class RecordingDPOTrainer(trl.DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append((list(self.args.loss_type), self.args.loss_weights))
+
+    monkeypatch.setattr(trl, "DPOTrainer", RecordingDPOTrainer)
+    (rpo,) = run_overrides([*ov, "stage=dpo", "domain=math", "dpo.nll_weight=1.0"]).values()
+    plain = refs["dpo/math"]
+    assert seen == [(["sigmoid", "sft"], [1.0, 1.0])]
+    assert rpo.key != plain.key and "nll_weight" not in plain.config["dpo"]
+    # The first step's loss is DPO's log 2 plus the chosen answers' NLL (a few nats for a tiny random model).
+    assert plain.manifest()["metrics"]["first_loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert rpo.manifest()["metrics"]["first_loss"] > 0.6931 + 1.0
+    (same,) = run_overrides([*ov, "stage=dpo", "domain=math", "dpo.nll_weight=0.0"]).values()
+    assert same.key == plain.key and len(seen) == 1  # found complete: nothing trained
+
+
 def test_eval_key_covers_the_settings_its_configurations_read(tmp_path, tiny_model_dir):
     from skillweave import stages  # noqa: F401  (registers the stages and eval configurations)
     from skillweave.pipeline import Context, ref_for

@@ -167,7 +167,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "truncated_start": sum(s["truncated"] for s in start) / n,
         "relative_weight_change": dpo.get("relative_weight_change"),
         "pairs": dpo.get("pairs"),
-        "dpo": {k: v for k, v in asdict(cfg.dpo).items() if k in ("learning_rate", "max_steps", "beta", "rounds")},
+        "dpo": {k: v for k, v in asdict(cfg.dpo).items() if k in ("learning_rate", "max_steps", "beta", "nll_weight", "rounds")},
         "round": ctx.dpo_round,
     }
 
@@ -181,10 +181,11 @@ def sweep_table(root: Path, domain: Optional[str] = None) -> str:
             continue
         rows.append((m["label"], m["metrics"], d.parent.name))
     rows.sort(key=lambda r: -r[1]["delta"])
-    head = ("| domain | lr | steps | beta | rounds | pairs | weight change | dev score (start -> trained) | "
-            "paired gain ± stderr | pass rate | changed | truncated | dev prompts | artifact |\n" + "|---" * 14 + "|\n")
+    head = ("| domain | lr | steps | beta | nll | rounds | pairs | weight change | dev score (start -> trained) | "
+            "paired gain ± stderr | pass rate | changed | truncated | dev prompts | artifact |\n" + "|---" * 15 + "|\n")
     lines = [
-        f"| {lab} | {m['dpo']['learning_rate']:g} | {m['dpo']['max_steps']} | {m['dpo']['beta']:g} | {m['dpo']['rounds']} | "
+        f"| {lab} | {m['dpo']['learning_rate']:g} | {m['dpo']['max_steps']} | {m['dpo']['beta']:g} | "
+        f"{m['dpo'].get('nll_weight', 0.0):g} | {m['dpo']['rounds']} | "
         f"{m['pairs']} | {m['relative_weight_change']:.2e} | {m['score_start']:.3f} -> {m['score']:.3f} | "
         f"{100 * m['delta']:+.1f} ± {100 * m['delta_stderr']:.1f} | {m['pass_rate_start']:.0%} -> {m['pass_rate']:.0%} | "
         f"{m['changed']:.0%} | {m['truncated_start']:.0%} -> {m['truncated']:.0%} | {m['prompts']} | {name} |"

@@ -42,14 +42,22 @@ DELTA = "delta.safetensors"
 
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
-    # DeepSpeed is how the run is executed, not what it computes: a merge job composed without
-    # dpo.deepspeed must find the same delta. How many rounds follow does not change a round either.
-    settings = {k: v for k, v in asdict(cfg.dpo).items() if k not in ("deepspeed", "rounds")}
-    config, inputs = {"dpo": settings, "model": ctx.base_fingerprint}, {"pairs": ref_for(ctx, "filter", domain)}
+    config, inputs = {"dpo": dpo_settings(cfg.dpo), "model": ctx.base_fingerprint}, {"pairs": ref_for(ctx, "filter", domain)}
     if ctx.dpo_round > 0:  # online DPO: start from (and refer to) the previous round's policy
         config["round"] = ctx.dpo_round
         inputs["policy"] = ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain)
     return config, inputs
+
+
+def dpo_settings(d: DPOSettings, drop: tuple[str, ...] = ()) -> dict:
+    """The dpo settings a training artifact's key hashes. DeepSpeed is how a run executes, not what it
+    computes (a merge job composed without dpo.deepspeed must find the same delta), and how many rounds
+    follow does not change a round; nll_weight is left out at 0 so plain-DPO artifacts made before it
+    existed keep their keys."""
+    settings = {k: v for k, v in asdict(d).items() if k not in ("deepspeed", "rounds", *drop)}
+    if not settings.get("nll_weight", 1.0):
+        del settings["nll_weight"]
+    return settings
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
@@ -122,6 +130,8 @@ def train_dpo(
             output_dir=str(ckpt_dir),
             learning_rate=d.learning_rate if learning_rate is None else learning_rate,
             beta=d.beta,
+            # RPO: the DPO loss plus nll_weight x the chosen answers' mean token NLL
+            **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, d.nll_weight]} if d.nll_weight else {}),
             max_steps=d.max_steps if max_steps is None else max_steps,
             per_device_train_batch_size=d.per_device_batch_size,
             gradient_accumulation_steps=d.gradient_accumulation_steps,

@@ -22,7 +22,7 @@ from typing import Optional
 from ..artifacts import ArtifactRef
 from ..config import MultitaskSteps
 from ..pipeline import STAGES, Context, Stage
-from .dpo import DELTA, load_pairs, pairs_of_every_round, train_dpo, write_delta
+from .dpo import DELTA, dpo_settings, load_pairs, pairs_of_every_round, train_dpo, write_delta
 
 
 def total_steps(ctx: Context) -> int:
@@ -34,8 +34,7 @@ def total_steps(ctx: Context) -> int:
 
 
 def plan(ctx: Context, domain: Optional[str]):
-    # As for stage dpo, DeepSpeed is how it runs, not what it computes; the rounds are in the inputs.
-    settings = {k: v for k, v in asdict(ctx.cfg.dpo).items() if k not in ("deepspeed", "rounds")}
+    settings = dpo_settings(ctx.cfg.dpo)  # as for stage dpo; the rounds are in the inputs
     config = {
         "dpo": settings | {"max_steps": total_steps(ctx)},
         "dpo_multitask": asdict(ctx.cfg.dpo_multitask),

@@ -29,7 +29,7 @@ import torch
 from ..artifacts import ArtifactRef, atomic_write_json
 from ..config import LoRAConfig
 from ..pipeline import STAGES, Context, Stage
-from .dpo import load_pairs, pairs_of_every_round, train_dpo
+from .dpo import dpo_settings, load_pairs, pairs_of_every_round, train_dpo
 
 ADAPTER = "adapter"
 STAMP = "skillweave.json"
@@ -38,9 +38,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
-    # dpo.learning_rate is not used (lora.learning_rate is); DeepSpeed is how it runs, not what it
-    # computes; with online rounds it trains every round's pairs, for the steps of all rounds.
-    settings = {k: v for k, v in asdict(cfg.dpo).items() if k not in ("deepspeed", "learning_rate", "rounds")}
+    # dpo.learning_rate is not used (lora.learning_rate is); with online rounds it trains every
+    # round's pairs, for the steps of all rounds.
+    settings = dpo_settings(cfg.dpo, drop=("learning_rate",))
     steps = cfg.dpo.max_steps * cfg.dpo.rounds
     config = {"dpo": settings | {"max_steps": steps}, "lora": asdict(cfg.lora), "model": ctx.base_fingerprint}
     rounds = pairs_of_every_round(ctx, domain)
