@@ -183,3 +183,18 @@ def test_ifeval_prompt_states_its_instructions():
     rule = RULES.get("ifeval_instructions")()
     # a response that follows nothing cannot pass
     assert not rule({"prompt": row["prompt"], "response": "", "meta": row["meta"]}).passed
+
+
+def test_the_math_online_recipe_draws_its_easy_arithmetic():
+    """recipes/math_online.yaml reaches the prompt source: expressions of 2-3 non-negative terms
+    of at most two digits, basic_arithmetic and chain_sum only (experiments/math_gain/online)."""
+    from compose import compose_config, hydra_context
+
+    with hydra_context():
+        cfg = compose_config(["recipe=math_online", "domain=math"])
+    source = cfg.domain.prompt_source
+    rows = PROMPT_SOURCES.get(source.name)(40, seed=0, **source.kwargs)
+    assert {r["meta"]["generator"] for r in rows} == {"basic_arithmetic", "chain_sum"}
+    for row in rows:
+        numbers = re.findall(r"-?\d+", row["prompt"].split("\n")[0])
+        assert 2 <= len(numbers) <= 3 and all(0 <= int(x) < 100 for x in numbers), row["prompt"]
