@@ -206,7 +206,7 @@ def test_nll_weight_adds_the_chosen_answers_nll_to_the_dpo_loss(pipeline, monkey
     the key is the one plain DPO had before the setting existed."""
     import trl
 
-    tmp, ov, refs = pipeline
+    _, ov, refs = pipeline
     seen = []
 
     class RecordingDPOTrainer(trl.DPOTrainer):

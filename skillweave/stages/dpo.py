@@ -55,8 +55,8 @@ def dpo_settings(d: DPOSettings, drop: tuple[str, ...] = ()) -> dict:
     follow does not change a round; nll_weight is left out at 0 so plain-DPO artifacts made before it
     existed keep their keys."""
     settings = {k: v for k, v in asdict(d).items() if k not in ("deepspeed", "rounds", *drop)}
-    if not settings.get("nll_weight", 1.0):
-        del settings["nll_weight"]
+    if not d.nll_weight:
+        settings.pop("nll_weight", None)
     return settings
 
 
