@@ -127,14 +127,15 @@ def contaminated_indices(train_prompts: list[str], eval_texts: dict[str, list[st
 @functools.cache
 def eval_texts() -> dict[str, list[str]]:
     """The prompts of every skillweave eval task, loaded by the tasks' own loaders (skillweave/tasks/utils.py);
-    the math set is its whole fixed pool, so a larger `n` at eval time is covered too."""
-    from skillweave.prompts import MATH_EVAL_POOL
+    the math sets are their whole fixed pools, so a larger `n` at eval time is covered too."""
+    from skillweave.prompts import MATH_ARITH_POOL, MATH_EVAL_POOL
     from skillweave.tasks import utils
 
     return {
         "skillweave_ifeval": list(utils.load_ifeval()[utils.SPLIT]["prompt"]),
         "skillweave_humaneval": list(utils.load_humaneval()[utils.SPLIT]["prompt"]),
         "skillweave_math": list(utils.load_math(n=MATH_EVAL_POOL)[utils.SPLIT]["prompt"]),
+        "skillweave_arith": list(utils.load_math_arith(n=MATH_ARITH_POOL)[utils.SPLIT]["prompt"]),
         "skillweave_dialogue": list(utils.load_alpaca_eval()[utils.SPLIT]["instruction"]),
     }
 

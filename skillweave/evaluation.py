@@ -20,15 +20,16 @@ TASK_DIR = Path(__file__).resolve().parent / "tasks"
 
 PRIMARY_METRIC = {
     "skillweave_math": "exact_match",
+    "skillweave_arith": "exact_match",
     "skillweave_humaneval": "pass@1",
     "skillweave_ifeval": "prompt_level_strict_acc",
     "skillweave_dialogue": "rule_score",  # rule-based (rules/dialogue.yaml), not AlpacaEval's LLM judge
 }
 """The metric each task is reported by; every task also reports its `<metric>_stderr`."""
 
-ALSO_KEPT = {"skillweave_math": ("final_number",)}
+ALSO_KEPT = {"skillweave_math": ("final_number",), "skillweave_arith": ("final_number",)}
 """Per-doc metrics kept beside the primary one in each sample row (`also`): the unguarded final-number
-match shows what skillweave_math's quality guard removed."""
+match shows what the math tasks' quality guard removed."""
 
 _FILTER = "none"  # lm-eval keys metrics as "<metric>,<filter>"; these tasks define no filters
 

@@ -43,6 +43,12 @@ def _take(rows: list[dict], n: int, source: str) -> list[dict]:
     return rows[:n]
 
 
+SOURCE_VERSIONS = {"code_tasks": 2, "math_reasoning_gym": 2}
+"""Sources whose rows changed under the same name and settings (code_tasks: 74 tasks, then 325;
+math_reasoning_gym: its questions in the skillweave_arith eval pool dropped); the generate stage puts
+the version in its artifact key, so samples of an older table are not reused."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Math: reasoning-gym generators with numeric answers
 
@@ -59,6 +65,15 @@ MATH_INSTRUCTION = "Give the final answer as a number on the last line."
 MATH_EVAL_SEED = 20_250_101
 MATH_EVAL_POOL = 1000
 """math_eval_set(n) is the first n of a fixed pool of this size; training excludes the whole pool."""
+MATH_ARITH_GENERATORS = {
+    "basic_arithmetic": {"min_terms": 2, "max_terms": 3, "max_digits": 2, "allow_parentheses": False, "allow_negation": False},
+    "chain_sum": {"min_terms": 2, "max_terms": 3, "max_digits": 2, "allow_negation": False},
+}
+"""Easy arithmetic (2-3 terms of at most 2 digits), the level recipes/math_online.yaml trains at: the
+default eval set is beyond a 135M backbone (1% correct), this one is not (~20%), so a gain can show."""
+MATH_ARITH_SEED = 20_250_102
+MATH_ARITH_POOL = 1000
+"""math_arith_eval_set(n) is the first n of a fixed pool of this size; training excludes it too."""
 
 
 GeneratorSpec = Union[Sequence[str], Mapping[str, Optional[Mapping[str, Any]]]]
@@ -127,11 +142,23 @@ def _math_eval_pool() -> tuple[tuple[str, str, str], ...]:
     return tuple(_math_items(MATH_EVAL_POOL, MATH_EVAL_SEED, DEFAULT_MATH_GENERATORS, frozenset()))
 
 
+@cache
+def _math_arith_pool() -> tuple[tuple[str, str, str], ...]:
+    return tuple(_math_items(MATH_ARITH_POOL, MATH_ARITH_SEED, MATH_ARITH_GENERATORS, frozenset()))
+
+
 def math_eval_set(n: int = 200) -> list[dict]:
     """The held-out math prompts: fixed seed, default generators, never in a training source."""
     if not 0 < n <= MATH_EVAL_POOL:
         raise ValueError(f"math_eval_set: n must be in 1..{MATH_EVAL_POOL}, got {n}")
     return _math_rows(list(_math_eval_pool()[:n]))
+
+
+def math_arith_eval_set(n: int = 500) -> list[dict]:
+    """The held-out easy-arithmetic prompts (MATH_ARITH_GENERATORS): fixed seed, never in a training source."""
+    if not 0 < n <= MATH_ARITH_POOL:
+        raise ValueError(f"math_arith_eval_set: n must be in 1..{MATH_ARITH_POOL}, got {n}")
+    return _math_rows(list(_math_arith_pool()[:n]))
 
 
 @PROMPT_SOURCES.register("math_reasoning_gym")
@@ -141,23 +168,19 @@ def math_reasoning_gym(n: int, seed: int, generators: GeneratorSpec = DEFAULT_MA
     `generators` also takes per-generator settings (GeneratorSpec), for an easier curriculum than the
     eval set's defaults:
     `'+domain.prompt_source.kwargs.generators={basic_arithmetic: {max_terms: 2, max_digits: 2}}'`.
-    Questions of the eval pool (see math_eval_set) are dropped, so train and eval are disjoint.
+    Questions of the eval pools (see math_eval_set, math_arith_eval_set) are dropped, so train and
+    eval are disjoint.
 
     Raises:
         ValueError: an unknown generator or setting, one with non-numeric answers, or fewer than n prompts.
     """
     _check_n(n, "math_reasoning_gym")
-    exclude = frozenset(question for question, _, _ in _math_eval_pool())
+    exclude = frozenset(question for question, _, _ in (*_math_eval_pool(), *_math_arith_pool()))
     return _take(_math_rows(_math_items(n, seed, generators, exclude)), n, "math_reasoning_gym")
 
 
 # ---------------------------------------------------------------------------------------------
 # Code: function-writing tasks with unit tests and a reference solution each (skillweave/code_tasks.py)
-
-
-SOURCE_VERSIONS = {"code_tasks": 2}
-"""Sources whose rows changed under the same name and settings (code_tasks: 74 tasks, then 325); the
-generate stage puts the version in its artifact key, so samples of an older table are not reused."""
 
 
 @PROMPT_SOURCES.register("code_tasks")

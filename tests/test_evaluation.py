@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from skillweave.evaluation import PRIMARY_METRIC, TASK_DIR, evaluate, seeded_subset
+from skillweave.evaluation import ALSO_KEPT, PRIMARY_METRIC, TASK_DIR, evaluate, seeded_subset
 from skillweave.tasks import utils as task_utils
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,6 +75,7 @@ def by_id(rows, id_):
         ("skillweave_ifeval", 541, {"id", "key", "prompt", "instruction_id_list", "kwargs"}),
         ("skillweave_humaneval", 164, {"id", "prompt", "test", "entry_point", "canonical_solution"}),
         ("skillweave_math", 200, {"id", "prompt", "answer"}),  # n: 200 in the YAML's metadata
+        ("skillweave_arith", 500, {"id", "prompt", "answer"}),
     ],
 )
 def test_task_loads_offline_data(docs, task, n_docs, columns):
@@ -241,7 +242,7 @@ def test_evaluate_tiny_model(tiny_model, tokenizer, docs):
             assert row["prompt"].startswith("<|im_start|>system")  # the chat template was applied
             assert row["prompt"].endswith("<|im_start|>assistant\n")
             assert 0.0 <= row["score"] <= 1.0
-            if task == "skillweave_math":  # the guard only ever removes a final-number match
+            if task in ALSO_KEPT:  # the math guard only ever removes a final-number match
                 assert row["score"] <= row["also"]["final_number"]
             else:
                 assert "also" not in row

@@ -8,10 +8,14 @@ import re
 import pytest
 
 from skillweave.prompts import (
+    MATH_ARITH_GENERATORS,
+    MATH_ARITH_POOL,
     MATH_EVAL_POOL,
     MATH_EVAL_SEED,
+    MATH_INSTRUCTION,
     PROMPT_SOURCES,
     code_task_table,
+    math_arith_eval_set,
     math_eval_set,
     prompt_id,
 )
@@ -73,6 +77,22 @@ def test_math_train_and_eval_are_disjoint():
         train = PROMPT_SOURCES.get("math_reasoning_gym")(500, seed=seed)
         assert not eval_prompts & {r["prompt"] for r in train}
     assert math_eval_set(20) == math_eval_set(200)[:20]  # a prefix of one fixed pool
+
+
+def test_math_train_and_arith_eval_are_disjoint():
+    """Easy arithmetic repeats questions ("2 + 2 =") across seeds: the arith eval pool's own
+    questions turn up in a training draw of its level unless they are excluded."""
+    from skillweave.prompts import _math_items
+
+    pool = {r["prompt"] for r in math_arith_eval_set(MATH_ARITH_POOL)}
+    assert len(pool) == MATH_ARITH_POOL
+    unexcluded = {f"{q}\n\n{MATH_INSTRUCTION}" for q, _, _ in _math_items(128, 0, MATH_ARITH_GENERATORS, frozenset())}
+    assert len(unexcluded & pool) >= 3
+    train = PROMPT_SOURCES.get("math_reasoning_gym")(128, seed=0, generators=MATH_ARITH_GENERATORS)
+    assert not pool & {r["prompt"] for r in train}
+    assert {r["meta"]["generator"] for r in math_arith_eval_set(10)} == {"basic_arithmetic", "chain_sum"}
+    with pytest.raises(ValueError, match="n must be in 1..1000"):
+        math_arith_eval_set(MATH_ARITH_POOL + 1)
 
 
 def test_math_rows_are_scorable_and_balanced():
@@ -193,6 +213,8 @@ def test_the_math_online_recipe_draws_its_easy_arithmetic():
     with hydra_context():
         cfg = compose_config(["recipe=math_online", "domain=math"])
     source = cfg.domain.prompt_source
+    # the level of its held-out set, skillweave_arith
+    assert source.kwargs["generators"] == MATH_ARITH_GENERATORS and cfg.domain.eval_task == "skillweave_arith"
     rows = PROMPT_SOURCES.get(source.name)(40, seed=0, **source.kwargs)
     assert {r["meta"]["generator"] for r in rows} == {"basic_arithmetic", "chain_sum"}
     for row in rows:

@@ -1,4 +1,5 @@
-"""lm-eval tasks over offline data: `skillweave_math`, `skillweave_humaneval`, `skillweave_ifeval`.
+"""lm-eval tasks over offline data: `skillweave_math`, `skillweave_arith`, `skillweave_humaneval`,
+`skillweave_ifeval`, `skillweave_dialogue`.
 
 The YAMLs here are plain lm-eval 0.4.13 task configs; their data loaders (`custom_dataset`) and
 scorers (`process_results`) live in `skillweave.tasks.utils`, referenced by full module path, so
@@ -14,6 +15,7 @@ skillweave must be importable (`pip install -e .`). From the command line:
   it gates HF `evaluate`'s code_eval metric, which these tasks do not use.
 - `--limit N` takes the first N docs; `skillweave.evaluation.evaluate(limit=N)` takes a seeded
   random N instead, i.e. `--samples '{"skillweave_math": [...sorted indices...]}'`.
-- `--metadata n=500` sets the size of the math set (default 200, the YAML's `metadata.n`).
+- `--metadata n=500` sets the size of the math sets (defaults: 200 for skillweave_math, 500 for
+  skillweave_arith, the YAMLs' `metadata.n`).
 - Without `--apply_chat_template` the raw prompt is sent (for base models).
 """

@@ -142,13 +142,22 @@ def load_math(n: int = 200, **_metadata: Any) -> datasets.DatasetDict:
     return _as_dataset(docs)
 
 
+def load_math_arith(n: int = 500, **_metadata: Any) -> datasets.DatasetDict:
+    """skillweave's fixed-seed easy-arithmetic evaluation set (disjoint from the training prompts), `n` rows."""
+    from skillweave.prompts import math_arith_eval_set
+
+    rows = math_arith_eval_set(n=int(n))
+    docs = [{"id": row["id"], "prompt": row["prompt"], "answer": str(row["meta"]["answer"])} for row in rows]
+    return _as_dataset(docs)
+
+
 @functools.cache
 def _math_rule_set() -> Any:
     from skillweave.rules import load_rule_set
 
     rule_set = load_rule_set("math")
     if "final_number_matches" not in dict(rule_set.rules):
-        raise ValueError("rules/math.yaml: skillweave_math scores with final_number_matches; add it back to the rule set")
+        raise ValueError("rules/math.yaml: skillweave_math/arith score with final_number_matches; add it back to the rule set")
     return rule_set
 
 
