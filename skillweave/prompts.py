@@ -10,16 +10,22 @@ seed, so online DPO round r can take rows r*n .. (r+1)*n - 1 and see prompts no 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import itertools
+import logging
+import operator
 import os
 import random
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from functools import cache
 from typing import Any, Callable, Optional, Union
 
 from skillweave.code_tasks import code_task_table
 from skillweave.registry import Registry
+
+log = logging.getLogger(__name__)
 
 PROMPT_SOURCES: Registry[Callable[..., list[dict]]] = Registry("prompt source")
 
@@ -43,10 +49,11 @@ def _take(rows: list[dict], n: int, source: str) -> list[dict]:
     return rows[:n]
 
 
-SOURCE_VERSIONS = {"code_tasks": 2, "math_reasoning_gym": 2}
+SOURCE_VERSIONS = {"code_tasks": 2, "math_reasoning_gym": 3}
 """Sources whose rows changed under the same name and settings (code_tasks: 74 tasks, then 325;
-math_reasoning_gym: its questions in the skillweave_arith eval pool dropped); the generate stage puts
-the version in its artifact key, so samples of an older table are not reused."""
+math_reasoning_gym 2: the skillweave_arith eval pool excluded, 3: items with a wrong reference answer
+dropped); the generate stage puts the version in its artifact key, so samples of an older table are
+not reused."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,11 +96,46 @@ def _generator_settings(generators: GeneratorSpec) -> tuple[tuple[str, dict], ..
     return tuple((str(name), {}) for name in generators)
 
 
+_EXPRESSION_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+EXPRESSION_GENERATORS = frozenset({"basic_arithmetic", "chain_sum"})
+"""Generators whose items carry their expression (metadata["expression"]): the reference answer is
+checked against its exact value. reasoning-gym 0.1.25's basic_arithmetic without parentheses
+(`allow_parentheses: false`) shows a divisor other than the one it computed with and evaluates left
+to right: `Calculate 4 / 4.` -> 2, `Calculate 89 - 19 * 4.` -> 280, a fifth of its items."""
+
+
+def expression_value(expression: str) -> Optional[Fraction]:
+    """The exact value of an arithmetic expression of integers, + - * / and parentheses (true
+    division); None when it divides by zero.
+
+    >>> expression_value("89 - 19 * 4"), expression_value("6 - 2 / 0")
+    (Fraction(13, 1), None)
+
+    Raises:
+        ValueError: anything else in the expression.
+    """
+
+    def value(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return Fraction(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return -value(node.operand) if isinstance(node.op, ast.USub) else value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _EXPRESSION_OPS:
+            return _EXPRESSION_OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"not an arithmetic expression of integers: {expression!r}")
+
+    try:
+        return value(ast.parse(expression.strip(), mode="eval").body)
+    except ZeroDivisionError:
+        return None
+    except SyntaxError:
+        raise ValueError(f"not an arithmetic expression of integers: {expression!r}") from None
+
+
 def _math_items(n: int, seed: int, generators: GeneratorSpec, exclude: frozenset[str]) -> list[tuple[str, str, str]]:
     """(question, answer, generator), round-robin over the generators (a balanced mix), skipping
-    repeated and excluded questions."""
-    from fractions import Fraction
-
+    repeated and excluded questions, and items whose answer is not their expression's exact value
+    (EXPRESSION_GENERATORS; logged)."""
     os.environ.setdefault("MPLCONFIGDIR", "/tmp/mpl")  # reasoning_gym imports matplotlib
     import reasoning_gym
 
@@ -114,22 +156,36 @@ def _math_items(n: int, seed: int, generators: GeneratorSpec, exclude: frozenset
         except (TypeError, AssertionError) as err:  # an unknown config field / a failed validate()
             raise ValueError(f"math_reasoning_gym: generator {name!r} rejects the settings {kwargs}: {err}") from None
         datasets.append((name, dataset))
-    items, seen = [], set(exclude)
-    for i in range(size):
+    items, seen, wrong = [], set(exclude), {}
+    cursor = {name: 0 for name, _ in datasets}
+    for _ in range(size):
         for name, dataset in datasets:
-            question, answer = dataset[i]["question"].strip(), str(dataset[i]["answer"]).strip()
-            if question in seen:
-                continue
-            try:
-                Fraction(answer.replace(",", ""))
-            except ValueError:
-                raise ValueError(
-                    f"math_reasoning_gym: generator {name!r} gave the non-numeric answer {answer!r}"
-                ) from None
-            seen.add(question)
-            items.append((question, answer, name))
+            # A repeated or excluded question skips the generator's turn; a wrong answer is a bug of the
+            # generator and its next item takes the turn, so the mix stays balanced.
+            while cursor[name] < size:
+                item = dataset[cursor[name]]
+                cursor[name] += 1
+                question, answer = item["question"].strip(), str(item["answer"]).strip()
+                if question in seen:
+                    break
+                seen.add(question)
+                try:
+                    gold = Fraction(answer.replace(",", ""))
+                except ValueError:
+                    raise ValueError(
+                        f"math_reasoning_gym: generator {name!r} gave the non-numeric answer {answer!r}"
+                    ) from None
+                if name in EXPRESSION_GENERATORS and expression_value(item["metadata"]["expression"]) != gold:
+                    wrong[name] = wrong.get(name, 0) + 1
+                    continue
+                items.append((question, answer, name))
+                break
             if len(items) == n:
-                return items
+                break
+        if len(items) == n:
+            break
+    if wrong:
+        log.warning("math_reasoning_gym: dropped %s items whose answer is not the value of their expression", wrong)
     return items
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import math
 import sys
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -213,6 +214,19 @@ def test_task_digest_follows_the_scoring_rule_sets(tmp_path, monkeypatch):
     assert changed != before
     (root / "rules" / "code.yaml").write_text("rules: [{name: not_truncated}]\n")  # no eval task scores with it
     assert task_digest() == changed
+
+
+def test_task_digest_follows_the_math_sets_source(tmp_path, monkeypatch):
+    """The math eval sets are made in skillweave/prompts.py: a change there keys new eval rows."""
+    from skillweave import prompts
+    from skillweave.stages.eval import task_digest
+
+    copy = tmp_path / "prompts.py"
+    copy.write_text(Path(prompts.__file__).read_text())
+    monkeypatch.setattr(prompts, "__file__", str(copy))
+    before = task_digest()
+    copy.write_text(copy.read_text().replace("MATH_ARITH_SEED = 20_250_102", "MATH_ARITH_SEED = 1"))
+    assert task_digest() != before
 
 
 # ------------------------------------------------------------------------------------ evaluate

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+from fractions import Fraction
 
 import pytest
 
@@ -15,6 +17,7 @@ from skillweave.prompts import (
     MATH_INSTRUCTION,
     PROMPT_SOURCES,
     code_task_table,
+    expression_value,
     math_arith_eval_set,
     math_eval_set,
     prompt_id,
@@ -93,6 +96,47 @@ def test_math_train_and_arith_eval_are_disjoint():
     assert {r["meta"]["generator"] for r in math_arith_eval_set(10)} == {"basic_arithmetic", "chain_sum"}
     with pytest.raises(ValueError, match="n must be in 1..1000"):
         math_arith_eval_set(MATH_ARITH_POOL + 1)
+
+
+@pytest.mark.parametrize(
+    "expression, value",
+    [
+        ("89 - 19 * 4", Fraction(13)),  # precedence, not left to right
+        ("4 / 4", Fraction(1)),
+        ("30 / 91", Fraction(30, 91)),  # true division, exact
+        ("(2 + 3) * -4", Fraction(-20)),
+        ("2 - -1", Fraction(3)),
+        ("6 - 2 / 0", None),  # divides by zero
+    ],
+)
+def test_expression_value_is_exact(expression, value):
+    assert expression_value(expression) == value
+
+
+@pytest.mark.parametrize("expression", ["2 ** 3", "1.5 + 1", "__import__('os')", "x + 1", "1 +"])
+def test_expression_value_rejects_anything_else(expression):
+    with pytest.raises(ValueError, match="not an arithmetic expression of integers"):
+        expression_value(expression)
+
+
+def test_wrong_reference_answers_are_dropped(caplog):
+    """reasoning-gym 0.1.25's basic_arithmetic without parentheses gives wrong answers to a fifth of its
+    items (`Calculate 4 / 4.` -> 2): they are dropped and counted, and the mix stays balanced."""
+    import reasoning_gym
+
+    raw = reasoning_gym.create_dataset("basic_arithmetic", size=200, seed=5, allow_parentheses=False, max_terms=3)
+    assert sum(expression_value(d["metadata"]["expression"]) != Fraction(d["answer"]) for d in raw) > 20
+    with caplog.at_level(logging.WARNING, logger="skillweave.prompts"):
+        rows = PROMPT_SOURCES.get("math_reasoning_gym")(
+            100, seed=5, generators={"basic_arithmetic": {"allow_parentheses": False, "max_terms": 3}, "chain_sum": {}}
+        )
+    assert "dropped {'basic_arithmetic':" in caplog.text
+    generators = [r["meta"]["generator"] for r in rows]
+    # a wrong answer passes the turn to the generator's next item (repeated questions still skip it)
+    assert abs(generators.count("basic_arithmetic") - generators.count("chain_sum")) <= 10
+    for row in rows:
+        expression = re.fullmatch(r"Calculate (.*)\.|.*problem: (.*) =", row["prompt"].split("\n")[0])
+        assert expression_value(expression.group(1) or expression.group(2)) == Fraction(row["meta"]["answer"])
 
 
 def test_math_rows_are_scorable_and_balanced():

@@ -172,14 +172,17 @@ def plan(ctx: Context, domain: Optional[str]):
 
 
 def task_digest() -> str:
-    """A hash of the task definitions (skillweave/tasks) and of the rule sets their scores use (dialogue,
-    math): changing how a task is scored gives a new eval artifact instead of reusing old numbers."""
+    """A hash of the task definitions (skillweave/tasks), of skillweave/prompts.py (which makes the math
+    sets) and of the rule sets their scores use (dialogue, math): changing a task's data or scoring gives
+    a new eval artifact instead of reusing old numbers."""
     import hashlib
 
+    from .. import prompts
     from ..evaluation import TASK_DIR
     from ..resources import resource_path
 
-    files = sorted([*TASK_DIR.glob("*.yaml"), *TASK_DIR.glob("*.py")]) + [resource_path("rules", f"{d}.yaml") for d in ("dialogue", "math")]
+    files = sorted([*TASK_DIR.glob("*.yaml"), *TASK_DIR.glob("*.py")]) + [Path(prompts.__file__)]
+    files += [resource_path("rules", f"{d}.yaml") for d in ("dialogue", "math")]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
