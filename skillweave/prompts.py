@@ -101,7 +101,7 @@ EXPRESSION_GENERATORS = frozenset({"basic_arithmetic", "chain_sum"})
 """Generators whose items carry their expression (metadata["expression"]): the reference answer is
 checked against its exact value. reasoning-gym 0.1.25's basic_arithmetic without parentheses
 (`allow_parentheses: false`) shows a divisor other than the one it computed with and evaluates left
-to right: `Calculate 4 / 4.` -> 2, `Calculate 89 - 19 * 4.` -> 280, a fifth of its items."""
+to right: `Calculate 4 / 4.` -> 2, `Calculate 89 - 19 * 4.` -> 280, two in five of its items at 2-3 terms."""
 
 
 def expression_value(expression: str) -> Optional[Fraction]:
@@ -185,7 +185,7 @@ def _math_items(n: int, seed: int, generators: GeneratorSpec, exclude: frozenset
         if len(items) == n:
             break
     if wrong:
-        log.warning("math_reasoning_gym: dropped %s items whose answer is not the value of their expression", wrong)
+        log.warning("reasoning-gym (seed %d): dropped %s items whose answer is not the value of their expression", seed, wrong)
     return items
 
 

@@ -130,7 +130,7 @@ def test_wrong_reference_answers_are_dropped(caplog):
         rows = PROMPT_SOURCES.get("math_reasoning_gym")(
             100, seed=5, generators={"basic_arithmetic": {"allow_parentheses": False, "max_terms": 3}, "chain_sum": {}}
         )
-    assert "dropped {'basic_arithmetic':" in caplog.text
+    assert "(seed 5): dropped {'basic_arithmetic':" in caplog.text
     generators = [r["meta"]["generator"] for r in rows]
     # a wrong answer passes the turn to the generator's next item (repeated questions still skip it)
     assert abs(generators.count("basic_arithmetic") - generators.count("chain_sum")) <= 10
