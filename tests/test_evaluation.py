@@ -6,8 +6,8 @@ import importlib.util
 import logging
 import math
 import sys
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch

@@ -120,8 +120,8 @@ def test_expression_value_rejects_anything_else(expression):
 
 
 def test_wrong_reference_answers_are_dropped(caplog):
-    """reasoning-gym 0.1.25's basic_arithmetic without parentheses gives wrong answers to a fifth of its
-    items (`Calculate 4 / 4.` -> 2): they are dropped and counted, and the mix stays balanced."""
+    """reasoning-gym 0.1.25's basic_arithmetic without parentheses gives wrong answers to two in five of
+    its items (`Calculate 4 / 4.` -> 2): they are dropped and counted, and the mix stays balanced."""
     import reasoning_gym
 
     raw = reasoning_gym.create_dataset("basic_arithmetic", size=200, seed=5, allow_parentheses=False, max_terms=3)
