@@ -137,18 +137,18 @@ def load_math(n: int = 200, **_metadata: Any) -> datasets.DatasetDict:
     """
     from skillweave.prompts import math_eval_set
 
-    rows = math_eval_set(n=int(n))
-    docs = [{"id": row["id"], "prompt": row["prompt"], "answer": str(row["meta"]["answer"])} for row in rows]
-    return _as_dataset(docs)
+    return _math_docs(math_eval_set(n=int(n)))
 
 
 def load_math_arith(n: int = 500, **_metadata: Any) -> datasets.DatasetDict:
     """skillweave's fixed-seed easy-arithmetic evaluation set (disjoint from the training prompts), `n` rows."""
     from skillweave.prompts import math_arith_eval_set
 
-    rows = math_arith_eval_set(n=int(n))
-    docs = [{"id": row["id"], "prompt": row["prompt"], "answer": str(row["meta"]["answer"])} for row in rows]
-    return _as_dataset(docs)
+    return _math_docs(math_arith_eval_set(n=int(n)))
+
+
+def _math_docs(rows: list[dict]) -> datasets.DatasetDict:
+    return _as_dataset([{"id": row["id"], "prompt": row["prompt"], "answer": str(row["meta"]["answer"])} for row in rows])
 
 
 @functools.cache
