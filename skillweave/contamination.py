@@ -134,6 +134,7 @@ def eval_texts() -> dict[str, list[str]]:
     return {
         "skillweave_ifeval": list(utils.load_ifeval()[utils.SPLIT]["prompt"]),
         "skillweave_humaneval": list(utils.load_humaneval()[utils.SPLIT]["prompt"]),
+        "skillweave_codetasks": list(utils.load_code_tasks()[utils.SPLIT]["prompt"]),
         "skillweave_math": list(utils.load_math(n=MATH_EVAL_POOL)[utils.SPLIT]["prompt"]),
         "skillweave_arith": list(utils.load_math_arith(n=MATH_ARITH_POOL)[utils.SPLIT]["prompt"]),
         "skillweave_dialogue": list(utils.load_alpaca_eval()[utils.SPLIT]["instruction"]),

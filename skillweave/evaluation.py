@@ -2,8 +2,8 @@
 
 The tasks are ordinary lm-eval 0.4.13 YAMLs over data found in installed packages, so the same
 numbers come from plain `lm_eval --include_path <TASK_DIR>` (see `skillweave/tasks/__init__.py`).
-`skillweave_humaneval` executes model-written code (in `skillweave.sandbox`); lm-eval refuses such a
-task unless the run confirms it, and asking `evaluate()` for that task is that confirmation.
+`skillweave_humaneval` and `skillweave_codetasks` execute model-written code (in `skillweave.sandbox`);
+lm-eval refuses such a task unless the run confirms it, and asking `evaluate()` for it is that confirmation.
 """
 
 from __future__ import annotations
@@ -22,14 +22,19 @@ PRIMARY_METRIC = {
     "skillweave_math": "exact_match",
     "skillweave_arith": "exact_match",
     "skillweave_humaneval": "pass@1",
+    "skillweave_codetasks": "pass@1",
     "skillweave_ifeval": "prompt_level_strict_acc",
     "skillweave_dialogue": "rule_score",  # rule-based (rules/dialogue.yaml), not AlpacaEval's LLM judge
 }
 """The metric each task is reported by; every task also reports its `<metric>_stderr`."""
 
-ALSO_KEPT = {"skillweave_math": ("final_number",), "skillweave_arith": ("final_number",)}
+ALSO_KEPT = {
+    "skillweave_math": ("final_number",),
+    "skillweave_arith": ("final_number",),
+    "skillweave_codetasks": ("tests_passed",),
+}
 """Per-doc metrics kept beside the primary one in each sample row (`also`): the unguarded final-number
-match shows what the math tasks' quality guard removed."""
+match shows what the math tasks' quality guard removed; tests_passed, the partial credit of code."""
 
 _FILTER = "none"  # lm-eval keys metrics as "<metric>,<filter>"; these tasks define no filters
 

@@ -49,11 +49,11 @@ def _take(rows: list[dict], n: int, source: str) -> list[dict]:
     return rows[:n]
 
 
-SOURCE_VERSIONS = {"code_tasks": 2, "math_reasoning_gym": 3}
-"""Sources whose rows changed under the same name and settings (code_tasks: 74 tasks, then 325;
-math_reasoning_gym 2: the skillweave_arith eval pool excluded, 3: items with a wrong reference answer
-dropped); the generate stage puts the version in its artifact key, so samples of an older table are
-not reused."""
+SOURCE_VERSIONS = {"code_tasks": 3, "math_reasoning_gym": 3}
+"""Sources whose rows changed under the same name and settings (code_tasks: 74 tasks, then 325, 3: the
+skillweave_codetasks eval pool excluded; math_reasoning_gym 2: the skillweave_arith eval pool excluded,
+3: items with a wrong reference answer dropped); the generate stage puts the version in its artifact
+key, so samples of an older table are not reused."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,18 +239,43 @@ def math_reasoning_gym(n: int, seed: int, generators: GeneratorSpec = DEFAULT_MA
 # Code: function-writing tasks with unit tests and a reference solution each (skillweave/code_tasks.py)
 
 
+CODE_EVAL_SEED = 20_251_125
+CODE_EVAL_POOL = 120
+"""skillweave_codetasks holds out this many tasks of code_task_table, drawn with CODE_EVAL_SEED; the
+training source has the rest. The draw is by task, so most held-out tasks have family siblings
+(the same function with another constant) in training: a held-out set at the training level."""
+
+
+@cache
+def _code_eval_indices() -> frozenset[int]:
+    order = list(range(len(code_task_table())))
+    random.Random(CODE_EVAL_SEED).shuffle(order)
+    return frozenset(order[:CODE_EVAL_POOL])
+
+
+def _code_rows(tasks: Sequence) -> list[dict]:
+    return [_row(t.prompt(), {"entry_point": t.entry_point, "tests": t.tests()}) for t in tasks]
+
+
+def code_eval_set() -> list[dict]:
+    """The CODE_EVAL_POOL held-out code tasks in table order, never in a training source."""
+    held_out = _code_eval_indices()
+    return _code_rows([t for i, t in enumerate(code_task_table()) if i in held_out])
+
+
 @PROMPT_SOURCES.register("code_tasks")
 def code_tasks(n: int, seed: int) -> list[dict]:
-    """Function-writing tasks; meta = {"entry_point": name, "tests": assert lines}.
+    """Function-writing tasks, the skillweave_codetasks pool excluded; meta = {"entry_point": name,
+    "tests": assert lines}.
 
     Raises:
-        ValueError: n exceeds the number of tasks (see code_task_table).
+        ValueError: n exceeds the number of training tasks (code_task_table minus CODE_EVAL_POOL).
     """
     _check_n(n, "code_tasks")
-    tasks = list(code_task_table())
+    held_out = _code_eval_indices()
+    tasks = [t for i, t in enumerate(code_task_table()) if i not in held_out]
     random.Random(seed).shuffle(tasks)
-    rows = [_row(t.prompt(), {"entry_point": t.entry_point, "tests": t.tests()}) for t in tasks]
-    return _take(rows, n, "code_tasks")
+    return _take(_code_rows(tasks), n, "code_tasks")
 
 
 # ---------------------------------------------------------------------------------------------

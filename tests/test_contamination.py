@@ -54,7 +54,7 @@ def test_n_is_configurable_and_validated():
 def test_eval_texts_cover_every_task():
     texts = eval_texts()
     assert {name: len(t) for name, t in texts.items()} == {
-        "skillweave_ifeval": 541, "skillweave_humaneval": 164, "skillweave_math": 1000, "skillweave_arith": 1000,
+        "skillweave_ifeval": 541, "skillweave_humaneval": 164, "skillweave_codetasks": 120, "skillweave_math": 1000, "skillweave_arith": 1000,
         "skillweave_dialogue": 805,
     }
 

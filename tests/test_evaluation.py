@@ -77,6 +77,7 @@ def by_id(rows, id_):
         ("skillweave_humaneval", 164, {"id", "prompt", "test", "entry_point", "canonical_solution"}),
         ("skillweave_math", 200, {"id", "prompt", "answer"}),  # n: 200 in the YAML's metadata
         ("skillweave_arith", 500, {"id", "prompt", "answer"}),
+        ("skillweave_codetasks", 120, {"id", "prompt", "entry_point", "tests"}),
     ],
 )
 def test_task_loads_offline_data(docs, task, n_docs, columns):
@@ -148,6 +149,31 @@ def test_every_canonical_humaneval_solution_passes(docs):
     with ThreadPoolExecutor(4) as pool:
         scores = list(pool.map(lambda d: task_utils.process_humaneval(d, [function_only(d)])["pass@1"], humaneval))
     assert [d["id"] for d, s in zip(humaneval, scores) if s != 1.0] == []
+
+
+def test_codetasks_scorer(docs):
+    """pass@1 needs every assert and the loop guard; tests_passed is the share of asserts."""
+    from skillweave.code_tasks import code_task_table
+
+    doc = docs["skillweave_codetasks"][0]
+    reference = next(t.reference for t in code_task_table() if t.prompt() == doc["prompt"])
+    asserts = doc["tests"].count("assert ")
+    first_only = doc["tests"].splitlines()[0].split(" == ")
+    cheat = f"def {doc['entry_point']}(*args):\n    return {first_only[1]}\n"  # right on the shown example only
+    loop = f"```python\n{reference}```\n" + "Let me explain the code again.\n" * 60
+    cases = [
+        (f"Here it is:\n```python\n{reference}```", 1.0, 1.0),
+        (f"```python\n{cheat}```", 0.0, None),
+        (loop, 0.0, 1.0),  # correct code, then a repetition loop: the guard fails it, the tests do not
+        ("```python\n def (((", 0.0, 0.0),
+    ]
+    for response, passed, share in cases:
+        scores = task_utils.process_code_tasks(doc, [response])
+        assert scores["pass@1"] == passed, response
+        if share is not None:
+            assert scores["tests_passed"] == share, response
+    partial = task_utils.process_code_tasks(doc, [f"```python\n{cheat}```"])["tests_passed"]
+    assert 1 / asserts <= partial < 1.0
 
 
 @pytest.mark.parametrize(
@@ -256,8 +282,9 @@ def test_evaluate_tiny_model(tiny_model, tokenizer, docs):
             assert row["prompt"].startswith("<|im_start|>system")  # the chat template was applied
             assert row["prompt"].endswith("<|im_start|>assistant\n")
             assert 0.0 <= row["score"] <= 1.0
-            if task in ALSO_KEPT:  # the math guard only ever removes a final-number match
-                assert row["score"] <= row["also"]["final_number"]
+            if task in ALSO_KEPT:  # the guarded score only ever removes a final-number match or a test pass
+                assert set(row["also"]) == set(ALSO_KEPT[task])
+                assert all(row["score"] <= value for value in row["also"].values())
             else:
                 assert "also" not in row
         assert result["score"] == pytest.approx(sum(r["score"] for r in result["samples"]) / 2)

@@ -10,12 +10,14 @@ from fractions import Fraction
 import pytest
 
 from skillweave.prompts import (
+    CODE_EVAL_POOL,
     MATH_ARITH_GENERATORS,
     MATH_ARITH_POOL,
     MATH_EVAL_POOL,
     MATH_EVAL_SEED,
     MATH_INSTRUCTION,
     PROMPT_SOURCES,
+    code_eval_set,
     code_task_table,
     expression_value,
     math_arith_eval_set,
@@ -199,23 +201,39 @@ def test_code_tasks_references_pass_and_tests_discriminate():
     assert result.stdout == f"checked {len(tasks)} True\n"
 
 
+TRAINING_CODE_TASKS = len(code_task_table()) - CODE_EVAL_POOL
+
+
+def test_code_eval_pool_is_held_out_of_training():
+    """skillweave_codetasks' tasks and the training source split the table: disjoint, together all of it."""
+    held_out = code_eval_set()
+    training = PROMPT_SOURCES.get("code_tasks")(TRAINING_CODE_TASKS, seed=3)
+    assert len(held_out) == CODE_EVAL_POOL == 120 and held_out == code_eval_set()
+    assert {r["prompt"] for r in held_out}.isdisjoint(r["prompt"] for r in training)
+    assert {r["prompt"] for r in held_out} | {r["prompt"] for r in training} == {t.prompt() for t in code_task_table()}
+    with pytest.raises(ValueError, match=f"only {TRAINING_CODE_TASKS} distinct prompts"):
+        PROMPT_SOURCES.get("code_tasks")(TRAINING_CODE_TASKS + 1, seed=0)
+
+
 def test_code_tasks_survive_the_contamination_check():
-    """The code eval set is HumanEval: the whole table, and the slices online DPO rounds take, lose
-    fewer than 5% of their prompts to the 13-gram check."""
+    """No training task overlaps HumanEval. The 13-gram check drops only family siblings of a
+    skillweave_codetasks task (the same function with another constant, whose wording it shares
+    beyond the source's template): under 10% of the whole source, more of a 64-prompt round, where
+    fewer prompts share the template."""
     from skillweave.contamination import check_prompts
 
+    held_out_functions = {r["meta"]["entry_point"] for r in code_eval_set()}
     source = PROMPT_SOURCES.get("code_tasks")
-    everything = source(len(code_task_table()), seed=0)
-    kept, report = check_prompts(everything, n=13)
-    assert len(everything) - len(kept) < 0.05 * len(everything), report["examples"]
-    rows = source(4 * 64, seed=0)  # conf/domain/code.yaml: 64 prompts a round
-    for r in range(4):
-        kept, report = check_prompts(rows[r * 64 : (r + 1) * 64], n=13)
-        assert 64 - len(kept) < 0.05 * 64, report["examples"]
+    everything = source(TRAINING_CODE_TASKS, seed=0)
+    for rows in (everything, everything[:64]):  # conf/domain/code.yaml: 64 prompts a round
+        kept, report = check_prompts(rows, n=13)
+        assert report["per_eval_set"]["skillweave_humaneval"]["train_prompts_hit"] == 0
+        assert {row["meta"]["entry_point"] for row in rows if row not in kept} <= held_out_functions
+    assert len(everything) - len(check_prompts(everything, n=13)[0]) < 0.1 * len(everything)
 
 
 def test_code_rows_match_the_task_table():
-    rows = PROMPT_SOURCES.get("code_tasks")(len(code_task_table()), seed=0)
+    rows = PROMPT_SOURCES.get("code_tasks")(TRAINING_CODE_TASKS, seed=0) + code_eval_set()
     by_prompt = {t.prompt(): t for t in code_task_table()}
     for row in rows:
         task = by_prompt[row["prompt"]]
@@ -264,3 +282,14 @@ def test_the_math_online_recipe_draws_its_easy_arithmetic():
     for row in rows:
         numbers = re.findall(r"-?\d+", row["prompt"].split("\n")[0])
         assert 2 <= len(numbers) <= 3 and all(0 <= int(x) < 100 for x in numbers), row["prompt"]
+
+
+def test_the_code_heldout_recipe_trains_beside_its_held_out_set():
+    """recipes/code_heldout.yaml: the domain is scored on skillweave_codetasks and draws at most the
+    tasks left for training."""
+    from compose import compose_config, hydra_context
+
+    with hydra_context():
+        cfg = compose_config(["recipe=code_heldout", "domain=code"])
+    assert cfg.domain.eval_task == "skillweave_codetasks" and cfg.domain.prompt_source.name == "code_tasks"
+    assert cfg.domain.sampling.num_prompts <= TRAINING_CODE_TASKS and cfg.dev.prompts == TRAINING_CODE_TASKS

@@ -60,7 +60,7 @@ def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
             f"domain.sampling.num_prompts x dpo.rounds ({cfg.dpo.rounds * s.num_prompts}) or dev.prompts"
         )
     if 2 * len(kept) < len(draw):
-        # A small source (code_tasks: 325 tasks) mostly drawn for training leaves a dev split too
+        # A small source (code_tasks: 205 training tasks) mostly drawn for training leaves a dev split too
         # small to tell a gain from noise; say so before hours of training are read off it.
         message = (
             f"dev[{domain}]: only {len(kept)} of {len(draw)} dev prompts are not training prompts; a paired gain on "

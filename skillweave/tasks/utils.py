@@ -127,6 +127,34 @@ def process_humaneval(doc: dict, results: list[str]) -> dict[str, float]:
     return {"pass@1": float(outcome.ok)}
 
 
+def load_code_tasks(**_metadata: Any) -> datasets.DatasetDict:
+    """skillweave's held-out code tasks (skillweave.prompts.code_eval_set: CODE_EVAL_POOL tasks of the
+    training level that no training source holds), with their unit tests."""
+    from skillweave.prompts import code_eval_set
+
+    return _as_dataset([{"id": row["id"], "prompt": row["prompt"], **row["meta"]} for row in code_eval_set()])
+
+
+@functools.cache
+def _code_rule_set() -> Any:
+    from skillweave.rules import load_rule_set
+
+    rule_set = load_rule_set("code")
+    if "unit_tests_pass" not in dict(rule_set.rules):
+        raise ValueError("rules/code.yaml: skillweave_codetasks scores with unit_tests_pass; add it back to the rule set")
+    return rule_set
+
+
+def process_code_tasks(doc: dict, results: list[str]) -> dict[str, float]:
+    """pass@1: every unit test passes (in the sandbox, by the code rule set that filters the training
+    data: rules/code.yaml) and the answer passes its loop guard; tests_passed: the share of the task's
+    asserts that pass, unguarded. lm-eval does not say whether generation stopped at max_gen_toks, so
+    `not_truncated` passes here."""
+    sample = {"prompt": doc["prompt"], "response": results[0], "meta": {"entry_point": doc["entry_point"], "tests": doc["tests"]}}
+    verdict = _code_rule_set().score(sample)
+    return {"pass@1": float(verdict["passed"]), "tests_passed": float(verdict["rules"]["unit_tests_pass"]["score"])}
+
+
 # ------------------------------------------------------------------------------------------- math
 
 
