@@ -141,11 +141,17 @@ def eval_texts() -> dict[str, list[str]]:
     }
 
 
-def check_prompts(prompts: list[dict], n: int = 13, template_min_prompts: int | None = 2) -> tuple[list[dict], dict]:
+def check_prompts(
+    prompts: list[dict],
+    n: int = 13,
+    template_min_prompts: int | None = 2,
+    template_prompts: list[dict] | None = None,
+) -> tuple[list[dict], dict]:
     """Drop the prompt-source rows (`{"id", "prompt", "meta"}`) that overlap any skillweave eval set.
 
-    Words inside a TEMPLATE_GRAM-gram shared by `template_min_prompts` or more training prompts are
-    the source's template and do not count (None counts everything). Template-generated sources
+    Words inside a TEMPLATE_GRAM-gram shared by `template_min_prompts` or more distinct prompts of
+    `prompts` and `template_prompts` (a larger draw of the same source: skillweave.prompts.template_draw)
+    are the source's template and do not count (None counts everything). Template-generated sources
     (reasoning-gym math, synthetic IFEval) are made disjoint from their eval sets item by item in
     skillweave/prompts.py; this check catches verbatim copies of eval items.
 
@@ -155,9 +161,10 @@ def check_prompts(prompts: list[dict], n: int = 13, template_min_prompts: int | 
     """
     texts = eval_texts()
     train = [row["prompt"] for row in prompts]
-    ignore = frozenset(template_grams(train, TEMPLATE_GRAM, template_min_prompts)) if template_min_prompts else frozenset()
+    basis = list(dict.fromkeys(train + [row["prompt"] for row in template_prompts or ()]))
+    ignore = frozenset(template_grams(basis, TEMPLATE_GRAM, template_min_prompts)) if template_min_prompts else frozenset()
     report = _report(_matches(train, texts, n, ignore), train, texts, n)
-    report["template_ngrams_ignored"] = len(ignore)
+    report["template_ngrams_ignored"], report["template_prompts"] = len(ignore), len(basis)
     dropped = set(report["dropped"])
     report["dropped_ids"] = [prompts[i]["id"] for i in report["dropped"]]
     return [row for i, row in enumerate(prompts) if i not in dropped], report

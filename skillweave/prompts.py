@@ -43,10 +43,33 @@ def _check_n(n: int, source: str) -> None:
         raise ValueError(f"{source}: n must be positive, got {n}")
 
 
+class SourceExhausted(ValueError):
+    """A finite source was asked for more prompts than it has (`available`)."""
+
+    def __init__(self, source: str, available: int, n: int):
+        super().__init__(f"{source}: could produce only {available} distinct prompts, {n} were asked for")
+        self.available = available
+
+
 def _take(rows: list[dict], n: int, source: str) -> list[dict]:
     if len(rows) < n:
-        raise ValueError(f"{source}: could produce only {len(rows)} distinct prompts, {n} were asked for")
+        raise SourceExhausted(source, len(rows), n)
     return rows[:n]
+
+
+TEMPLATE_DRAW = 256
+"""Rows of a source's draw that the contamination check reads its template wording from."""
+
+
+def template_draw(name: str, seed: int, kwargs: Mapping[str, Any]) -> list[dict]:
+    """The first TEMPLATE_DRAW rows of a source's seeded draw, or all of a smaller source: wording
+    many of them share is the source's template, which a small slice alone cannot tell apart from a
+    leaked eval item (a code task whose family has a held-out sibling)."""
+    source = PROMPT_SOURCES.get(name)
+    try:
+        return source(TEMPLATE_DRAW, seed, **kwargs)
+    except SourceExhausted as exhausted:
+        return source(exhausted.available, seed, **kwargs)
 
 
 SOURCE_VERSIONS = {"code_tasks": 3, "math_reasoning_gym": 3}

@@ -93,8 +93,10 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     dropped = 0
     if cfg.domain.contamination_ngram:
         from ..contamination import check_prompts
+        from ..prompts import template_draw
 
-        kept, report = check_prompts(prompts, n=cfg.domain.contamination_ngram)
+        basis = template_draw(source.name, cfg.domain.sampling.seed, source.kwargs)
+        kept, report = check_prompts(prompts, n=cfg.domain.contamination_ngram, template_prompts=basis)
         atomic_write_json(ref.path / "contamination.json", report)
         dropped, prompts = len(prompts) - len(kept), kept
         if not prompts:
