@@ -34,7 +34,7 @@ import torch
 
 from skillweave.artifacts import atomic_write_json
 from skillweave.config import SamplingConfig
-from skillweave.models import load_model, load_tokenizer, resolve_model_dir
+from skillweave.models import load_model, load_tokenizer, native_bf16, resolve_model_dir
 from skillweave.prompts import PROMPT_SOURCES
 from skillweave.stages.generate import sample_batch
 
@@ -141,7 +141,7 @@ def device_name(devices: set[str]) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor() or platform.machine()
-    name = f"{cpu}, {os.cpu_count()} logical CPUs"
+    name = f"{cpu}, {os.cpu_count()} logical CPUs, {'native' if native_bf16(cuda=False) else 'emulated'} bf16"
     if "cuda" in devices:
         name += f"; {torch.cuda.get_device_name(0)}"
     return name

@@ -40,6 +40,14 @@ class Precision(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class GenerationPrecision(StrEnum):
+    auto = "auto"
+    """bfloat16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or
+    AMX), float32 elsewhere: without those units bf16 matmuls are emulated, far slower than fp32."""
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
 @dataclass
 class StageConfig:
     name: StageName = MISSING
@@ -52,8 +60,9 @@ class ModelConfig:
     """A label for reports."""
     path: str = "embedded"
     """A local Hugging Face model directory, or `embedded` for the SmolLM2-135M-Instruct GGUF."""
-    generation_dtype: Precision = Precision.bfloat16
-    """dtype of the sampling copy; bf16 is ~1.8x faster on AVX512-BF16 CPUs and on GPUs."""
+    generation_dtype: GenerationPrecision = GenerationPrecision.auto
+    """dtype of the sampling copy; bf16 is ~1.8x faster on AVX512-BF16 CPUs and on GPUs, and far slower
+    on CPUs without bf16 units, hence `auto`. Artifacts are keyed by the dtype `auto` resolves to."""
 
 
 @dataclass

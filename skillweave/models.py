@@ -97,6 +97,21 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     return model
 
 
+def native_bf16(cuda: bool | None = None) -> bool:
+    """Whether bf16 matmuls run on hardware units here rather than emulated (far slower than fp32)."""
+    if torch.cuda.is_available() if cuda is None else cuda:
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own capability checks
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def generation_dtype(setting: str) -> str:
+    """`model.generation_dtype` as a concrete dtype name: `auto` is bfloat16 where it is native."""
+    if setting != "auto":
+        return str(setting)
+    return "bfloat16" if native_bf16() else "float32"
+
+
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 

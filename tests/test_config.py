@@ -79,3 +79,42 @@ def test_overrides_replayed_for_other_domains_drop_stage_and_domain():
         "domain.sampling.num_prompts=3",
         "+x=1",
     )
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "cpu_bf16", "expected"),
+    [
+        ("auto", False, False, "float32"),  # e.g. an AMD EPYC without AVX512-BF16: bf16 is emulated
+        ("auto", False, True, "bfloat16"),
+        ("auto", True, True, "bfloat16"),
+        ("float32", False, True, "float32"),  # an explicit setting is kept
+        ("bfloat16", False, False, "bfloat16"),
+    ],
+)
+def test_generation_dtype_auto_is_bf16_only_where_native(monkeypatch, setting, cuda, cpu_bf16, expected):
+    import torch
+
+    from skillweave.models import generation_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert generation_dtype(setting) == expected
+
+
+def test_generate_is_keyed_by_the_resolved_dtype(monkeypatch, tmp_path, tiny_model_dir):
+    """`auto` and the dtype it resolves to plan the same artifact, so recorded runs keep their keys."""
+    import torch
+
+    from skillweave.pipeline import Context, plan
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    keys = {}
+    with hydra_context():
+        for setting in ("auto", "bfloat16", "float32"):
+            ov = ["model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path}",
+                  f"model.generation_dtype={setting}"]
+            ctx = Context(cfg=compose_config(ov), overrides=tuple(ov), composer=compose_config)
+            keys[setting] = plan(ctx, "generate", "math")[0].path
+    assert keys["auto"] == keys["bfloat16"] != keys["float32"]

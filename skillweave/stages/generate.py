@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..artifacts import ArtifactRef, atomic_write_json, atomic_write_text
 from ..cluster import process_rank
 from ..config import SamplingConfig
-from ..models import chat_prompt, load_model, load_tokenizer
+from ..models import chat_prompt, generation_dtype, load_model, load_tokenizer
 from ..pipeline import STAGES, Context, Stage, ref_for
 
 SAMPLES = "samples.jsonl"
@@ -41,7 +41,7 @@ def plan(ctx: Context, domain: Optional[str]):
         "prompt_source": asdict(cfg.domain.prompt_source),
         "sampling": asdict(cfg.domain.sampling),
         "contamination_ngram": cfg.domain.contamination_ngram,
-        "dtype": str(cfg.model.generation_dtype),
+        "dtype": generation_dtype(cfg.model.generation_dtype),
     }
     if cfg.domain.prompt_source.name in SOURCE_VERSIONS:
         config["prompt_source_version"] = SOURCE_VERSIONS[cfg.domain.prompt_source.name]
@@ -106,7 +106,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
             )
 
     rank, world = process_rank()
-    dtype = getattr(torch, str(cfg.model.generation_dtype))
+    dtype = getattr(torch, generation_dtype(cfg.model.generation_dtype))
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     model = load_model(ctx.model_dir, dtype=dtype)
     delta = previous_delta(ctx, inputs)
