@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose
 from test_pipeline import overrides, run_overrides
 
 from compose import hydra_context
 from skillweave.cluster import check_launch, submit_all
 from skillweave.config import DPOConfig
+from skillweave.models import load_state_dict
 from skillweave.resources import resource_path
 from skillweave.stages.dpo import DELTA, deepspeed_config, load_delta
 
@@ -166,7 +168,7 @@ def test_deepspeed_configs(name, stage):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_deepspeed_on_one_process_gives_the_plain_delta(pairs, tmp_path, zero):
+def test_deepspeed_on_one_process_gives_the_plain_delta(pairs, tmp_path, zero, tiny_model_dir):
     # The first run compiles DeepSpeed's comm op (1.5-2 min here); later ones take ~20 s.
     plain = fresh_root(pairs, tmp_path / "plain")
     launch([sys.executable, "-m", "skillweave", *plain, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
@@ -182,8 +184,12 @@ def test_deepspeed_on_one_process_gives_the_plain_delta(pairs, tmp_path, zero):
     da, db = load_delta(a / DELTA), load_delta(b / DELTA)
     scale = max(float(t.abs().max()) for t in da.values())
     assert scale > 0
+    base = load_state_dict(tiny_model_dir)
     for k in da:  # the fp32 master weights, gathered from the ZeRO checkpoint
-        assert float((da[k] - db[k]).abs().max()) <= 1e-3 * scale, k
+        # Delta = theta - theta_0 in fp32: below the rounding of theta itself (a few ulps: the engines
+        # sum in another order) the two deltas cannot agree; the tiny model's delta is ~40 ulps.
+        ulp = torch.finfo(torch.float32).eps * float(base[k].abs().max())
+        assert float((da[k] - db[k]).abs().max()) <= 1e-3 * scale + 4 * ulp, k
 
 
 def test_sbatch_template_parses():
