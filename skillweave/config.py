@@ -33,6 +33,10 @@ class PairStrategy(StrEnum):
     """Per prompt: the highest-scoring passing sample vs the lowest-scoring failing one."""
     all_pass_fail = "all_pass_fail"
     """Every passing x failing combination, capped by `max_pairs_per_prompt`."""
+    reference_vs_fail = "reference_vs_fail"
+    """The prompt source's reference answer (skillweave.prompts.REFERENCE_ANSWERS; it must pass the
+    rules) against each failing sample, capped by `max_pairs_per_prompt`: off-policy chosen answers,
+    as SPIN does, for prompts the backbone never solves; not the paper's self-generated data."""
 
 
 class Precision(StrEnum):

@@ -28,6 +28,9 @@ from skillweave.registry import Registry
 log = logging.getLogger(__name__)
 
 PROMPT_SOURCES: Registry[Callable[..., list[dict]]] = Registry("prompt source")
+REFERENCE_ANSWERS: Registry[Callable[[str], Optional[str]]] = Registry("reference answer source")
+"""Per prompt source name: prompt text -> a correct answer in the form the model should give, or None
+(filter.strategy=reference_vs_fail)."""
 
 
 def prompt_id(prompt: str) -> str:
@@ -284,6 +287,18 @@ def code_eval_set() -> list[dict]:
     """The CODE_EVAL_POOL held-out code tasks in table order, never in a training source."""
     held_out = _code_eval_indices()
     return _code_rows([t for i, t in enumerate(code_task_table()) if i in held_out])
+
+
+@cache
+def _code_references() -> dict[str, str]:
+    return {t.prompt(): f"```python\n{t.reference}```" for t in code_task_table()}
+
+
+@REFERENCE_ANSWERS.register("code_tasks")
+def code_task_reference(prompt: str) -> Optional[str]:
+    """The task's reference solution as a bare ```python block: the form the code rules extract and
+    the eval asks for."""
+    return _code_references().get(prompt)
 
 
 @PROMPT_SOURCES.register("code_tasks")

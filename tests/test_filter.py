@@ -62,6 +62,19 @@ def test_make_pairs(cfg, expected):
     assert pairs_of(cfg) == expected
 
 
+def test_reference_vs_fail_pairs_the_reference_with_each_failing_sample():
+    references = {
+        "p": s("p", -1, True, 1.0, "the reference"),
+        "q": s("q", -1, False, 0.0, "a reference that fails its rules"),  # never chosen
+    }  # r has none: no pair, though it has a passing sample
+    cfg = FilterConfig(strategy=PairStrategy.reference_vs_fail, max_pairs_per_prompt=2)
+    pairs = [(c["response"], r["response"]) for c, r in make_pairs(SAMPLES, cfg, references)]
+    # the worst failing samples first (score 0, then sample order); the passing samples are not chosen
+    assert pairs == [("the reference", "wrong and a great deal longer than the chosen one"), ("the reference", "wrong, short")]
+    with pytest.raises(ValueError, match="needs the reference answers"):
+        make_pairs(SAMPLES, cfg)
+
+
 def test_report_counts_rules_and_length_ratio():
     pairs = make_pairs(SAMPLES, FilterConfig())
     report = pair_report(SAMPLES, pairs)
@@ -264,6 +277,48 @@ def test_filter_stage_writes_pairs_report_and_card(tmp_path):
     assert "| is_coherent | 91.7% |" in md and "| skillweave_math | 1 |" in md
     assert "| before length balance | 2 | 2.222 | 2.1 | 0.5 |" in md
     assert "wandb_run_dir" not in report and not (ref.path / "wandb").exists()  # wandb.mode=disabled
+
+
+def test_reference_vs_fail_stops_on_a_source_without_references(tmp_path):
+    with pytest.raises(ValueError, match="prompt source 'math_reasoning_gym' of domain math has no reference answers"):
+        run_filter(tmp_path, "filter.strategy=reference_vs_fail")
+
+
+def test_filter_stage_takes_code_references_as_chosen(tmp_path):
+    """Two code tasks: the references pass their tests in the sandbox and are chosen against the
+    failing samples; the backbone's one passing sample is not used."""
+    from compose import compose_config, hydra_context
+
+    from skillweave.artifacts import make_ref
+    from skillweave.pipeline import Context
+    from skillweave.prompts import code_task_reference, code_tasks
+    from skillweave.stages import filter as filter_stage
+
+    tasks = code_tasks(2, seed=0)
+    right = code_task_reference(tasks[0]["prompt"])
+    responses = {0: ["```python\ndef nothing():\n    pass\n```", "Sure! " + right], 1: ["I cannot write that."]}
+    rows = [{"prompt_id": t["id"], "prompt": t["prompt"], "meta": t["meta"], "sample": i, "response": r,
+             "n_tokens": 9, "truncated": False}
+            for k, t in enumerate(tasks) for i, r in enumerate(responses[k])]
+    with hydra_context():
+        cfg = compose_config(["stage=filter", "domain=code", f"artifacts_root={tmp_path / 'artifacts'}",
+                              "filter.strategy=reference_vs_fail", "filter.max_pairs_per_prompt=4"])
+    samples = make_ref(tmp_path / "artifacts", "generate", "code", {"test": 1}, {})
+    samples.path.mkdir(parents=True)
+    (samples.path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ref = make_ref(tmp_path / "artifacts", "filter", "code", {"test": 1}, {"samples": samples})
+    ref.path.mkdir(parents=True)
+    report = filter_stage.run(Context(cfg=cfg), "code", ref, {"samples": samples})
+    assert (report["pairs"], report["reference_answers"], report["reference_answers_choosable"]) == (2, 2, 2)
+    references = [json.loads(line) for line in (ref.path / "references.jsonl").open()]
+    assert [(r["prompt_id"], r["sample"], r["score"]) for r in references] == [(t["id"], -1, 1.0) for t in tasks]
+    from datasets import load_from_disk
+
+    pairs = load_from_disk(str(ref.path / "pairs"))
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        (right, responses[0][0]), (code_task_reference(tasks[1]["prompt"]), responses[1][0])]
+    card = json.loads((ref.path / "card.json").read_text())
+    assert card["counts"]["reference_answers_choosable"] == 2 and card["counts"]["passing_samples"] == 1
 
 
 def test_filter_stage_reports_length_balance(tmp_path):

@@ -216,6 +216,19 @@ def test_code_eval_pool_is_held_out_of_training():
     assert {r["prompt"] for r in held_out} | {r["prompt"] for r in training} == {t.prompt() for t in code_task_table()}
 
 
+def test_code_reference_answers_are_the_task_references_in_a_block():
+    """REFERENCE_ANSWERS["code_tasks"] (filter.strategy=reference_vs_fail) answers each task with its
+    reference as a bare ```python block, and nothing else."""
+    from skillweave.prompts import REFERENCE_ANSWERS
+
+    answer = REFERENCE_ANSWERS.get("code_tasks")
+    by_prompt = {t.prompt(): t for t in code_task_table()}
+    for row in PROMPT_SOURCES.get("code_tasks")(8, seed=1):
+        assert answer(row["prompt"]) == "```python\n" + by_prompt[row["prompt"]].reference + "```"
+    assert answer("Write a Python function that does something else.") is None
+    assert REFERENCE_ANSWERS.names() == ["code_tasks"]
+
+
 def test_code_tasks_survive_the_contamination_check():
     """No training task overlaps HumanEval. Read against the source's template (template_draw), the
     13-gram check drops only a few family siblings of skillweave_codetasks tasks (the same function,

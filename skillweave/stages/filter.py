@@ -4,6 +4,8 @@ A truncated answer (cut by the token limit) is never chosen: the chat template w
 an end token and teach the model to stop mid-sentence; nor is one that fails a quality guard
 (rules/quality.py: not English, a repetition loop), which format-only checkers would let through.
 `filter.length_balance` matches chosen and rejected on length against DPO's length bias.
+`filter.strategy=reference_vs_fail` takes the prompt source's reference answers as chosen instead of
+the backbone's passing samples (off-policy), scored by the same rules first.
 
 Writes scored.jsonl (every sample with its verdicts), report.json, the pairs (a datasets folder) and a
 dataset card, card.md + card.json (counts, pass rates per rule, lengths, truncation, contamination,
@@ -45,6 +47,8 @@ def rule_set_path(rules: str) -> Path:
 
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
+    if cfg.filter.strategy == PairStrategy.reference_vs_fail:
+        check_references(cfg.domain.prompt_source.name, domain)
     path = rule_set_path(cfg.domain.rules)
     rules_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else str(path)
     return (
@@ -61,17 +65,27 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     cfg = ctx.for_domain(domain)
     rules_path = rule_set_path(cfg.domain.rules)
     rule_set = load_rule_set(domain, rules_path)
+    if cfg.filter.strategy == PairStrategy.reference_vs_fail:
+        check_references(cfg.domain.prompt_source.name, domain)  # before the samples are scored
     samples = [json.loads(line) for line in (inputs["samples"].path / SAMPLES).open()]
     scored = []
     for row in tqdm(samples, desc=f"filter[{domain}]", unit="sample"):
         scored.append(score_sample(rule_set, row))
     atomic_write_text(ref.path / "scored.jsonl", "".join(json.dumps(r) + "\n" for r in scored))
 
-    pairs = make_pairs(scored, cfg.filter)
+    references = None
+    if cfg.filter.strategy == PairStrategy.reference_vs_fail:
+        references = reference_rows(scored, rule_set, cfg.domain.prompt_source.name)
+    pairs = make_pairs(scored, cfg.filter, references)
     before = pairs
     if cfg.filter.length_balance != LengthBalance.none:
-        before = make_pairs(scored, replace(cfg.filter, length_balance=LengthBalance.none))
+        before = make_pairs(scored, replace(cfg.filter, length_balance=LengthBalance.none), references)
     report = pair_report(scored, pairs, before)
+    if references is not None:
+        report["reference_answers"] = len(references)
+        report["reference_answers_choosable"] = sum(map(can_be_chosen, references.values()))
+        if references:
+            atomic_write_text(ref.path / "references.jsonl", "".join(json.dumps(r) + "\n" for r in references.values()))
     atomic_write_json(ref.path / "report.json", report)
     settings = {
         "filter": asdict(cfg.filter),
@@ -123,6 +137,38 @@ def score_sample(rule_set, row: dict) -> dict:
     return {**row, "passed": verdict["passed"], "score": verdict["score"], "rules": verdict["rules"]}
 
 
+def check_references(source: str, domain: Optional[str]) -> None:
+    """filter.strategy=reference_vs_fail needs a prompt source with reference answers."""
+    from ..prompts import REFERENCE_ANSWERS
+
+    if source not in REFERENCE_ANSWERS.names():
+        raise ValueError(
+            f"filter.strategy=reference_vs_fail: prompt source {source!r} of domain {domain} has no reference "
+            f"answers (sources with them: {', '.join(REFERENCE_ANSWERS.names())}); use filter.strategy=all_pass_fail "
+            "or best_vs_worst"
+        )
+
+
+def reference_rows(scored: list[dict], rule_set, source: str) -> dict[str, dict]:
+    """prompt_id -> the source's reference answer to that prompt as a scored sample (sample -1), for
+    every prompt in `scored` that has one. A reference that fails its rules is kept (and counted)
+    but never chosen."""
+    from ..prompts import REFERENCE_ANSWERS
+
+    answer = REFERENCE_ANSWERS.get(source)
+    first: dict[str, dict] = {}
+    for row in scored:
+        first.setdefault(row["prompt_id"], row)
+    references = {}
+    for prompt_id, row in first.items():
+        text = answer(row["prompt"])
+        if text is not None:
+            sample = {"prompt_id": prompt_id, "prompt": row["prompt"], "meta": row["meta"], "sample": -1,
+                      "response": text, "truncated": False, "reference": True}
+            references[prompt_id] = score_sample(rule_set, sample)
+    return references
+
+
 def can_be_chosen(row: dict) -> bool:
     """A scored sample may be a chosen answer: it passed, it is not truncated, and no quality guard
     (GUARD_RULES: not_truncated, is_english, is_coherent) failed in its rule verdicts. The guards are
@@ -138,7 +184,9 @@ def length_ratio(chosen: dict, rejected: dict) -> float:
     return max(len(chosen["response"]), 1) / max(len(rejected["response"]), 1)
 
 
-def make_pairs(scored: list[dict], cfg: FilterConfig) -> list[tuple[dict, dict]]:
+def make_pairs(
+    scored: list[dict], cfg: FilterConfig, references: Optional[dict[str, dict]] = None
+) -> list[tuple[dict, dict]]:
     """(chosen, rejected) pairs per prompt under the configured strategy and length balance, deduplicated.
 
     Chosen answers are only samples that `can_be_chosen`; rejected ones are failing samples. A pair
@@ -147,16 +195,23 @@ def make_pairs(scored: list[dict], cfg: FilterConfig) -> list[tuple[dict, dict]]
     best_vs_worst takes one pair per prompt: the best chosen against the worst rejected, ties going to
     the rejected closest in length (`none`, `ratio`: the best such pair within bounds), or against the
     rejected closest in length whatever its score (`match`). all_pass_fail takes every pair, capped by
-    `max_pairs_per_prompt` (`match`: the closest in length first).
+    `max_pairs_per_prompt` (`match`: the closest in length first). reference_vs_fail is all_pass_fail
+    with `references[prompt_id]` (reference_rows) as the only chosen candidate.
     """
-    if cfg.strategy not in (PairStrategy.best_vs_worst, PairStrategy.all_pass_fail):
+    if cfg.strategy not in (PairStrategy.best_vs_worst, PairStrategy.all_pass_fail, PairStrategy.reference_vs_fail):
         raise ValueError(f"filter.strategy={cfg.strategy} is not implemented; valid: {[s.value for s in PairStrategy]}")
+    if cfg.strategy == PairStrategy.reference_vs_fail and references is None:
+        raise ValueError("filter.strategy=reference_vs_fail needs the reference answers (reference_rows)")
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for row in scored:
         by_prompt[row["prompt_id"]].append(row)
     pairs = []
-    for rows in by_prompt.values():
-        passing = sorted((r for r in rows if can_be_chosen(r)), key=lambda r: (-r["score"], r["sample"]))
+    for prompt_id, rows in by_prompt.items():
+        if cfg.strategy == PairStrategy.reference_vs_fail:
+            reference = references.get(prompt_id)
+            passing = [reference] if reference is not None and can_be_chosen(reference) else []
+        else:
+            passing = sorted((r for r in rows if can_be_chosen(r)), key=lambda r: (-r["score"], r["sample"]))
         failing = sorted((r for r in rows if not r["passed"]), key=lambda r: (r["score"], r["sample"]))
         candidates = [(c, r) for c in passing for r in failing if _usable(c, r, cfg)]
         if not candidates:
@@ -307,6 +362,7 @@ def dataset_card(
             "prompts_with_pairs": len({c["prompt_id"] for c, _ in pairs}),
             "pairs": report["pairs"],
             "pairs_before_length_balance": report["pairs_before_length_balance"],
+            **{k: report[k] for k in ("reference_answers", "reference_answers_choosable") if k in report},
         },
         "pass_rate": report["pass_rate"],
         "pass_rate_per_rule": report["pass_rate_per_rule"],
