@@ -65,8 +65,6 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     cfg = ctx.for_domain(domain)
     rules_path = rule_set_path(cfg.domain.rules)
     rule_set = load_rule_set(domain, rules_path)
-    if cfg.filter.strategy == PairStrategy.reference_vs_fail:
-        check_references(cfg.domain.prompt_source.name, domain)  # before the samples are scored
     samples = [json.loads(line) for line in (inputs["samples"].path / SAMPLES).open()]
     scored = []
     for row in tqdm(samples, desc=f"filter[{domain}]", unit="sample"):
@@ -75,7 +73,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
     references = None
     if cfg.filter.strategy == PairStrategy.reference_vs_fail:
-        references = reference_rows(scored, rule_set, cfg.domain.prompt_source.name)
+        references = reference_rows(scored, rule_set, cfg.domain.prompt_source.name, domain)
     pairs = make_pairs(scored, cfg.filter, references)
     before = pairs
     if cfg.filter.length_balance != LengthBalance.none:
@@ -84,8 +82,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     if references is not None:
         report["reference_answers"] = len(references)
         report["reference_answers_choosable"] = sum(map(can_be_chosen, references.values()))
-        if references:
-            atomic_write_text(ref.path / "references.jsonl", "".join(json.dumps(r) + "\n" for r in references.values()))
+        atomic_write_text(ref.path / "references.jsonl", "".join(json.dumps(r) + "\n" for r in references.values()))
     atomic_write_json(ref.path / "report.json", report)
     settings = {
         "filter": asdict(cfg.filter),
@@ -149,12 +146,13 @@ def check_references(source: str, domain: Optional[str]) -> None:
         )
 
 
-def reference_rows(scored: list[dict], rule_set, source: str) -> dict[str, dict]:
+def reference_rows(scored: list[dict], rule_set, source: str, domain: Optional[str]) -> dict[str, dict]:
     """prompt_id -> the source's reference answer to that prompt as a scored sample (sample -1), for
     every prompt in `scored` that has one. A reference that fails its rules is kept (and counted)
     but never chosen."""
     from ..prompts import REFERENCE_ANSWERS
 
+    check_references(source, domain)
     answer = REFERENCE_ANSWERS.get(source)
     first: dict[str, dict] = {}
     for row in scored:
