@@ -11,7 +11,6 @@ task's function was among the prompts that gave pairs.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,11 +21,12 @@ def read(path: Path) -> dict[int, dict]:
 
 
 def paired(base: dict, dpo: dict, ids: list[int]) -> str:
-    d = [dpo[i]["score"] - base[i]["score"] for i in ids]
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
-    return f"n={len(d)}: base {100 * sum(base[i]['score'] for i in ids) / len(d):.1f}, " \
-           f"dpo {100 * sum(dpo[i]['score'] for i in ids) / len(d):.1f}, paired {100 * mean:+.1f} ± {100 * se:.1f}"
+    from skillweave.evaluation import paired_difference
+
+    before, after = [base[i]["score"] for i in ids], [dpo[i]["score"] for i in ids]
+    mean, se = paired_difference(before, after)
+    return (f"n={len(ids)}: base {100 * sum(before) / len(ids):.1f}, dpo {100 * sum(after) / len(ids):.1f}, "
+            f"paired {100 * mean:+.1f} ± {100 * se:.1f}")
 
 
 def trained_functions(filter_dir: Path) -> set[str]:
@@ -42,7 +42,8 @@ def main(eval_dir: Path, filter_dir: Path | None = None) -> None:
     (task,) = {p.name.split("-", 1)[1] for p in (eval_dir / "samples").glob("*.jsonl")}
     base, dpo = read(eval_dir / "samples" / f"base-{task}"), read(eval_dir / "samples" / f"dpo-{task}")
     ids = sorted(set(base) & set(dpo))
-    docs = code_eval_set() if len(ids) == len(code_eval_set()) else None  # skillweave_codetasks
+    docs = code_eval_set()
+    docs = docs if len(ids) == len(docs) else None  # skillweave_codetasks
     name = (lambda i: docs[i]["meta"]["entry_point"]) if docs else (lambda i: base[i]["id"])
     won = Counter(name(i) for i in ids if dpo[i]["score"] > base[i]["score"])
     lost = Counter(name(i) for i in ids if dpo[i]["score"] < base[i]["score"])
