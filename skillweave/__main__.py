@@ -37,7 +37,7 @@ def run(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Callable[[l
     import torch
 
     from . import stages  # noqa: F401  (registers the stages)
-    from .cluster import check_launch
+    from .cluster import check_launch, leave_process_group
     from .pipeline import Context, run_all, run_stage
 
     check_launch(str(cfg.stage.name))
@@ -48,9 +48,12 @@ def run(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Callable[[l
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = Context(cfg=cfg, overrides=overrides, composer=composer)
-    if cfg.stage.name == "all":
-        return run_all(ctx)
-    return run_stage(ctx, str(cfg.stage.name), cfg.domain.name)  # stage=dpo runs every dpo.rounds
+    try:
+        if cfg.stage.name == "all":
+            return run_all(ctx)
+        return run_stage(ctx, str(cfg.stage.name), cfg.domain.name)  # stage=dpo runs every dpo.rounds
+    finally:
+        leave_process_group()
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
