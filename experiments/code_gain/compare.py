@@ -2,7 +2,7 @@
 
     python experiments/code_gain/compare.py artifacts/eval/all-<key> [artifacts/filter/code-<key>]
 
-Prints the tasks won and lost per function, the mean answer length, how many answers go on after
+Prints the tasks won and lost per function with an exact McNemar test on them, the mean answer length, how many answers go on after
 their code block, the share of asserts passed, and the paired difference (points ± standard error)
 over all tasks and, given the filter artifact the policy was trained on, split by whether the eval
 task's function was among the prompts that gave pairs.
@@ -49,6 +49,11 @@ def main(eval_dir: Path, filter_dir: Path | None = None) -> None:
     lost = Counter(name(i) for i in ids if dpo[i]["score"] < base[i]["score"])
     print(f"won {sum(won.values())}: {dict(won.most_common())}")
     print(f"lost {sum(lost.values())}: {dict(lost.most_common())}")
+    n_won, n_lost = sum(won.values()), sum(lost.values())
+    if n_won + n_lost:  # exact McNemar: the discordant tasks as a two-sided binomial test at 1/2
+        from scipy.stats import binomtest
+
+        print(f"exact McNemar on {n_won} won / {n_lost} lost: p = {binomtest(n_won, n_won + n_lost).pvalue:.3f}")
     for label, rows in (("base", base), ("dpo", dpo)):
         answers = [rows[i]["response"] for i in ids]
         after = sum("```" in t and bool(t.rsplit("```", 1)[1].strip()) for t in answers)
