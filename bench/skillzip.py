@@ -39,14 +39,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from skillweave.zip.format import QuantizedFactors, Skillpack, skillpack_nbytes
+from skillweave.zip.kernels import SkillpackLinear, _int_mm_accepts
 from skillweave.zip.quant import pack_int4, quantize_per_channel
-from skillweave.zip.skillpack import (
-    QuantizedFactors,
-    Skillpack,
-    SkillpackLinear,
-    _int_mm_accepts,
-    skillpack_nbytes,
-)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "skillzip.json"
 GRID = {

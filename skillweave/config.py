@@ -247,7 +247,7 @@ class MergeConfig:
 
 
 class ActScale(StrEnum):
-    """Activation scales of a skillpack's integer path (skillweave.zip.skillpack.SkillpackLinear)."""
+    """Activation scales of a skillpack's integer path (skillweave.zip.kernels.SkillpackLinear)."""
 
     token = "token"
     """One per token, computed at run time."""

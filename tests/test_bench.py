@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skillweave.zip.skillpack import compress_factors
+from skillweave.zip.compress import compress_factors
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "skillzip.py"
 TIMED = ("backbone_ms", "bf16_backbone_ratio", "fp_lowrank_ratio", "int_path_ratio", "merged_ratio")

@@ -22,8 +22,8 @@ from skillweave.zip import (
     save_skillpack,
     skillpack_nbytes,
 )
+from skillweave.zip.kernels import _blas_operand, _int_mm_accepts
 from skillweave.zip.quant import dequantize, quantize_per_channel
-from skillweave.zip.skillpack import _blas_operand, _int_mm_accepts
 from skillweave.zip.svd import eckart_young_bound, low_rank_factors
 
 FULL_RANK = 64  # >= min(out, in) of every linear in the tiny model: only INT8 rounding is left

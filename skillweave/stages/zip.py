@@ -66,7 +66,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
     from ..zip import block_linear_names, compress_residual, save_skillpack, skillpack_nbytes
     from ..zip.fidelity import skillpack_fidelity
-    from ..zip.skillpack import EMBEDDING, calibrate_act_scales
+    from ..zip import EMBEDDING, calibrate_act_scales
     from ..zip.smoothing import collect_channel_stats
 
     cfg = ctx.for_domain(domain).zip

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from skillweave.zip.skillpack import EMBEDDING, HEAD, Skillpack
+from skillweave.zip.format import EMBEDDING, HEAD, Skillpack
 from skillweave.zip.svd import low_rank_factors
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

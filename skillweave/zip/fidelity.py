@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from skillweave.zip.skillpack import Skillpack, attach_skillpack, detach_skillpack, tied_head
+from skillweave.zip.attach import attach_skillpack, detach_skillpack, tied_head
+from skillweave.zip.format import Skillpack
 
 
 def _log_probs(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:

@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .skillpack import Skillpack, attach_skillpack, detach_skillpack
+from .attach import attach_skillpack, detach_skillpack
+from .format import Skillpack
 
 
 def run_grouped(
