@@ -22,7 +22,7 @@ from fractions import Fraction
 from functools import cache
 from typing import Any, Callable, Optional, Union
 
-from skillweave.code_tasks import code_task_table
+from skillweave.domains.code.tasks import load_tasks, tasks_digest
 from skillweave.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,10 @@ def template_draw(name: str, seed: int, kwargs: Mapping[str, Any]) -> list[dict]
         return source(exhausted.available, seed, **kwargs)
 
 
-SOURCE_VERSIONS = {"code_tasks": 3, "math_reasoning_gym": 3}
-"""Sources whose rows changed under the same name and settings (code_tasks: 74 tasks, then 325, 3: the
-skillweave_codetasks eval pool excluded; math_reasoning_gym 2: the skillweave_arith eval pool excluded,
-3: items with a wrong reference answer dropped); the generate stage puts the version in its artifact
+SOURCE_VERSIONS = {"code_tasks": tasks_digest(), "math_reasoning_gym": 3}
+"""Sources whose rows can change under the same name and settings (code_tasks: the digest of its
+tasks.jsonl, so any edit counts; math_reasoning_gym 2: the skillweave_arith eval pool excluded, 3:
+items with a wrong reference answer dropped); the generate stage puts the version in its artifact
 key, so samples of an older table are not reused."""
 
 
@@ -262,36 +262,29 @@ def math_reasoning_gym(n: int, seed: int, generators: GeneratorSpec = DEFAULT_MA
 
 
 # ---------------------------------------------------------------------------------------------
-# Code: function-writing tasks with unit tests and a reference solution each (skillweave/code_tasks.py)
+# Code: function-writing tasks with unit tests and a reference solution each
+# (skillweave/domains/code/tasks.jsonl, written by build_tasks.py next to it)
 
 
-CODE_EVAL_SEED = 20_251_125
-CODE_EVAL_POOL = 120
-"""skillweave_codetasks holds out this many tasks of code_task_table, drawn with CODE_EVAL_SEED; the
-training source has the rest. The draw is by task, so most held-out tasks have family siblings
-(the same function with another constant) in training: a held-out set at the training level."""
+CODE_EVAL_POOL = sum(task["split"] == "eval" for task in load_tasks())
+"""skillweave_codetasks holds out the tasks.jsonl rows whose split is "eval"; the training source has
+the rest. The split is by task, so most held-out tasks have family siblings (the same function with
+another constant) in training: a held-out set at the training level."""
 
 
-@cache
-def _code_eval_indices() -> frozenset[int]:
-    order = list(range(len(code_task_table())))
-    random.Random(CODE_EVAL_SEED).shuffle(order)
-    return frozenset(order[:CODE_EVAL_POOL])
-
-
-def _code_rows(tasks: Sequence) -> list[dict]:
-    return [_row(t.prompt(), {"entry_point": t.entry_point, "tests": t.tests()}) for t in tasks]
+def _code_rows(split: str) -> list[dict]:
+    tasks = [t for t in load_tasks() if t["split"] == split]
+    return [_row(t["prompt"], {"entry_point": t["entry_point"], "tests": t["tests"]}) for t in tasks]
 
 
 def code_eval_set() -> list[dict]:
-    """The CODE_EVAL_POOL held-out code tasks in table order, never in a training source."""
-    held_out = _code_eval_indices()
-    return _code_rows([t for i, t in enumerate(code_task_table()) if i in held_out])
+    """The CODE_EVAL_POOL held-out code tasks in file order, never in a training source."""
+    return _code_rows("eval")
 
 
 @cache
 def _code_references() -> dict[str, str]:
-    return {t.prompt(): f"```python\n{t.reference}```" for t in code_task_table()}
+    return {t["prompt"]: f"```python\n{t['reference']}```" for t in load_tasks()}
 
 
 @REFERENCE_ANSWERS.register("code_tasks")
@@ -303,17 +296,16 @@ def code_task_reference(prompt: str) -> Optional[str]:
 
 @PROMPT_SOURCES.register("code_tasks")
 def code_tasks(n: int, seed: int) -> list[dict]:
-    """Function-writing tasks, the skillweave_codetasks pool excluded; meta = {"entry_point": name,
-    "tests": assert lines}.
+    """Function-writing tasks, the skillweave_codetasks pool excluded: the "train" rows of tasks.jsonl
+    in a seeded order; meta = {"entry_point": name, "tests": assert lines}.
 
     Raises:
-        ValueError: n exceeds the number of training tasks (code_task_table minus CODE_EVAL_POOL).
+        ValueError: n exceeds the number of training tasks.
     """
     _check_n(n, "code_tasks")
-    held_out = _code_eval_indices()
-    tasks = [t for i, t in enumerate(code_task_table()) if i not in held_out]
-    random.Random(seed).shuffle(tasks)
-    return _take(_code_rows(tasks), n, "code_tasks")
+    rows = _code_rows("train")
+    random.Random(seed).shuffle(rows)
+    return _take(rows, n, "code_tasks")
 
 
 # ---------------------------------------------------------------------------------------------

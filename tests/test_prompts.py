@@ -20,13 +20,13 @@ from skillweave.prompts import (
     TEMPLATE_DRAW,
     SourceExhausted,
     code_eval_set,
-    code_task_table,
     expression_value,
     math_arith_eval_set,
     math_eval_set,
     prompt_id,
     template_draw,
 )
+from skillweave.domains.code.tasks import TASKS_FILE, load_tasks, read_tasks, tasks_digest
 from skillweave.rules import RULES
 from skillweave.sandbox import run_python
 
@@ -170,12 +170,12 @@ def test_math_generator_settings_make_a_curriculum():
 def test_code_tasks_references_pass_and_tests_discriminate():
     """Every reference passes its tests, a do-nothing solution fails at least one, and no two tasks with
     the same function name (a family's members) accept each other's reference: >= 300 distinct tasks in
-    behaviour, not only in wording. All of it runs in one sandbox call."""
-    tasks = code_task_table()
+    behaviour, not only in wording. All of it runs in one sandbox call, over the rows of tasks.jsonl."""
+    tasks = load_tasks()
     assert len(tasks) >= 300
-    assert len({t.prompt() for t in tasks}) == len(tasks)
-    assert len({(t.entry_point, t.tests()) for t in tasks}) == len(tasks)
-    cases = [(t.entry_point, t.reference, t.tests()) for t in tasks]
+    assert len({t["prompt"] for t in tasks}) == len(tasks)
+    assert len({(t["entry_point"], t["tests"]) for t in tasks}) == len(tasks)
+    cases = [(t["entry_point"], t["reference"], t["tests"]) for t in tasks]
     script = (
         f"cases = {cases!r}\n"
         "def passes(source, tests):\n"
@@ -204,16 +204,49 @@ def test_code_tasks_references_pass_and_tests_discriminate():
     assert result.stdout == f"checked {len(tasks)} True\n"
 
 
-TRAINING_CODE_TASKS = len(code_task_table()) - CODE_EVAL_POOL
+TRAINING_CODE_TASKS = len(load_tasks()) - CODE_EVAL_POOL
+TASK_FIELDS = {"task_id", "prompt", "tests", "entry_point", "reference", "split"}
+
+
+def test_code_split_is_stored_in_the_tasks_file():
+    """tasks.jsonl holds its split: 120 eval rows, which code_eval_set returns in file order."""
+    tasks = load_tasks()
+    assert all(t.keys() == TASK_FIELDS and t["split"] in ("train", "eval") for t in tasks)
+    assert len({t["task_id"] for t in tasks}) == len(tasks)
+    held_out = [t for t in tasks if t["split"] == "eval"]
+    assert len(held_out) == CODE_EVAL_POOL == 120
+    assert [r["prompt"] for r in code_eval_set()] == [t["prompt"] for t in held_out]
+
+
+def test_build_tasks_reproduces_the_tasks_file(tmp_path):
+    """The build script over today's table rewrites tasks.jsonl byte for byte (the file is up to date)."""
+    from skillweave.domains.code.build_tasks import build
+
+    build(out=tmp_path / "tasks.jsonl")
+    assert (tmp_path / "tasks.jsonl").read_bytes() == TASKS_FILE.read_bytes()
+
+
+def test_appending_a_code_task_keeps_every_stored_split(tmp_path):
+    """A new task goes to train and changes the digest (the source's version); no stored split moves."""
+    from skillweave.domains.code.build_tasks import CodeTask, build, task_table
+
+    new = CodeTask("triple", "x", "returns `x` times three", "def triple(x):\n    return 3 * x\n",
+                   (((2,), 6), ((0,), 0)))
+    out = tmp_path / "tasks.jsonl"
+    build(out=out, tasks=task_table() + (new,))
+    *kept, added = read_tasks(out)
+    assert kept == list(load_tasks())
+    assert added["entry_point"] == "triple" and added["split"] == "train"
+    assert tasks_digest(out) != tasks_digest()
 
 
 def test_code_eval_pool_is_held_out_of_training():
-    """skillweave_codetasks' tasks and the training source split the table: disjoint, together all of it."""
+    """skillweave_codetasks' tasks and the training source split the file: disjoint, together all of it."""
     held_out = code_eval_set()
     training = PROMPT_SOURCES.get("code_tasks")(TRAINING_CODE_TASKS, seed=3)
     assert len(held_out) == CODE_EVAL_POOL == 120 and held_out == code_eval_set()
     assert {r["prompt"] for r in held_out}.isdisjoint(r["prompt"] for r in training)
-    assert {r["prompt"] for r in held_out} | {r["prompt"] for r in training} == {t.prompt() for t in code_task_table()}
+    assert {r["prompt"] for r in held_out} | {r["prompt"] for r in training} == {t["prompt"] for t in load_tasks()}
 
 
 def test_code_reference_answers_are_the_task_references_in_a_block():
@@ -222,9 +255,9 @@ def test_code_reference_answers_are_the_task_references_in_a_block():
     from skillweave.prompts import REFERENCE_ANSWERS
 
     answer = REFERENCE_ANSWERS.get("code_tasks")
-    by_prompt = {t.prompt(): t for t in code_task_table()}
+    by_prompt = {t["prompt"]: t for t in load_tasks()}
     for row in PROMPT_SOURCES.get("code_tasks")(8, seed=1):
-        assert answer(row["prompt"]) == "```python\n" + by_prompt[row["prompt"]].reference + "```"
+        assert answer(row["prompt"]) == "```python\n" + by_prompt[row["prompt"]]["reference"] + "```"
     assert answer("Write a Python function that does something else.") is None
     assert REFERENCE_ANSWERS.names() == ["code_tasks"]
 
@@ -258,13 +291,13 @@ def test_template_draw_is_a_prefix_of_the_source():
     assert exhausted.value.available == TRAINING_CODE_TASKS and isinstance(exhausted.value, ValueError)
 
 
-def test_code_rows_match_the_task_table():
+def test_code_rows_match_the_tasks_file():
     rows = PROMPT_SOURCES.get("code_tasks")(TRAINING_CODE_TASKS, seed=0) + code_eval_set()
-    by_prompt = {t.prompt(): t for t in code_task_table()}
+    by_prompt = {t["prompt"]: t for t in load_tasks()}
     for row in rows:
         task = by_prompt[row["prompt"]]
-        assert row["meta"] == {"entry_point": task.entry_point, "tests": task.tests()}
-        assert row["prompt"].startswith(f"Write a Python function `{task.entry_point}(")
+        assert row["meta"] == {"entry_point": task["entry_point"], "tests": task["tests"]}
+        assert row["prompt"].startswith(f"Write a Python function `{task['entry_point']}(")
 
 
 def test_ifeval_rows_are_scorable():

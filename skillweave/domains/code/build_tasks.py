@@ -1,27 +1,42 @@
-"""Function-writing code tasks, each with a reference solution and unit tests (the `code_tasks` prompt source).
+"""Writes tasks.jsonl, the code domain's tasks, from the templates below:
+`python -m skillweave.domains.code.build_tasks` (a dev script; the pipeline reads only the file).
 
-Three kinds: hand-written single tasks, small families from the first version (a few constants
-each), and generated families (`_generated_tasks`): one template per operation, instantiated over
-constants, units, orders, bit positions, bases, ... Each instance states its constant in the
-prompt, and its expected results come from an oracle written independently of the reference, so
-tests/test_prompts.py can check that every reference passes its own tests and that no two tasks
-with the same function name accept each other's reference (distinct behaviour, not just wording).
+Three kinds of task: hand-written single tasks, small families from the first version (a few
+constants each), and generated families (`_generated_tasks`): one template per operation,
+instantiated over constants, units, orders, bit positions, bases, ... Each instance states its
+constant in the prompt, and its expected results come from an oracle written independently of the
+reference, so tests/test_prompts.py can check that every reference passes its own tests and that no
+two tasks with the same function name accept each other's reference (distinct behaviour, not just
+wording).
+
+The split is data, not a draw. A task's id is its position in `task_table` and its function name
+(`code/<index>_<entry_point>`), so the table is append-only: add tasks at the end, never insert,
+reorder or delete (a stored id that the table no longer yields stops the build). A rebuild keeps the
+stored split of every task already in the file and puts each new task in "train"; to hold a task
+out, set its "split" to "eval" in tasks.jsonl by hand, and later rebuilds keep it. An unchanged table
+rebuilds the file byte for byte. The 120 eval tasks were first drawn by the former
+skillweave/code_tasks.py (`random.Random(20_251_125)` shuffled the 325 table positions, the first
+120 were held out); since then the file is the record.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import math
 import operator
 import re
 import string
 import textwrap
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cache
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from skillweave.domains.code.tasks import TASKS_FILE, read_tasks, tasks_digest
 
 
 @dataclass(frozen=True)
@@ -1566,7 +1581,42 @@ def _generated_tasks() -> list[CodeTask]:
     return _list_families() + _number_families() + _text_families() + _matrix_families()
 
 
-@cache
-def code_task_table() -> tuple[CodeTask, ...]:
-    """Every code task, in a fixed order (new tasks are appended, so earlier ones keep their place)."""
+def task_table() -> tuple[CodeTask, ...]:
+    """Every code task, in a fixed order: new tasks go at the end (task ids are positions)."""
     return tuple(_parameterised_tasks() + _single_tasks() + _generated_tasks())
+
+
+def task_id(index: int, task: CodeTask) -> str:
+    return f"code/{index}_{task.entry_point}"
+
+
+def task_rows(tasks: Sequence[CodeTask], splits: Mapping[str, str]) -> list[dict]:
+    """One tasks.jsonl row per task, in table order: a task keeps its split in `splits` (by task_id),
+    a new one goes to "train".
+
+    Raises:
+        ValueError: a task_id of `splits` is not in `tasks` (a task moved or was removed).
+    """
+    rows = [
+        {"task_id": task_id(i, t), "prompt": t.prompt(), "tests": t.tests(), "entry_point": t.entry_point,
+         "reference": t.reference, "split": splits.get(task_id(i, t), "train")}
+        for i, t in enumerate(tasks)
+    ]
+    lost = sorted(splits.keys() - {row["task_id"] for row in rows})
+    if lost:
+        raise ValueError(f"the code task table no longer yields the stored tasks {lost}: append new tasks at the end instead")
+    return rows
+
+
+def build(out: Path = TASKS_FILE, stored: Path = TASKS_FILE, tasks: Optional[Sequence[CodeTask]] = None) -> list[dict]:
+    """Writes the rows of `tasks` (default: task_table()) to `out`, with the splits stored in `stored`."""
+    splits = {row["task_id"]: row["split"] for row in read_tasks(stored)}
+    rows = task_rows(task_table() if tasks is None else tasks, splits)
+    out.write_bytes("".join(json.dumps(row) + "\n" for row in rows).encode("utf-8"))
+    return rows
+
+
+if __name__ == "__main__":
+    written = build()
+    held_out = sum(row["split"] == "eval" for row in written)
+    print(f"{TASKS_FILE}: {len(written)} tasks, {held_out} eval, digest {tasks_digest()}")

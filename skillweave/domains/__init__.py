@@ -1,0 +1,1 @@
+"""Domains, one folder each."""
