@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from skillweave.artifacts import atomic_write_json
+from skillweave.core.artifacts import atomic_write_json
 from skillweave.config import SamplingConfig
 from skillweave.models import load_model, load_tokenizer, native_bf16, resolve_model_dir
 from skillweave.prompts import PROMPT_SOURCES
-from skillweave.stages.generate import sample_batch
+from skillweave.sampling import sample_batch
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "generate.json"
 GRID = {"batch_sizes": [1, 4, 8, 16, 32], "max_new_tokens": 64, "repeats": 3}

@@ -13,19 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-
-class StageName(StrEnum):
-    generate = "generate"
-    filter = "filter"
-    dpo = "dpo"
-    dpo_multitask = "dpo_multitask"
-    lora = "lora"
-    merge = "merge"
-    zip = "zip"
-    route = "route"
-    dev = "dev"
-    eval = "eval"
-    all = "all"
+from .core.errors import ConfigError
 
 
 class PairStrategy(StrEnum):
@@ -50,12 +38,6 @@ class GenerationPrecision(StrEnum):
     AMX), float32 elsewhere: without those units bf16 matmuls are emulated, far slower than fp32."""
     float32 = "float32"
     bfloat16 = "bfloat16"
-
-
-@dataclass
-class StageConfig:
-    name: StageName = MISSING
-    """Which stage to run; `all` runs every stage for every domain in `domains`."""
 
 
 @dataclass
@@ -90,9 +72,9 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 2:
-            raise ValueError("domain.sampling.samples_per_prompt must be >= 2 to form chosen/rejected pairs")
+            raise ConfigError("domain.sampling.samples_per_prompt must be >= 2 to form chosen/rejected pairs")
         if not 0.0 < self.temperature:
-            raise ValueError("domain.sampling.temperature must be > 0: the paper samples several answers")
+            raise ConfigError("domain.sampling.temperature must be > 0: the paper samples several answers")
 
 
 @dataclass
@@ -135,7 +117,7 @@ class FilterConfig:
 
     def __post_init__(self) -> None:
         if self.max_length_ratio < 1.0:
-            raise ValueError(f"filter.max_length_ratio must be >= 1, got {self.max_length_ratio}")
+            raise ConfigError(f"filter.max_length_ratio must be >= 1, got {self.max_length_ratio}")
 
 
 @dataclass
@@ -163,18 +145,18 @@ class DPOConfig:
     in a few tokens plain DPO lowers the chosen answer's likelihood as well and the policy drifts into
     long, rambling answers (experiments/math_gain); the NLL term holds the correct answers up. 0: plain DPO."""
     rounds: int = 1
-    """Online DPO rounds (generate -> filter -> train, repeated; skillweave/pipeline.py). Round r > 0
+    """Online DPO rounds (generate -> filter -> train, repeated; the stages marked `rounds`). Round r > 0
     samples new prompts with theta_0 + Delta_{r-1} and trains from that policy, which is also its
     reference; every round's delta is relative to theta_0, and merge/zip/eval read the last one.
     stage=dpo runs every round; stage=generate|filter alone plans the last round. 1: plain DPO."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"dpo.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise ConfigError(f"dpo.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.rounds < 1:
-            raise ValueError(f"dpo.rounds must be >= 1, got {self.rounds}")
+            raise ConfigError(f"dpo.rounds must be >= 1, got {self.rounds}")
         if not self.nll_weight >= 0.0:
-            raise ValueError(f"dpo.nll_weight must be >= 0 (0: plain DPO; Pang et al. use 1), got {self.nll_weight}")
+            raise ConfigError(f"dpo.nll_weight must be >= 0 (0: plain DPO; Pang et al. use 1), got {self.nll_weight}")
 
 
 class MultitaskSteps(StrEnum):
@@ -220,15 +202,15 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"lora.rank must be >= 1, got {self.rank}")
         if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if self.learning_rate <= 0:
-            raise ValueError(f"lora.learning_rate must be > 0, got {self.learning_rate}")
+            raise ConfigError(f"lora.learning_rate must be > 0, got {self.learning_rate}")
         if self.target_modules is not None and not self.target_modules:
-            raise ValueError("lora.target_modules=[] adapts nothing; give module names or null (every block linear)")
+            raise ConfigError("lora.target_modules=[] adapts nothing; give module names or null (every block linear)")
 
 
 @dataclass
@@ -306,27 +288,27 @@ class ZipConfig:
     def __post_init__(self) -> None:
         # The choices mirror skillweave.zip.smoothing's registries (a test checks they agree).
         if self.rank < 1:
-            raise ValueError(f"zip.rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"zip.rank must be >= 1, got {self.rank}")
         if self.bits not in (8, 4):
-            raise ValueError(f"zip.bits must be 8 or 4, got {self.bits}")
+            raise ConfigError(f"zip.bits must be 8 or 4, got {self.bits}")
         if self.smoothing not in ("none", "smoothquant", "power"):
-            raise ValueError(f"zip.smoothing must be none, smoothquant or power, got {self.smoothing!r}")
+            raise ConfigError(f"zip.smoothing must be none, smoothquant or power, got {self.smoothing!r}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"zip.alpha must be in [0, 1], got {self.alpha}")
+            raise ConfigError(f"zip.alpha must be in [0, 1], got {self.alpha}")
         if self.rotation not in ("none", "hadamard", "random"):
-            raise ValueError(f"zip.rotation must be none, hadamard or random, got {self.rotation!r}")
+            raise ConfigError(f"zip.rotation must be none, hadamard or random, got {self.rotation!r}")
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"zip.energy must be in (0, 1] or null, got {self.energy}")
+            raise ConfigError(f"zip.energy must be in (0, 1] or null, got {self.energy}")
         if self.smoothing != "none" and self.calibration_prompts < 1:
-            raise ValueError(f"zip.smoothing={self.smoothing} needs zip.calibration_prompts >= 1")
+            raise ConfigError(f"zip.smoothing={self.smoothing} needs zip.calibration_prompts >= 1")
         if self.fidelity_prompts < 0:
-            raise ValueError(f"zip.fidelity_prompts must be >= 0, got {self.fidelity_prompts}")
+            raise ConfigError(f"zip.fidelity_prompts must be >= 0, got {self.fidelity_prompts}")
         if not 0.0 < self.act_percentile <= 100.0:
-            raise ValueError(f"zip.act_percentile must be in (0, 100], got {self.act_percentile}")
+            raise ConfigError(f"zip.act_percentile must be in (0, 100], got {self.act_percentile}")
         if self.act_scale == ActScale.tensor and self.calibration_prompts < 1:
-            raise ValueError("zip.act_scale=tensor needs zip.calibration_prompts >= 1")
+            raise ConfigError("zip.act_scale=tensor needs zip.calibration_prompts >= 1")
         if self.embedding_rank < 0:
-            raise ValueError(f"zip.embedding_rank must be >= 0 (0 drops the embedding), got {self.embedding_rank}")
+            raise ConfigError(f"zip.embedding_rank must be >= 0 (0 drops the embedding), got {self.embedding_rank}")
 
 
 @dataclass
@@ -343,9 +325,9 @@ class DevConfig:
 
     def __post_init__(self) -> None:
         if self.prompts < 1 or self.batch_size < 1:
-            raise ValueError(f"dev.prompts and dev.batch_size must be >= 1, got {self.prompts}, {self.batch_size}")
+            raise ConfigError(f"dev.prompts and dev.batch_size must be >= 1, got {self.prompts}, {self.batch_size}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"dev.max_new_tokens must be >= 1 or null, got {self.max_new_tokens}")
+            raise ConfigError(f"dev.max_new_tokens must be >= 1 or null, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -355,7 +337,7 @@ class EvalConfig:
     max_gen_toks: int = 256
     batch_size: int = 8
     configurations: list[str] = field(default_factory=lambda: ["base", "dpo", "merged", "skillweave"])
-    """Which configurations to compare (see skillweave/stages/eval.py CONFIGURATIONS)."""
+    """Which configurations to compare (the plugins in skillweave/eval_configs/)."""
     integer_path: bool = True
     """Run skillpacks as integer GEMMs (quantized activations, as deployed); false: dequantized fp factors."""
     external_model: Optional[str] = None
@@ -385,11 +367,11 @@ class RouterConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"router needs steps >= 1, lr > 0, weight_decay >= 0; got {self.steps}, {self.lr}, {self.weight_decay}")
+            raise ConfigError(f"router needs steps >= 1, lr > 0, weight_decay >= 0; got {self.steps}, {self.lr}, {self.weight_decay}")
         if self.max_prompts_per_domain is not None and self.max_prompts_per_domain < 1:
-            raise ValueError(f"router.max_prompts_per_domain must be >= 1 or null, got {self.max_prompts_per_domain}")
+            raise ConfigError(f"router.max_prompts_per_domain must be >= 1 or null, got {self.max_prompts_per_domain}")
         if self.batch_size < 1 or self.max_length < 1:
-            raise ValueError("router.batch_size and router.max_length must be >= 1")
+            raise ConfigError("router.batch_size and router.max_length must be >= 1")
 
 
 @dataclass
@@ -403,7 +385,12 @@ class WandbConfig:
 
 @dataclass
 class SkillweaveConfig:
-    stage: StageConfig = field(default_factory=StageConfig)
+    stage: str = "all"
+    """Which stage to run (a registered stage: `python -m skillweave --help` lists them); `all` runs
+    every stage of `pipeline` for every domain in `domains`."""
+    pipeline: list[str] = field(default_factory=lambda: ["generate", "filter", "dpo", "merge", "zip", "eval"])
+    """The stages `stage=all` makes, in order: per-domain ones for every domain, each producing first
+    whatever else it reads (eval: every input of its configurations)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     domain: DomainConfig = field(default_factory=DomainConfig)
     domains: list[str] = field(default_factory=lambda: ["math", "code", "instructions"])
@@ -425,7 +412,6 @@ class SkillweaveConfig:
 
 
 def register_configs() -> None:
-    cs = ConfigStore.instance()
     # The group YAMLs merge onto this schema, so every key and type is checked at compose time.
     ConfigStore.instance().store(name="skillweave_schema", node=SkillweaveConfig)
 

@@ -16,7 +16,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-TASK_DIR = Path(__file__).resolve().parent / "tasks"
+PACKAGE = Path(__file__).resolve().parent
+TASK_DIR = PACKAGE / "tasks"
 
 PRIMARY_METRIC = {
     "skillweave_math": "exact_match",
@@ -178,3 +179,24 @@ def paired_difference(before: list[float], after: list[float]) -> tuple[float, f
     n, mean = len(diffs), sum(diffs) / len(diffs)
     sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1)) if n > 1 else math.nan
     return mean, sd / math.sqrt(n)
+
+
+def task_digest() -> str:
+    """A hash of everything that decides an eval task's documents and scores: the task YAMLs and their
+    loaders (skillweave/tasks), the prompt sources and eval sets (prompts.py, the domains' data), every
+    rule set and verifier (rules/*.yaml, skillweave/rules/), the sandbox that runs model code, and this
+    module (primary metrics). Changing any of them gives new eval rows instead of reusing old numbers."""
+    import hashlib
+
+    from .resources import resource_path
+
+    rules = resource_path("rules")
+    files = [*((PACKAGE, p) for p in PACKAGE.glob("tasks/*.yaml")), *((PACKAGE, p) for p in PACKAGE.glob("tasks/*.py")),
+             *((PACKAGE, p) for p in PACKAGE.glob("rules/*.py")), *((PACKAGE, p) for p in PACKAGE.glob("domains/**/*.py")),
+             *((PACKAGE, p) for p in PACKAGE.glob("domains/**/*.jsonl")), *((rules, p) for p in rules.glob("*.yaml")),
+             *((PACKAGE, PACKAGE / name) for name in ("prompts.py", "sandbox.py", "evaluation.py"))]
+    h = hashlib.sha256()
+    for root, f in sorted(files, key=lambda rf: (str(rf[0]), str(rf[1]))):
+        if f.is_file():
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]

@@ -17,15 +17,13 @@ from pathlib import Path
 
 import torch
 
+from .core.errors import ModelError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FINGERPRINT_FILE = "skillweave_fingerprint.json"
-
-
-class ModelError(ValueError):
-    """A model path that is missing or is not a Hugging Face model directory."""
 
 
 def cache_dir() -> Path:

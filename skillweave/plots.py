@@ -1,7 +1,7 @@
 """Figures of an eval stage's results.json: the score/bytes frontier and per-domain scores.
 
-Agg backend (no display on a cluster node); each PNG is written to a temporary sibling and renamed,
-so a killed job never leaves a truncated figure.
+Drawn on matplotlib Figures without pyplot, so no display or GUI backend is needed on a cluster node;
+each PNG is written to a temporary sibling and renamed, so a killed job never leaves a truncated figure.
 """
 
 from __future__ import annotations
@@ -9,19 +9,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .artifacts import tmp_path_for  # noqa: E402
+from .core.artifacts import tmp_path_for
 
 
 def _save(fig, path: Path) -> None:
     path = Path(path)
     with tmp_path_for(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def frontier_plot(results: dict, path: Path) -> None:
@@ -29,7 +25,8 @@ def frontier_plot(results: dict, path: Path) -> None:
     memory budget as a vertical line when results["budget_bytes"] is set: the better configurations
     sit up and to the left."""
     rows = results["configurations"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for r in rows:
         over = r.get("within_budget") is False
         ax.scatter(r["bytes"], 100 * r["average"], marker="x" if over else "o", zorder=3)
@@ -52,7 +49,8 @@ def domain_bars(results: dict, path: Path) -> None:
     rows = results["configurations"]
     domains = list(results["tasks"])
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(domains) * len(rows) / 3), 4))
+    fig = Figure(figsize=(max(6, 1.5 * len(domains) * len(rows) / 3), 4))
+    ax = fig.subplots()
     for i, r in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(domains))]
         errs = [r["stderr"].get(d) for d in domains]

@@ -23,7 +23,8 @@ from functools import cache
 from typing import Any, Callable, Optional, Union
 
 from skillweave.domains.code.tasks import load_tasks, tasks_digest
-from skillweave.registry import Registry
+from skillweave.core.errors import DataError
+from skillweave.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _check_n(n: int, source: str) -> None:
         raise ValueError(f"{source}: n must be positive, got {n}")
 
 
-class SourceExhausted(ValueError):
+class SourceExhausted(DataError):
     """A finite source was asked for more prompts than it has (`available`)."""
 
     def __init__(self, source: str, available: int, n: int):

@@ -35,7 +35,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .artifacts import tmp_path_for
+from .core.artifacts import tmp_path_for
+from .core.errors import ArtifactError
 
 FORMAT = "skillweave-router"
 FORMAT_VERSION = 1
@@ -45,7 +46,7 @@ POOLING = "masked_mean_last_hidden"
 _TENSORS = ("weight", "bias", "mean", "std")
 
 
-class RouterError(ValueError):
+class RouterError(ArtifactError):
     """A router file that cannot be used: missing, corrupt, another format or another backbone."""
 
 

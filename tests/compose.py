@@ -6,8 +6,8 @@ from contextlib import contextmanager
 
 from hydra import compose, initialize_config_dir
 
-from skillweave.__main__ import CONF_DIR
 from skillweave.config import register_configs, to_config
+from skillweave.core.compose import CONF_DIR
 
 
 @contextmanager

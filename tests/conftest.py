@@ -13,6 +13,10 @@ os.environ.setdefault("MPLCONFIGDIR", "/tmp/skillweave-mpl")
 import pytest
 import torch
 
+from skillweave.app import load_plugins
+
+load_plugins()  # every stage and eval configuration registered, as `python -m skillweave` does
+
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

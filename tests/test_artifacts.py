@@ -7,7 +7,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from skillweave.artifacts import ArtifactRef, artifact_lock, content_key, make_ref, write_manifest
+from skillweave.core.artifacts import ArtifactRef, artifact_lock, content_key, make_ref, write_manifest
 
 
 def test_key_depends_on_config_and_inputs_only():

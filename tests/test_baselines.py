@@ -23,7 +23,7 @@ from skillweave.baselines import (
     unpack_signs,
 )
 from skillweave.models import load_model
-from skillweave.stages.eval_baselines import apply_budget
+from skillweave.reports import apply_budget
 from skillweave.zip import block_linear_names
 from skillweave.zip.svd import low_rank_factors
 
@@ -197,7 +197,7 @@ def test_pipeline_evaluates_the_baselines(tmp_path, tiny_model_dir):
 def test_pipeline_evaluates_merge_methods_and_an_external_monolith(tmp_path, tiny_model_dir, tiny_tokenizer):
     from conftest import build_tiny_model
 
-    from skillweave.stages.eval import param_bytes
+    from skillweave.deltas import param_bytes
 
     external = tmp_path / "external"
     other = build_tiny_model(tiny_tokenizer, seed=1, hidden=32, train_steps=5)  # a second, different model

@@ -114,6 +114,6 @@ def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_mo
 
 def test_generate_bench_times_the_stage_sampler():
     """The benchmark must measure the generate stage's real path, not a copy of it."""
-    from skillweave.stages.generate import sample_batch
+    from skillweave.sampling import sample_batch
 
     assert load_generate_bench().sample_batch is sample_batch

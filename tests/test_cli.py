@@ -25,7 +25,11 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
     "args, line",
     [
         (["model=hf_dir", "model.path=/no/such/model"], "skillweave: error: model.path=/no/such/model does not exist"),
-        (["domains=[math,poetry]"], "skillweave: error: domains=['poetry'] not found in conf/domain/; valid: code, dialogue, instructions, math"),
+        (["domains=[math,poetry]"], "skillweave: error: domains=poetry: unknown domain (conf/domain/) 'poetry'. Valid: code, dialogue, instructions, math"),
+        (["stage=dpoo"], "skillweave: error: stage=dpoo: unknown stage 'dpoo'. Did you mean 'dpo'?"),
+        (["eval.configurations=[base,skilweave]"], "skillweave: error: eval.configurations=skilweave: unknown eval configuration 'skilweave'. Did you mean 'skillweave'?"),
+        # stage=all plans the whole graph first: the merge's typo fails before any domain trains
+        (["merge.method=tie"], "skillweave: error: merge.method=tie: not supported. Did you mean 'ties'?"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, line):
@@ -34,3 +38,28 @@ def test_bad_input_is_one_clear_line(tmp_path, args, line):
     assert line in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("manifest.json"))
+
+
+@pytest.mark.parametrize(
+    "error, one_line",
+    [
+        ("ConfigError('x.y=1: bad, set x.y=2')", True),  # a SkillweaveError: the user's to fix
+        ("KeyError('boom')", False),  # anything else is a bug: its traceback is kept
+        ("ValueError('boom')", False),
+    ],
+)
+def test_only_skillweave_errors_are_one_line_others_keep_their_traceback(tmp_path, error, one_line):
+    program = (
+        "import sys; import skillweave.app as app; from skillweave.core.errors import ConfigError\n"
+        f"def run(*args): raise {error}\n"
+        "app.run = run; sys.argv = ['skillweave', 'stage=merge', 'hydra.run.dir=run']\n"
+        "from skillweave.__main__ import main; main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1
+    if one_line:
+        assert proc.stderr.strip().splitlines()[-1] == "skillweave: error: x.y=1: bad, set x.y=2"
+        assert "Traceback" not in proc.stderr
+    else:
+        assert "Traceback" in proc.stderr and "boom" in proc.stderr

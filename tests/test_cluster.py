@@ -17,11 +17,14 @@ from hydra import compose
 from test_pipeline import overrides, run_overrides
 
 from compose import hydra_context
-from skillweave.cluster import check_launch, leave_process_group, submit_all
+from skillweave.core.distributed import check_launch, leave_process_group
+from skillweave.core.engine import STAGES
+from skillweave.launch.slurm import submit_all
 from skillweave.config import DPOConfig
 from skillweave.models import load_state_dict
 from skillweave.resources import resource_path
-from skillweave.stages.dpo import DELTA, deepspeed_config, load_delta
+from skillweave.deltas import load_delta
+from skillweave.training import deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
 SBATCH = REPO / "slurm" / "dpo_multinode.sbatch"
@@ -125,7 +128,7 @@ def test_two_ranks_train_one_delta_and_rank_zero_writes_it(pairs, tmp_path):
     (dpo,) = (tmp_path / "artifacts" / "dpo").iterdir()
     metrics = json.loads((dpo / "manifest.json").read_text())["metrics"]
     assert metrics["processes"] == 2 and metrics["steps"] == 2 and metrics["relative_weight_change"] > 0
-    assert sorted(p.name for p in dpo.iterdir() if not p.name.startswith(".")) == ["config.json", DELTA, "manifest.json"]
+    assert sorted(p.name for p in dpo.iterdir() if not p.name.startswith(".")) == ["config.json", "delta.safetensors", "manifest.json"]
     # Launched again, every rank agrees the artifact is complete and returns.
     again = launch([*torchrun, "-m", "skillweave", *ov, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=tmp_path)
     assert (again.stdout + again.stderr).count("nothing to do") == 2
@@ -141,12 +144,14 @@ def test_the_process_group_is_destroyed_before_exit(tmp_path):
     assert not dist.is_initialized()
 
 
-def test_only_generate_and_dpo_run_on_several_processes(monkeypatch):
+def test_only_the_stages_declared_distributed_run_on_several_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="stage=merge was launched on 2 processes, but only generate, dpo"):
-        check_launch("merge")
-    check_launch("generate")
-    check_launch("dpo")
+    distributed = [s for s in STAGES if STAGES.get(s).distributed]
+    assert distributed == ["dpo", "dpo_multitask", "generate", "lora"]
+    with pytest.raises(ValueError, match="stage=merge was launched on 2 processes, but only dpo, dpo_multitask, generate, lora"):
+        check_launch("merge", distributed)
+    check_launch("generate", distributed)
+    check_launch("dpo", distributed)
 
 
 def test_two_ranks_share_generation_and_sample_what_one_process_does(tmp_path, tiny_model_dir):
@@ -191,7 +196,7 @@ def test_deepspeed_on_one_process_gives_the_plain_delta(pairs, tmp_path, zero, t
     (a,), (b,) = (list((tmp_path / r / "artifacts" / "dpo").iterdir()) for r in ("plain", zero))
     assert a.name == b.name  # dpo.deepspeed is not part of the key: merge finds either
     assert json.loads((b / "manifest.json").read_text())["metrics"]["deepspeed"] == zero
-    da, db = load_delta(a / DELTA), load_delta(b / DELTA)
+    da, db = load_delta(a / "delta.safetensors"), load_delta(b / "delta.safetensors")
     scale = max(float(t.abs().max()) for t in da.values())
     assert scale > 0
     base = load_state_dict(tiny_model_dir)

@@ -7,10 +7,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
 from compose import compose_config, hydra_context
-from skillweave import stages  # noqa: F401  (registers the stages)
-from skillweave.__main__ import domain_choices, replayable
-from skillweave.config import StageName
-from skillweave.pipeline import STAGES
+from skillweave.app import context
+from skillweave.core.compose import domain_choices, replayable
+from skillweave.core.errors import SkillweaveError
+from skillweave.core.engine import STAGES
 from skillweave.resources import resource_path
 
 
@@ -18,16 +18,10 @@ def group(name: str) -> list[str]:
     return sorted(p.stem for p in resource_path("conf", name).glob("*.yaml"))
 
 
-def test_every_stage_has_a_config_and_back():
-    # `all` is the pipeline itself, not a registered stage
-    assert set(group("stage")) - {"all"} == set(STAGES.names())
-    assert set(group("stage")) == {s.value for s in StageName}
-
-
 @pytest.mark.parametrize(
     "overrides",
     [[]]
-    + [[f"stage={s}"] for s in group("stage")]
+    + [[f"stage={s}"] for s in [*STAGES.names(), "all"]]
     + [[f"domain={d}"] for d in group("domain")]
     + [[f"merge={m}"] for m in group("merge")]
     + [[f"zip={z}"] for z in group("zip")]
@@ -44,7 +38,7 @@ def test_every_config_composes(overrides):
 def test_default_is_the_quickstart_pipeline_on_the_embedded_model():
     with hydra_context():
         cfg = compose_config([])
-    assert cfg.stage.name == "all" and cfg.model.path == "embedded"
+    assert cfg.stage == "all" and cfg.model.path == "embedded"
     assert cfg.domains == ["math", "code", "instructions"]
     assert cfg.dpo.max_steps == 8  # recipes/quickstart.yaml, not the conf/ default
 
@@ -52,7 +46,6 @@ def test_default_is_the_quickstart_pipeline_on_the_embedded_model():
 @pytest.mark.parametrize(
     "override, error, words",
     [
-        ("stage=dpoo", MissingConfigException, "stage/dpoo"),
         ("domain=mathh", MissingConfigException, "domain/mathh"),
         ("dpo.lr=1", ConfigCompositionException, "lr"),
         ("dpo.max_steps=abc", ConfigCompositionException, "max_steps"),
@@ -107,7 +100,7 @@ def test_generate_is_keyed_by_the_resolved_dtype(monkeypatch, tmp_path, tiny_mod
     """`auto` and the dtype it resolves to plan the same artifact, so recorded runs keep their keys."""
     import torch
 
-    from skillweave.pipeline import Context, plan
+    from skillweave.core.engine import Context, plan
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     keys = {}
@@ -118,3 +111,22 @@ def test_generate_is_keyed_by_the_resolved_dtype(monkeypatch, tmp_path, tiny_mod
             ctx = Context(cfg=compose_config(ov), overrides=tuple(ov), composer=compose_config)
             keys[setting] = plan(ctx, "generate", "math")[0].path
     assert keys["auto"] == keys["bfloat16"] != keys["float32"]
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("stage=dpoo", "stage=dpoo: unknown stage 'dpoo'. Did you mean 'dpo'?"),
+        ("eval.configurations=[base,skilweave]", "eval.configurations=skilweave: unknown eval configuration 'skilweave'. Did you mean 'skillweave'?"),
+        ("pipeline=[generate,filtr]", "pipeline=filtr: unknown stage 'filtr'. Did you mean 'filter'?"),
+        ("domains=[math,cod]", "domains=cod: unknown domain (conf/domain/) 'cod'. Did you mean 'code'?"),
+        ("eval.configurations=[]", "eval.configurations=[] compares nothing"),
+        ("domains=[]", "domains=[] covers nothing"),
+    ],
+)
+def test_registry_backed_names_fail_at_start_up_with_did_you_mean(override, words):
+    with hydra_context():
+        cfg = compose_config([override])
+    with pytest.raises(SkillweaveError) as info:
+        context(cfg, (), compose_config)
+    assert str(info.value).startswith(words)

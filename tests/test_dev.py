@@ -51,6 +51,7 @@ def test_dev_trains_what_it_scores_on_prompts_no_round_trains_on(dev_run):
 
 def test_a_sweep_point_reuses_the_starting_answers_and_a_zero_step_reproduces_them(dev_run, monkeypatch):
     from skillweave.stages import dev as dev_stage
+    from skillweave.sweep import sweep_table
 
     tmp, ov, refs = dev_run
     calls = []
@@ -61,20 +62,19 @@ def test_a_sweep_point_reuses_the_starting_answers_and_a_zero_step_reproduces_th
     assert calls == ["dev[math] trained"]  # the start answers are the first point's
     m = _dev(point).manifest()["metrics"]
     assert m["changed"] == 0.0 and m["delta"] == 0.0 and m["relative_weight_change"] == 0.0
-    table = dev_stage.sweep_table(tmp / "artifacts", "math").splitlines()
+    table = sweep_table(tmp / "artifacts", "math").splitlines()
     assert len(table) == 2 + 2 and all("| math | " in line for line in table[2:])
     gains = [float(line.split(" | ")[9].split(" ± ")[0]) for line in table[2:]]
     assert {line.split(" | ")[1] for line in table[2:]} == {"0", "5e-06"} and gains == sorted(gains, reverse=True)
 
 
 def test_the_sweep_command_prints_the_table_or_says_how_to_call_it(dev_run, capsys):
-    from skillweave.stages.dev import sweep_table
-    from skillweave.sweep import main
+    from skillweave.sweep import main, sweep_table
 
     tmp, _, _ = dev_run
     main([str(tmp / "artifacts")])
     assert capsys.readouterr().out == sweep_table(tmp / "artifacts")
-    with pytest.raises(SystemExit, match="usage: python -m skillweave.sweep"):
+    with pytest.raises(SystemExit, match="usage: skillweave-sweep"):
         main([str(tmp / "missing")])
 
 

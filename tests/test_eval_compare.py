@@ -8,7 +8,7 @@ import math
 import pytest
 
 from skillweave.evaluation import paired_difference
-from skillweave.stages.eval import compare_with_base, vs_base_table
+from skillweave.reports import compare_with_base, vs_base_table
 
 
 def _write(path, scores, responses):

@@ -223,36 +223,51 @@ def test_math_scorer_needs_the_final_number_rule(docs, tmp_path, monkeypatch):
         task_utils._math_rule_set.cache_clear()
 
 
-def test_task_digest_follows_the_scoring_rule_sets(tmp_path, monkeypatch):
-    """A change to a rule set an eval task scores with (math, dialogue) keys new eval rows."""
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of the package and of rules/ that task_digest reads instead of the real ones."""
     import shutil
 
-    from skillweave import resources
-    from skillweave.stages.eval import task_digest
+    from skillweave import evaluation, resources
 
-    root = tmp_path / "resources"
-    shutil.copytree(resources.resource_root() / "rules", root / "rules")
-    monkeypatch.setattr(resources, "resource_root", lambda: root)
+    copy = tmp_path / "skillweave"
+    shutil.copytree(evaluation.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(resources.resource_root() / "rules", tmp_path / "resources" / "rules")
+    monkeypatch.setattr(evaluation, "PACKAGE", copy)
+    monkeypatch.setattr(resources, "resource_root", lambda: tmp_path / "resources")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "edited",
+    [
+        "resources/rules/math.yaml",  # the rule sets eval tasks score with
+        "resources/rules/code.yaml",  # skillweave_codetasks scores with the code rules (missed before)
+        "resources/rules/dialogue.yaml",
+        "skillweave/rules/code.py",  # the verifiers themselves (missed before)
+        "skillweave/rules/quality.py",
+        "skillweave/domains/code/tasks.jsonl",  # the code tasks' data (missed before)
+        "skillweave/prompts.py",  # makes the math sets
+        "skillweave/tasks/utils.py",  # task loaders and scorers
+        "skillweave/sandbox.py",  # runs the code tasks' tests
+        "skillweave/evaluation.py",  # primary metrics
+    ],
+)
+def test_task_digest_follows_every_file_that_decides_a_score(package_copy, edited):
+    from skillweave.evaluation import task_digest
+
     before = task_digest()
-    math_rules = root / "rules" / "math.yaml"
-    math_rules.write_text(math_rules.read_text().replace("max_word_run: 4", "max_word_run: 5"))
-    changed = task_digest()
-    assert changed != before
-    (root / "rules" / "code.yaml").write_text("rules: [{name: not_truncated}]\n")  # no eval task scores with it
-    assert task_digest() == changed
-
-
-def test_task_digest_follows_the_math_sets_source(tmp_path, monkeypatch):
-    """The math eval sets are made in skillweave/prompts.py: a change there keys new eval rows."""
-    from skillweave import prompts
-    from skillweave.stages.eval import task_digest
-
-    copy = tmp_path / "prompts.py"
-    copy.write_text(Path(prompts.__file__).read_text())
-    monkeypatch.setattr(prompts, "__file__", str(copy))
-    before = task_digest()
-    copy.write_text(copy.read_text().replace("MATH_ARITH_SEED = 20_250_102", "MATH_ARITH_SEED = 1"))
+    path = package_copy / edited
+    path.write_bytes(path.read_bytes() + b"\n")
     assert task_digest() != before
+
+
+def test_task_digest_ignores_files_that_score_nothing(package_copy):
+    from skillweave.evaluation import task_digest
+
+    before = task_digest()
+    (package_copy / "skillweave" / "plots.py").write_text("# a figure changed\n")
+    assert task_digest() == before
 
 
 # ------------------------------------------------------------------------------------ evaluate

@@ -9,7 +9,8 @@ import os
 import pytest
 
 from skillweave.config import FilterConfig, PairStrategy
-from skillweave.stages.filter import can_be_chosen, dataset_card, length_stats, make_pairs, pair_report
+from skillweave.cards import dataset_card
+from skillweave.pairs import can_be_chosen, length_stats, make_pairs, pair_report
 
 
 def s(prompt: str, i: int, passed: bool, score: float, response: str, truncated: bool = False) -> dict:
@@ -230,17 +231,17 @@ def math_samples() -> list[dict]:
 def run_filter(tmp_path, *overrides: str):
     from compose import compose_config, hydra_context
 
-    from skillweave.artifacts import make_ref
-    from skillweave.pipeline import Context
+    from skillweave.core.artifacts import make_ref
+    from skillweave.core.engine import STAGES, Context
     from skillweave.stages import filter as filter_stage
 
     with hydra_context():
         cfg = compose_config(["stage=filter", "domain=math", f"artifacts_root={tmp_path / 'artifacts'}", *overrides])
-    samples = make_ref(tmp_path / "artifacts", "generate", "math", {"test": 1}, {})
+    samples = make_ref(tmp_path / "artifacts", "generate", "math", {"test": 1}, {}, outputs=STAGES.get("generate").outputs)
     samples.path.mkdir(parents=True)
     (samples.path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in math_samples()))
     (samples.path / "contamination.json").write_text(json.dumps(CONTAMINATION))
-    ref = make_ref(tmp_path / "artifacts", "filter", "math", {"test": 1}, {"samples": samples})
+    ref = make_ref(tmp_path / "artifacts", "filter", "math", {"test": 1}, {"samples": samples}, outputs=STAGES.get("filter").outputs)
     ref.path.mkdir(parents=True)
     return ref, filter_stage.run(Context(cfg=cfg), "math", ref, {"samples": samples})
 
@@ -289,8 +290,8 @@ def test_filter_stage_takes_code_references_as_chosen(tmp_path):
     failing samples; the backbone's one passing sample is not used."""
     from compose import compose_config, hydra_context
 
-    from skillweave.artifacts import make_ref
-    from skillweave.pipeline import Context
+    from skillweave.core.artifacts import make_ref
+    from skillweave.core.engine import STAGES, Context
     from skillweave.prompts import code_task_reference, code_tasks
     from skillweave.stages import filter as filter_stage
 
@@ -303,10 +304,10 @@ def test_filter_stage_takes_code_references_as_chosen(tmp_path):
     with hydra_context():
         cfg = compose_config(["stage=filter", "domain=code", f"artifacts_root={tmp_path / 'artifacts'}",
                               "filter.strategy=reference_vs_fail", "filter.max_pairs_per_prompt=4"])
-    samples = make_ref(tmp_path / "artifacts", "generate", "code", {"test": 1}, {})
+    samples = make_ref(tmp_path / "artifacts", "generate", "code", {"test": 1}, {}, outputs=STAGES.get("generate").outputs)
     samples.path.mkdir(parents=True)
     (samples.path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ref = make_ref(tmp_path / "artifacts", "filter", "code", {"test": 1}, {"samples": samples})
+    ref = make_ref(tmp_path / "artifacts", "filter", "code", {"test": 1}, {"samples": samples}, outputs=STAGES.get("filter").outputs)
     ref.path.mkdir(parents=True)
     report = filter_stage.run(Context(cfg=cfg), "code", ref, {"samples": samples})
     assert (report["pairs"], report["reference_answers"], report["reference_answers_choosable"]) == (2, 2, 2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from skillweave.config import MergeConfig
-from skillweave.stages.merge import shared_delta
+from skillweave.merging import shared_delta
 
 DELTAS = {
     "a": {"w": torch.tensor([[4.0, -1.0, 2.0, -3.0]])},
@@ -40,5 +40,5 @@ def test_dare_drops_and_rescales_with_its_seed():
 
 
 def test_unknown_method_names_the_valid_ones():
-    with pytest.raises(ValueError, match="valid: task_arithmetic, ties, dare_ties, dare_linear"):
+    with pytest.raises(ValueError, match="Valid: task_arithmetic, ties, dare_ties, dare_linear"):
         shared_delta(DELTAS, MergeConfig(method="slerp"))

@@ -34,5 +34,5 @@ def test_configs_compose_from_an_installed_wheel(tmp_path):
         env=env, cwd=tmp_path, capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert "name: dpo" in out.stdout and "max_steps: 2" in out.stdout  # conf/stage + recipes/smoke
+    assert "stage: dpo" in out.stdout and "max_steps: 2" in out.stdout  # the override + recipes/smoke
     assert (target / "skillweave" / "_resources" / "rules" / "math.yaml").is_file()

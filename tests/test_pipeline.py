@@ -9,13 +9,13 @@ import torch
 from conftest import WORDS
 
 from compose import compose_config, hydra_context
-from skillweave.__main__ import replayable, run
-from skillweave.artifacts import MissingArtifactError
+from skillweave.app import run
+from skillweave.core.compose import replayable
+from skillweave.core.artifacts import MissingArtifactError
 from skillweave.models import load_state_dict
 from skillweave.prompts import PROMPT_SOURCES
 from skillweave.rules.common import RuleResult, rule
-from skillweave.stages.dpo import DELTA, load_delta
-from skillweave.stages.merge import BACKBONE, SHARED
+from skillweave.deltas import load_delta
 
 
 @rule("test_even_word_count")
@@ -97,7 +97,7 @@ def test_delta_is_fine_tuned_minus_base(pipeline, tiny_model_dir):
     _, _, refs = pipeline
     manifest = refs["dpo/math"].manifest()
     base = load_state_dict(tiny_model_dir)
-    delta = load_delta(refs["dpo/math"].path / DELTA)
+    delta = load_delta(refs["dpo/math"].file("delta"))
     assert set(delta) == set(base)
     assert manifest["metrics"]["steps"] == 2 and manifest["metrics"]["relative_weight_change"] > 0
     norm = sum(float(t.double().pow(2).sum()) for t in delta.values()) ** 0.5
@@ -108,10 +108,10 @@ def test_delta_is_fine_tuned_minus_base(pipeline, tiny_model_dir):
 def test_merged_backbone_plus_residual_is_the_fine_tuned_model(pipeline, tiny_model_dir):
     _, _, refs = pipeline
     base = load_state_dict(tiny_model_dir)
-    backbone = load_state_dict(refs["merge"].path / BACKBONE)
-    shared = load_delta(refs["merge"].path / SHARED)
+    backbone = load_state_dict(refs["merge"].file("backbone"))
+    shared = load_delta(refs["merge"].file("shared_delta"))
     for d in ("math", "code", "instructions"):
-        delta = load_delta(refs[f"dpo/{d}"].path / DELTA)
+        delta = load_delta(refs[f"dpo/{d}"].file("delta"))
         for k in base:
             fine_tuned = base[k] + delta[k]
             rebuilt = backbone[k] + (delta[k] - shared[k])
@@ -196,8 +196,8 @@ def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model
     assert ref.path == partial and ref.complete and ref.manifest()["metrics"]["steps"] == 2
     assert not (partial / "checkpoints").exists()
     # And the resumed run ends where an uninterrupted one does (save_steps aside, the same config).
-    uninterrupted = load_delta(refs["dpo/math"].path / DELTA)
-    for k, v in load_delta(partial / DELTA).items():
+    uninterrupted = load_delta(refs["dpo/math"].file("delta"))
+    for k, v in load_delta(partial / "delta.safetensors").items():
         torch.testing.assert_close(v, uninterrupted[k], rtol=1e-4, atol=1e-7)
 
 
@@ -228,7 +228,7 @@ def test_nll_weight_adds_the_chosen_answers_nll_to_the_dpo_loss(pipeline, monkey
 
 def test_eval_key_covers_the_settings_its_configurations_read(tmp_path, tiny_model_dir):
     from skillweave import stages  # noqa: F401  (registers the stages and eval configurations)
-    from skillweave.pipeline import Context, ref_for
+    from skillweave.core.engine import Context, ref_for
 
     def key(*extra: str) -> str:
         ov = overrides(tmp_path, tiny_model_dir, *extra)
@@ -244,13 +244,13 @@ def test_eval_key_covers_the_settings_its_configurations_read(tmp_path, tiny_mod
 
 def _count_runs(monkeypatch, names) -> list[str]:
     """Wraps the named eval configurations so that each run is recorded in the returned list."""
-    from skillweave.stages import eval as eval_stage
+    from skillweave.core.configurations import CONFIGURATIONS
 
     ran = []
     for name in names:
-        conf = eval_stage.CONFIGURATIONS.get(name)
+        conf = CONFIGURATIONS.get(name)
         monkeypatch.setitem(
-            eval_stage.CONFIGURATIONS._items, name,
+            CONFIGURATIONS._items, name,
             conf.__class__(needs=conf.needs, settings=conf.settings,
                            run=lambda ctx, i, s, _n=name, _r=conf.run: (ran.append(_n), _r(ctx, i, s))[1]),
         )

@@ -8,7 +8,7 @@ import pytest
 from skillweave.config import FilterConfig
 from skillweave.rules import RULES, load_rule_set
 from skillweave.rules.quality import ENGLISH_FUNCTION_WORDS, FOREIGN_FUNCTION_WORDS, GUARD_RULES
-from skillweave.stages.filter import make_pairs
+from skillweave.pairs import make_pairs
 
 POEM = """The river hums beneath the bridge,
 a silver thread of evening light;

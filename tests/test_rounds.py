@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_pipeline import overrides, run_overrides  # registers the tiny run's rule and prompt source
 
-from skillweave.artifacts import MissingArtifactError
+from skillweave.core.artifacts import MissingArtifactError
 from skillweave.models import load_state_dict
-from skillweave.stages.dpo import DELTA, load_delta
+from skillweave.deltas import load_delta
 
 DOMAINS = ("math", "code")
 STAGES = ("generate", "filter", "dpo")
@@ -138,8 +138,8 @@ def test_round_zero_is_one_round_dpo_and_a_stopped_run_resumes_at_round_one(onli
 def test_round_one_samples_with_and_trains_from_the_previous_policy(online, tiny_model_dir):
     refs, seen = online["refs"], online["seen"]
     base = load_state_dict(tiny_model_dir)
-    delta0 = load_delta(refs["dpo/math/round0"].path / DELTA)
-    delta1 = load_delta(refs["dpo/math"].path / DELTA)
+    delta0 = load_delta(refs["dpo/math/round0"].file("delta"))
+    delta1 = load_delta(refs["dpo/math"].file("delta"))
     assert any(float(t.abs().max()) > 0 for t in delta0.values())
     for k in base:
         policy0 = base[k] + delta0[k]
@@ -185,7 +185,7 @@ def test_too_many_rounds_for_the_prompt_source_say_so(tmp_path, tiny_model_dir):
     from compose import compose_config, hydra_context
 
     from skillweave import stages  # noqa: F401
-    from skillweave.pipeline import Context
+    from skillweave.core.engine import Context
     from skillweave.stages.generate import round_prompts
 
     with hydra_context():
@@ -208,7 +208,7 @@ def test_one_round_plans_what_plain_dpo_planned(tmp_path, tiny_model_dir):
     from compose import compose_config, hydra_context
 
     from skillweave import stages  # noqa: F401
-    from skillweave.pipeline import Context, plan
+    from skillweave.core.engine import Context, plan
 
     with hydra_context():
         ov = overrides(tmp_path, tiny_model_dir)

@@ -25,7 +25,7 @@ from skillweave.router import (
     save_router,
     train_router,
 )
-from skillweave.stages.eval import add_delta, param_bytes
+from skillweave.deltas import add_delta, param_bytes
 from skillweave.zip import block_linear_names
 
 NUMBER_WORDS = "one two three four five six seven eight nine zero sum add".split()
@@ -222,14 +222,14 @@ def test_twin_routes_each_row_at_prefill_and_keeps_it_while_decoding(backbone, r
 def test_recombined_stderr_is_lm_evals(scores):
     from lm_eval.api.metrics import mean_stderr
 
-    from skillweave.stages.eval_routed import mean_with_stderr
+    from skillweave.eval_configs.routed import mean_with_stderr
 
     mean, stderr = mean_with_stderr(scores)
     assert mean == pytest.approx(sum(scores) / len(scores)) and stderr == pytest.approx(mean_stderr(scores))
 
 
 def test_one_doc_has_no_stderr():
-    from skillweave.stages.eval_routed import mean_with_stderr
+    from skillweave.eval_configs.routed import mean_with_stderr
 
     mean, stderr = mean_with_stderr([1.0])
     assert mean == 1.0 and math.isnan(stderr)  # as lm-eval reports "N/A" for a single doc
@@ -292,7 +292,7 @@ def test_routed_configurations_run_end_to_end(routed_run):
 def test_route_alone_names_the_command_for_its_missing_input(tmp_path, tiny_model_dir):
     from test_pipeline import overrides, run_overrides
 
-    from skillweave.artifacts import MissingArtifactError
+    from skillweave.core.artifacts import MissingArtifactError
 
     with pytest.raises(MissingArtifactError, match=r"stage route needs the merge artifact .*run `python -m skillweave stage=merge"):
         run_overrides(overrides(tmp_path, tiny_model_dir, "stage=route"))

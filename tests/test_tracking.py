@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from skillweave.artifacts import make_ref
+from skillweave.core.artifacts import make_ref
 from skillweave.plots import domain_bars, frontier_plot
-from skillweave.stages.eval import log_results
+from skillweave.reports import log_results
 from skillweave.tracking import scoped_env, wandb_env, wandb_group, wandb_mode
 from compose import compose_config, hydra_context
 

@@ -12,10 +12,10 @@ from test_pipeline import overrides, run_overrides
 from compose import compose_config, hydra_context
 from skillweave.config import LoRAConfig
 from skillweave.models import load_model, load_state_dict, model_fingerprint
-from skillweave.pipeline import Context, plan
-from skillweave.stages.dpo import DELTA, load_delta
-from skillweave.stages.eval import add_delta, param_bytes
-from skillweave.stages.lora import ADAPTER, adapter_tensors, load_lora, lora_dense_delta
+from skillweave.core.engine import Context, plan
+from skillweave.deltas import load_delta
+from skillweave.deltas import add_delta, param_bytes
+from skillweave.lora_io import adapter_tensors, load_lora, lora_dense_delta
 
 DOMAINS = ("math", "code")
 
@@ -47,7 +47,7 @@ def test_multitask_trains_on_every_domains_pairs(pipeline, tiny_model_dir):
     assert metrics["pairs"] == sum(per_domain.values())
     # steps=sum (the default): the per-domain runs' steps together (recipe smoke: 2 each)
     assert metrics["steps"] == sum(refs[f"dpo/{d}"].manifest()["metrics"]["steps"] for d in DOMAINS) == 4
-    delta = load_delta(refs["eval-input/dpo_multitask"].path / DELTA, backbone_fingerprint=model_fingerprint(tiny_model_dir))
+    delta = load_delta(refs["eval-input/dpo_multitask"].file("delta"), backbone_fingerprint=model_fingerprint(tiny_model_dir))
     assert set(delta) == set(load_state_dict(tiny_model_dir))
     assert metrics["relative_weight_change"] > 0
 
@@ -77,8 +77,8 @@ def test_with_online_rounds_the_baselines_train_every_rounds_pairs(pipeline):
         multitask, mt_inputs = plan(ctx, "dpo_multitask")
         lora, lora_inputs = plan(ctx, "lora", "math")
         round0 = ctx.at_round(0)
-        assert lora_inputs["pairs"] == plan(round0, "filter", "math")[0] == mt_inputs["pairs_math"]
-        assert lora_inputs["pairs_round1"] == plan(ctx, "filter", "math")[0] == mt_inputs["pairs_math_round1"]
+        assert lora_inputs["pairs"].ref == plan(round0, "filter", "math")[0] == mt_inputs["pairs_math"].ref
+        assert lora_inputs["pairs_round1"].ref == plan(ctx, "filter", "math")[0] == mt_inputs["pairs_math_round1"].ref
     assert set(lora_inputs) == {"pairs", "pairs_round1"}
     assert set(mt_inputs) == {"pairs_math", "pairs_math_round1", "pairs_code", "pairs_code_round1"}
     assert lora.config["dpo"]["max_steps"] == 2 * 3  # the steps of both rounds of the per-domain run
@@ -93,7 +93,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 def test_lora_adapter_is_the_backbone_plus_its_dense_delta(pipeline, tiny_model_dir):
     _, _, refs = pipeline
-    adapter = refs["eval-input/lora_math"].path / ADAPTER
+    adapter = refs["eval-input/lora_math"].file("adapter")
     fp = model_fingerprint(tiny_model_dir)
     backbone = load_model(tiny_model_dir)
     linears = {n for n, m in backbone.named_modules() if isinstance(m, torch.nn.Linear) and m is not backbone.lm_head}
@@ -115,7 +115,7 @@ def test_eval_reports_bytes_of_the_tensors_held(pipeline, tiny_model_dir):
     assert list(rows) == ["base", "multitask", "lora"]
     base = param_bytes(load_model(tiny_model_dir))
     adapters = {
-        d: sum(t.numel() * t.element_size() for t in adapter_tensors(refs[f"eval-input/lora_{d}"].path / ADAPTER).values())
+        d: sum(t.numel() * t.element_size() for t in adapter_tensors(refs[f"eval-input/lora_{d}"].file("adapter")).values())
         for d in DOMAINS
     }
     assert rows["base"]["bytes"] == rows["multitask"]["bytes"] == base
@@ -132,7 +132,7 @@ def test_a_lora_adapter_of_another_backbone_is_refused(pipeline, tmp_path, tiny_
     other = tmp_path / "other"
     build_tiny_model(tiny_tokenizer, seed=1, train_steps=1).save_pretrained(other)
     with pytest.raises(ValueError, match="LoRA adapter of backbone .* not of this backbone .*rerun the lora stage"):
-        load_lora(load_model(other), refs["eval-input/lora_math"].path / ADAPTER, model_fingerprint(other))
+        load_lora(load_model(other), refs["eval-input/lora_math"].file("adapter"), model_fingerprint(other))
 
 
 def test_a_killed_lora_resumes_from_its_checkpoint(pipeline, monkeypatch):
@@ -158,21 +158,20 @@ def test_a_killed_lora_resumes_from_its_checkpoint(pipeline, monkeypatch):
     monkeypatch.undo()
     (ref,) = run_overrides(ov).values()
     assert ref != refs["eval-input/lora_math"] and ref.complete and ref.manifest()["metrics"]["steps"] == 2
-    assert sorted(p.name for p in ref.path.iterdir() if not p.name.startswith(".")) == [ADAPTER, "config.json", "manifest.json"]
+    assert sorted(p.name for p in ref.path.iterdir() if not p.name.startswith(".")) == ["adapter", "config.json", "manifest.json"]
     # The resumed adapter is the uninterrupted one (save_steps aside, the same config).
-    uninterrupted = adapter_tensors(refs["eval-input/lora_math"].path / ADAPTER)
-    resumed = adapter_tensors(ref.path / ADAPTER)
+    uninterrupted = adapter_tensors(refs["eval-input/lora_math"].file("adapter"))
+    resumed = adapter_tensors(ref.file("adapter"))
     assert set(resumed) == set(uninterrupted)
     for k, v in resumed.items():
         torch.testing.assert_close(v, uninterrupted[k], rtol=1e-4, atol=1e-7)
 
 
 def test_the_baselines_train_under_multi_process_launches(monkeypatch):
-    from skillweave.cluster import check_launch
+    from skillweave.core.engine import STAGES
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    check_launch("dpo_multitask")  # rank 0 writes the delta, as in stage dpo
-    check_launch("lora")  # trainer.save_model gathers the adapter; rank 0 writes it
+    # dpo_multitask: rank 0 writes the delta, as in stage dpo; lora: trainer.save_model gathers the adapter
+    assert STAGES.get("dpo_multitask").distributed and STAGES.get("lora").distributed
 
 
 @pytest.mark.parametrize(

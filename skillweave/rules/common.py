@@ -12,7 +12,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from skillweave.registry import Registry
+from skillweave.core.registry import Registry
 
 Sample = dict
 """{"prompt": str, "response": str, "meta": dict}; meta holds the domain data (gold answer, tests,

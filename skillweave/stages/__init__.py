@@ -1,4 +1,1 @@
-"""The pipeline's stages, one file each; importing this package registers them in STAGES."""
-
-from . import dpo, dpo_multitask, eval, filter, generate, lora, merge, zip  # noqa: F401
-from . import dev, route  # noqa: F401
+"""The pipeline's stages, one plugin module each; `skillweave.app.load_plugins` imports them all."""

@@ -16,7 +16,6 @@ policy's answers are their own artifact (`dev/<domain>-start-<key>`), shared by 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -26,17 +25,20 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from ..artifacts import ArtifactRef, artifact_lock, atomic_write_text, content_key, make_ref, write_manifest
 from ..config import SamplingConfig
+from ..core.artifacts import ArtifactRef, artifact_lock, content_key, make_ref, read_jsonl, write_jsonl, write_manifest
+from ..core.engine import Context, Need, Pulls, Stage, ref_for, register_stage
+from ..core.errors import DataError
+from ..deltas import add_delta, load_delta
 from ..evaluation import paired_difference
 from ..models import load_model, load_tokenizer
-from ..pipeline import STAGES, Context, Stage, ref_for
+from ..pairs import rule_set_path, score_sample
 from ..prompts import PROMPT_SOURCES
-from .filter import rule_set_path, score_sample
+from ..rules import load_rule_set
+from ..sampling import sample_batch
 
 DEV_SEED_OFFSET = 7919
 """The dev draw's seed is domain.sampling.seed + this: another draw of the same source."""
-ANSWERS = "answers.jsonl"
 log = logging.getLogger("skillweave")
 _WARNED: set[str] = set()
 
@@ -45,7 +47,7 @@ def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
     """(the dev prompts, how many of the draw were dropped because a training round uses them).
 
     Raises:
-        ValueError: every drawn prompt is also a training prompt (a small source such as code_tasks
+        DataError: every drawn prompt is also a training prompt (a small source such as code_tasks
         asked for more prompts than it has); the message names the settings to lower.
     """
     cfg = ctx.for_domain(domain)
@@ -55,7 +57,7 @@ def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
     draw = make(n=cfg.dev.prompts, seed=s.seed + DEV_SEED_OFFSET, **source.kwargs)
     kept = [r for r in draw if r["id"] not in training]
     if not kept:
-        raise ValueError(
+        raise DataError(
             f"all {len(draw)} dev prompts of {source.name!r} are training prompts of domain {domain}: lower "
             f"domain.sampling.num_prompts x dpo.rounds ({cfg.dpo.rounds * s.num_prompts}) or dev.prompts"
         )
@@ -87,21 +89,18 @@ def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
     path = rule_set_path(cfg.domain.rules)
     rules = content_key(path.read_text()) if path.is_file() else str(path)
-    return {"answers": _answer_settings(ctx, domain), "rules": rules}, {"dpo": ref_for(ctx, "dpo", domain)}
+    return {"answers": _answer_settings(ctx, domain), "rules": rules}, {"dpo": Need(ctx, "dpo", domain)}
 
 
 def start_ref(ctx: Context, domain: str) -> ArtifactRef:
     """The starting policy's answers: the backbone's at round 0, theta_0 + Delta_{r-1} at round r."""
     inputs = {"policy": ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain)} if ctx.dpo_round > 0 else {}
-    return make_ref(ctx.root, "dev", f"{domain}-start", {"answers": _answer_settings(ctx, domain)}, inputs)
+    return make_ref(ctx.root, "dev", f"{domain}-start", {"answers": _answer_settings(ctx, domain)}, inputs,
+                    outputs=STAGE.outputs)
 
 
 def answer(ctx: Context, domain: str, prompts: list[dict], delta_path: Optional[Path], desc: str) -> list[dict]:
     """Greedy fp32 answers of theta_0 (+ the delta at `delta_path`) to `prompts`."""
-    from .dpo import load_delta
-    from .eval import add_delta
-    from .generate import sample_batch
-
     cfg = ctx.for_domain(domain)
     model = load_model(ctx.model_dir, dtype=torch.float32)
     if delta_path is not None:
@@ -122,33 +121,28 @@ def _cached_answers(ref: ArtifactRef, make) -> list[dict]:
         if not ref.complete:
             started = time.time()
             rows = make()
-            atomic_write_text(ref.path / ANSWERS, "".join(json.dumps(r) + "\n" for r in rows))
+            write_jsonl(ref.file("answers"), rows)
             write_manifest(ref, {"answers": len(rows)}, started)
-    return [json.loads(line) for line in (ref.path / ANSWERS).read_text().splitlines()]
+    return read_jsonl(ref.file("answers"))
 
 
 def score_rows(ctx: Context, domain: str, rows: list[dict]) -> list[dict]:
-    from ..rules import load_rule_set
-
     rule_set = load_rule_set(domain, rule_set_path(ctx.for_domain(domain).domain.rules))
     return [score_sample(rule_set, r) for r in rows]
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
-    from .dpo import DELTA
-
     cfg = ctx.for_domain(domain)
     prompts, dropped = dev_prompts(ctx, domain)
     first = start_ref(ctx, domain)
-    policy = ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain).path / DELTA if ctx.dpo_round > 0 else None
+    policy = ref_for(ctx.at_round(ctx.dpo_round - 1), "dpo", domain).file("delta") if ctx.dpo_round > 0 else None
     start = score_rows(ctx, domain, _cached_answers(first, lambda: answer(ctx, domain, prompts, policy, f"dev[{domain}] start")))
-    trained = score_rows(ctx, domain, answer(ctx, domain, prompts, inputs["dpo"].path / DELTA, f"dev[{domain}] trained"))
+    trained = score_rows(ctx, domain, answer(ctx, domain, prompts, inputs["dpo"].file("delta"), f"dev[{domain}] trained"))
     by_id = {r["prompt_id"]: r for r in start}
     start = [by_id[r["prompt_id"]] for r in trained]
-    atomic_write_text(
-        ref.path / ANSWERS,
-        "".join(json.dumps({**t, "start_response": s["response"], "start_score": s["score"], "start_passed": s["passed"]}) + "\n"
-                for s, t in zip(start, trained)),
+    write_jsonl(
+        ref.file("answers"),
+        ({**t, "start_response": s["response"], "start_score": s["score"], "start_passed": s["passed"]} for s, t in zip(start, trained)),
     )
     delta, stderr = paired_difference([s["score"] for s in start], [t["score"] for t in trained])
     n = len(trained)
@@ -172,27 +166,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     }
 
 
-def sweep_table(root: Path, domain: Optional[str] = None) -> str:
-    """Markdown: every complete dev artifact under `root` (a sweep's points), best paired gain first."""
-    rows = []
-    for d in sorted((Path(root) / "dev").glob("*/manifest.json")):
-        m = json.loads(d.read_text())
-        if m["label"].endswith("-start") or (domain and m["label"] != domain):
-            continue
-        rows.append((m["label"], m["metrics"], d.parent.name))
-    rows.sort(key=lambda r: -r[1]["delta"])
-    head = ("| domain | lr | steps | beta | nll | rounds | pairs | weight change | dev score (start -> trained) | "
-            "paired gain ± stderr | pass rate | changed | truncated | dev prompts | artifact |\n" + "|---" * 15 + "|\n")
-    lines = [
-        f"| {lab} | {m['dpo']['learning_rate']:g} | {m['dpo']['max_steps']} | {m['dpo']['beta']:g} | "
-        f"{m['dpo'].get('nll_weight', 0.0):g} | {m['dpo']['rounds']} | "
-        f"{m['pairs']} | {m['relative_weight_change']:.2e} | {m['score_start']:.3f} -> {m['score']:.3f} | "
-        f"{100 * m['delta']:+.1f} ± {100 * m['delta_stderr']:.1f} | {m['pass_rate_start']:.0%} -> {m['pass_rate']:.0%} | "
-        f"{m['changed']:.0%} | {m['truncated_start']:.0%} -> {m['truncated']:.0%} | {m['prompts']} | {name} |"
-        for lab, m, name in rows
-    ]
-    return head + "\n".join(lines) + "\n"
-
-
-STAGES.register("dev")(Stage("dev", per_domain=True, plan=plan, run=run))
+STAGE = register_stage(Stage(
+    "dev", per_domain=True, plan=plan, run=run, outputs={"answers": "answers.jsonl"}, pulls=Pulls.everything,
+))
 

@@ -19,10 +19,10 @@ import shutil
 from dataclasses import asdict
 from typing import Optional
 
-from ..artifacts import ArtifactRef
 from ..config import MultitaskSteps
-from ..pipeline import STAGES, Context, Stage
-from .dpo import DELTA, dpo_settings, load_pairs, pairs_of_every_round, train_dpo, write_delta
+from ..core.artifacts import ArtifactRef
+from ..core.engine import Context, Stage, register_stage
+from ..training import dpo_settings, load_pairs, pairs_of_every_round, train_dpo, write_delta
 
 
 def total_steps(ctx: Context) -> int:
@@ -53,7 +53,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     from datasets import concatenate_datasets
 
     parts = {  # each domain's pairs, every online round's
-        d: concatenate_datasets([load_pairs(inputs[pairs_name(d, r)].path) for r in range(ctx.cfg.dpo.rounds)])
+        d: concatenate_datasets([load_pairs(inputs[pairs_name(d, r)]) for r in range(ctx.cfg.dpo.rounds)])
         for d in ctx.cfg.domains
     }
     pairs = concatenate_datasets(list(parts.values())).shuffle(seed=ctx.cfg.dpo_multitask.shuffle_seed)
@@ -62,11 +62,13 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         ctx.cfg, ctx.model_dir, pairs, ckpt_dir, run_name=f"dpo_multitask-{ref.key}", max_steps=ref.config["dpo"]["max_steps"]
     )
     metrics["pairs_per_domain"] = {d: len(p) for d, p in parts.items()}
-    stats = write_delta(ctx, trainer, ref.path / DELTA, None, scratch=ckpt_dir / "final")
+    stats = write_delta(ctx, trainer, ref.file("delta"), None, scratch=ckpt_dir / "final")
     if stats is None:  # not rank 0: rank 0 writes the delta and the manifest
         return metrics
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {**metrics, **stats}
 
 
-STAGES.register("dpo_multitask")(Stage("dpo_multitask", per_domain=False, plan=plan, run=run))
+register_stage(Stage(
+    "dpo_multitask", per_domain=False, plan=plan, run=run, outputs={"delta": "delta.safetensors"}, distributed=True,
+))

@@ -16,24 +16,15 @@ adapter_config.json: the fingerprint of the backbone it belongs to, its domain a
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 from dataclasses import asdict
-from pathlib import Path
 from typing import Optional
 
-import torch
-
-from ..artifacts import ArtifactRef, atomic_write_json
-from ..config import LoRAConfig
-from ..pipeline import STAGES, Context, Stage
-from .dpo import dpo_settings, load_pairs, pairs_of_every_round, train_dpo
-
-ADAPTER = "adapter"
-STAMP = "skillweave.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from ..core.artifacts import ArtifactRef, atomic_write_json
+from ..core.engine import Context, Stage, register_stage
+from ..lora_io import STAMP, adapter_tensors, lora_dense_delta, peft_config
+from ..training import dpo_settings, load_pairs, pairs_of_every_round, train_dpo
 
 
 def plan(ctx: Context, domain: Optional[str]):
@@ -47,30 +38,18 @@ def plan(ctx: Context, domain: Optional[str]):
     return config, {("pairs" + (f"_round{r}" if r else "")): ref for r, ref in enumerate(rounds)}
 
 
-def peft_config(settings: LoRAConfig):
-    """The `peft.LoraConfig` of `lora.*`."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules) if settings.target_modules else "all-linear",
-        task_type="CAUSAL_LM",
-    )
-
-
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from datasets import concatenate_datasets
 
     cfg = ctx.for_domain(domain)
-    pairs = concatenate_datasets([load_pairs(inp.path) for _, inp in sorted(inputs.items())])
+    pairs = concatenate_datasets([load_pairs(inp) for _, inp in sorted(inputs.items())])
     ckpt_dir = ref.path / "checkpoints"
     trainer, metrics = train_dpo(
         cfg, ctx.model_dir, pairs, ckpt_dir, run_name=f"lora-{domain}-{ref.key}", learning_rate=cfg.lora.learning_rate,
         max_steps=ref.config["dpo"]["max_steps"], peft_config=peft_config(cfg.lora),
     )
-    out, tmp = ref.path / ADAPTER, ref.path / f".{ADAPTER}.tmp"
+    out = ref.file("adapter")
+    tmp = out.with_name(f".{out.name}.tmp")
     main = trainer.is_world_process_zero()
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -91,60 +70,4 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     }
 
 
-def adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a PEFT adapter directory, as stored."""
-    from safetensors.torch import load_file
-
-    return load_file(str(adapter_dir / ADAPTER_WEIGHTS))
-
-
-def lora_dense_delta(adapter_dir: Path) -> dict[str, torch.Tensor]:
-    """The dense weight update of a LoRA adapter: {"<module>.weight": (alpha / r) B A} (fp32).
-
-    Names are the backbone's parameter names, so `add_delta(backbone, lora_dense_delta(dir))` is the
-    adapted model with the adapter merged in.
-
-    Raises:
-        ValueError: an adapter this does not read (per-layer ranks or alphas, DoRA, fan_in_fan_out).
-    """
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora") or config.get("fan_in_fan_out"):
-        raise ValueError(f"{adapter_dir}: per-layer rank/alpha, DoRA and fan_in_fan_out adapters are not supported here")
-    r, alpha = config["r"], config["lora_alpha"]
-    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    tensors = adapter_tensors(adapter_dir)
-    delta = {}
-    for key, a in tensors.items():
-        if key.endswith(".lora_A.weight"):
-            module = key.removesuffix(".lora_A.weight")
-            b = tensors[f"{module}.lora_B.weight"]
-            delta[f"{module.removeprefix('base_model.model.')}.weight"] = scale * (b.float() @ a.float())
-    return delta
-
-
-def load_lora(model: torch.nn.Module, adapter_dir: Path, backbone_fingerprint: str, adapter_name: str = "default"):
-    """`model` (the backbone, or a PeftModel of it holding other adapters) with the adapter in
-    `adapter_dir` loaded as `adapter_name`, in eval mode; returns the PeftModel.
-
-    Raises:
-        ValueError: not a skillweave LoRA adapter directory, or an adapter of another backbone.
-    """
-    from peft import PeftModel
-
-    try:
-        stamp = json.loads((adapter_dir / STAMP).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{adapter_dir}: not a skillweave LoRA adapter ({e}); delete its artifact directory and rerun the lora stage") from None
-    if stamp.get("backbone_fingerprint") != backbone_fingerprint:
-        raise ValueError(
-            f"{adapter_dir} is a LoRA adapter of backbone {stamp.get('backbone_fingerprint')}, not of this backbone "
-            f"({backbone_fingerprint}): rerun the lora stage for this model"
-        )
-    if isinstance(model, PeftModel):
-        model.load_adapter(str(adapter_dir), adapter_name=adapter_name)
-    else:
-        model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
-    return model.eval()
-
-
-STAGES.register("lora")(Stage("lora", per_domain=True, plan=plan, run=run))
+register_stage(Stage("lora", per_domain=True, plan=plan, run=run, outputs={"adapter": "adapter"}, distributed=True))

@@ -9,48 +9,29 @@ eval prompts (held out by construction) is reported by the routed eval configura
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import Optional
 
 import torch
 
-from ..artifacts import ArtifactRef
+from ..core.artifacts import ArtifactRef
+from ..core.engine import Context, Need, Stage, per_domain_needs, register_stage
 from ..models import load_model, load_tokenizer, model_fingerprint
-from ..pipeline import STAGES, Context, Stage, ref_for
-from .generate import SAMPLES
-from .merge import BACKBONE
-
-ROUTER = "router.safetensors"
+from ..sampling import training_prompts
 
 
 def plan(ctx: Context, domain: Optional[str]):
-    inputs = {"merge": ref_for(ctx, "merge")} | {f"generate_{d}": ref_for(ctx, "generate", d) for d in ctx.cfg.domains}
+    inputs = {"merge": Need(ctx, "merge")} | per_domain_needs(ctx, "generate")
     return {"router": asdict(ctx.cfg.router), "domains": list(ctx.cfg.domains)}, inputs
-
-
-def training_prompts(samples_path: Path, limit: Optional[int] = None) -> list[str]:
-    """The distinct prompts of a generate artifact, in order (the first `limit` of them when given)."""
-    prompts, seen = [], set()
-    with open(samples_path) as f:
-        for line in f:
-            row = json.loads(line)
-            if row["prompt_id"] not in seen:
-                seen.add(row["prompt_id"])
-                prompts.append(row["prompt"])
-                if limit is not None and len(prompts) == limit:
-                    break
-    return prompts
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from ..router import accuracy, confusion_matrix, prompt_features, save_router, train_router
 
     cfg, domains = ctx.cfg.router, list(ctx.cfg.domains)
-    backbone = inputs["merge"].path / BACKBONE
+    backbone = inputs["merge"].file("backbone")
     model, tok = load_model(backbone), load_tokenizer(backbone)
-    prompts = {d: training_prompts(inputs[f"generate_{d}"].path / SAMPLES, cfg.max_prompts_per_domain) for d in domains}
+    prompts = {d: training_prompts(inputs[f"generate_{d}"].file("samples"), cfg.max_prompts_per_domain) for d in domains}
     features = torch.cat(
         [prompt_features(model, tok, prompts[d], batch_size=cfg.batch_size, max_length=cfg.max_length) for d in domains]
     )
@@ -66,7 +47,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         seed=cfg.seed,
     )
     router.meta["config"] = asdict(cfg)
-    save_router(router, ref.path / ROUTER)
+    save_router(router, ref.file("router"))
     return {
         "domains": domains,
         "prompts": {d: len(p) for d, p in prompts.items()},
@@ -77,4 +58,4 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     }
 
 
-STAGES.register("route")(Stage("route", per_domain=False, plan=plan, run=run))
+register_stage(Stage("route", per_domain=False, plan=plan, run=run, outputs={"router": "router.safetensors"}))

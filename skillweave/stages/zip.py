@@ -13,20 +13,17 @@ fingerprint: it only makes sense on top of that backbone.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Optional
 
 import torch
 
-from ..artifacts import ArtifactRef
-from ..models import chat_prompt, load_model, load_tokenizer, model_fingerprint
-from ..pipeline import STAGES, Context, Stage, ref_for
-from .dpo import DELTA, load_delta
-from .generate import SAMPLES
-from .merge import BACKBONE, SHARED
-
-SKILLPACK = "skillpack.safetensors"
+from ..core.artifacts import ArtifactRef
+from ..core.engine import Context, Need, Stage, register_stage
+from ..core.errors import DataError
+from ..deltas import load_delta
+from ..models import load_model, load_tokenizer, model_fingerprint
+from ..sampling import domain_texts
 
 
 def _calibrates(z) -> bool:
@@ -39,26 +36,10 @@ def _needs_prompts(cfg) -> bool:
 
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
-    inputs = {"merge": ref_for(ctx, "merge"), "dpo": ref_for(ctx, "dpo", domain)}
+    inputs = {"merge": Need(ctx, "merge"), "dpo": Need(ctx, "dpo", domain)}
     if _needs_prompts(cfg):
-        inputs["generate"] = ref_for(ctx, "generate", domain)
+        inputs["generate"] = Need(ctx, "generate", domain)
     return {"zip": asdict(cfg.zip)}, inputs
-
-
-def domain_texts(samples_path, tok, n: int) -> list[str]:
-    """The first `n` distinct prompts of a generate artifact, each with its first sampled answer, as
-    the model reads them (chat template): the activations the domain's skillpack will see."""
-    texts, seen = [], set()
-    with open(samples_path) as f:
-        for line in f:
-            row = json.loads(line)
-            if row["prompt_id"] in seen:
-                continue
-            seen.add(row["prompt_id"])
-            texts.append(chat_prompt(tok, row["prompt"]) + row["response"])
-            if len(texts) == n:
-                break
-    return texts
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
@@ -70,10 +51,10 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     from ..zip.smoothing import collect_channel_stats
 
     cfg = ctx.for_domain(domain).zip
-    shared = load_delta(inputs["merge"].path / SHARED, backbone_fingerprint=ctx.base_fingerprint)
-    delta = load_delta(inputs["dpo"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+    shared = load_delta(inputs["merge"].file("shared_delta"), backbone_fingerprint=ctx.base_fingerprint)
+    delta = load_delta(inputs["dpo"].file("delta"), backbone_fingerprint=ctx.base_fingerprint)
     residual = {k: delta[k] - shared[k] for k in delta}
-    backbone_dir = inputs["merge"].path / BACKBONE
+    backbone_dir = inputs["merge"].file("backbone")
     with torch.device("meta"):  # module names only: no weights allocated
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(backbone_dir))
     names = sorted(block_linear_names(skeleton))
@@ -85,9 +66,9 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     n_calib = cfg.calibration_prompts if _calibrates(cfg) else 0
     if _needs_prompts(ctx.for_domain(domain)):
         model, tok = load_model(backbone_dir), load_tokenizer(backbone_dir)
-        texts = domain_texts(inputs["generate"].path / SAMPLES, tok, n_calib + cfg.fidelity_prompts)
+        texts = domain_texts(inputs["generate"].file("samples"), tok, n_calib + cfg.fidelity_prompts)
         if n_calib and not texts:
-            raise ValueError(
+            raise DataError(
                 f"zip.smoothing={cfg.smoothing} and zip.act_scale={cfg.act_scale} need calibration prompts; "
                 f"the generate artifact of {domain} has none"
             )
@@ -125,7 +106,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         skillpack.calibration_summary["prompts"] = len(calib)
     fidelity = skillpack_fidelity(model, residual, skillpack, held_out) if held_out else {}
     skillpack.meta.update(config=asdict(cfg), fidelity=fidelity)
-    save_skillpack(skillpack, ref.path / SKILLPACK)
+    save_skillpack(skillpack, ref.file("skillpack"))
     rel_error = skillpack.meta["layer_rel_error"]
     errors = [rel_error[name] for name in names if name in rel_error]
     dense_fp16 = sum(2 * t.numel() for t in residual.values())
@@ -146,4 +127,4 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     }
 
 
-STAGES.register("zip")(Stage("zip", per_domain=True, plan=plan, run=run))
+register_stage(Stage("zip", per_domain=True, plan=plan, run=run, outputs={"skillpack": "skillpack.safetensors"}))

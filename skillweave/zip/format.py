@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from skillweave.artifacts import tmp_path_for
+from skillweave.core.artifacts import tmp_path_for
 from skillweave.core.errors import SkillpackError
 from skillweave.zip.quant import dequantize, unpack_int4
 from skillweave.zip.smoothing import ChannelStats

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from skillweave.registry import Registry
+from skillweave.core.registry import Registry
 
 SmoothingFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 RotationFn = Callable[[int, int], torch.Tensor]

@@ -9,15 +9,15 @@
 
 from __future__ import annotations
 
+from ..core.configurations import Configuration, Scorer, register_configuration
+from ..core.engine import Context, Need, per_domain_needs
+from ..deltas import add_delta, load_delta, param_bytes
+from ..lora_io import load_lora
 from ..models import load_model, load_tokenizer
-from ..pipeline import Context, Need
-from .dpo import DELTA, load_delta
-from .eval import CONFIGURATIONS, Configuration, Scorer, add_delta, param_bytes, per_domain
-from .lora import ADAPTER, load_lora
 
 
 def _multitask(ctx: Context, refs: dict, score: Scorer) -> dict:
-    delta = load_delta(refs["dpo_multitask"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+    delta = load_delta(refs["dpo_multitask"].file("delta"), backbone_fingerprint=ctx.base_fingerprint)
     model, tok = add_delta(load_model(ctx.model_dir), delta), load_tokenizer(ctx.model_dir)
     return {"bytes": param_bytes(model), "scores": {d: score(model, tok, d) for d in ctx.cfg.domains}}
 
@@ -27,7 +27,7 @@ def _lora(ctx: Context, refs: dict, score: Scorer) -> dict:
 
     model, tok = load_model(ctx.model_dir), load_tokenizer(ctx.model_dir)
     for d in ctx.cfg.domains:
-        model = load_lora(model, refs[f"lora_{d}"].path / ADAPTER, ctx.base_fingerprint, adapter_name=d)
+        model = load_lora(model, refs[f"lora_{d}"].file("adapter"), ctx.base_fingerprint, adapter_name=d)
     adapter_bytes = {
         d: sum(t.numel() * t.element_size() for t in get_peft_model_state_dict(model, adapter_name=d).values())
         for d in ctx.cfg.domains
@@ -40,7 +40,6 @@ def _lora(ctx: Context, refs: dict, score: Scorer) -> dict:
     return {"bytes": param_bytes(model), "scores": scores, "details": {"adapter_bytes": adapter_bytes}}
 
 
-CONFIGURATIONS.register("multitask")(
-    Configuration(needs=lambda ctx: {"dpo_multitask": Need(ctx, "dpo_multitask")}, run=_multitask)
+register_configuration("multitask", Configuration(needs=lambda ctx: {"dpo_multitask": Need(ctx, "dpo_multitask")}, run=_multitask)
 )
-CONFIGURATIONS.register("lora")(Configuration(needs=lambda ctx: per_domain(ctx, "lora"), run=_lora))
+register_configuration("lora", Configuration(needs=lambda ctx: per_domain_needs(ctx, "lora"), run=_lora))

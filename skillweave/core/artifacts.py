@@ -16,14 +16,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
+
+from .errors import MissingArtifactError
+
+__all__ = ["MissingArtifactError"]  # re-exported: consumers see it where artifacts are
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
-
-
-class MissingArtifactError(RuntimeError):
-    """An input artifact that no earlier run produced; the message names the command that does."""
 
 
 def content_key(payload: Any) -> str:
@@ -43,6 +43,8 @@ class ArtifactRef:
     inputs: dict[str, str]  # input name -> key of that input artifact
     command: str = field(default="", compare=False)
     """The command that produces this artifact ("" when unknown): named when it is missing."""
+    outputs: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """The producing stage's declared outputs, name -> path inside the directory (`Stage.outputs`)."""
 
     @property
     def path(self) -> Path:
@@ -52,6 +54,17 @@ class ArtifactRef:
     def complete(self) -> bool:
         return (self.path / MANIFEST).is_file()
 
+    def file(self, name: str) -> Path:
+        """The path of the output `name` the producing stage declares: consumers depend on the engine's
+        declaration, never on the producer's module.
+
+        Raises:
+            KeyError: the stage declares no such output (a bug in the consumer).
+        """
+        if name not in self.outputs:
+            raise KeyError(f"stage {self.stage} declares no output {name!r}; it declares {sorted(self.outputs)}")
+        return self.path / self.outputs[name]
+
     def manifest(self) -> dict:
         return json.loads((self.path / MANIFEST).read_text())
 
@@ -60,11 +73,17 @@ class ArtifactRef:
 
 
 def make_ref(
-    root: str | Path, stage: str, label: str, config: dict, inputs: dict[str, ArtifactRef], command: str = ""
+    root: str | Path,
+    stage: str,
+    label: str,
+    config: dict,
+    inputs: Mapping[str, ArtifactRef],
+    command: str = "",
+    outputs: Mapping[str, str] | None = None,
 ) -> ArtifactRef:
     input_keys = {name: ref.key for name, ref in sorted(inputs.items())}
     key = content_key({"stage": stage, "label": label, "config": config, "inputs": input_keys})
-    return ArtifactRef(stage, label, key, Path(root).resolve(), config, input_keys, command)
+    return ArtifactRef(stage, label, key, Path(root).resolve(), config, input_keys, command, dict(outputs or {}))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -75,6 +94,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    """One JSON object per line, written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 @contextmanager

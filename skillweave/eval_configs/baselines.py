@@ -13,7 +13,7 @@ backbone's plus the sum of the K compressed deltas, counted from the tensors hel
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -26,13 +26,13 @@ from ..baselines import (
     delta_come_reconstruct,
     distill_bitdelta_scales,
 )
+from ..core.configurations import Configuration, Scorer, register_configuration
+from ..core.engine import Context, per_domain_needs
+from ..core.errors import DataError
+from ..deltas import add_delta, load_delta, param_bytes
 from ..models import load_model, load_tokenizer
-from ..pipeline import Context
+from ..sampling import domain_texts
 from ..zip import block_linear_names
-from .dpo import DELTA, load_delta
-from .eval import CONFIGURATIONS, Configuration, Scorer, add_delta, param_bytes, per_domain
-from .generate import SAMPLES
-from .zip import domain_texts
 
 DISTILL_STEPS = 100
 """Adam steps on the scales; the paper runs 200 on 800 samples, ours are a handful of texts."""
@@ -51,7 +51,7 @@ def _per_domain(ctx: Context, refs: dict, score: Scorer, compress: Callable[...,
     for d in ctx.cfg.domains:
         model = load_model(ctx.model_dir)  # a fresh theta_0 per domain: adding a delta is not undone exactly
         total = total or param_bytes(model)  # the one backbone held
-        delta = load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+        delta = load_delta(refs[f"dpo_{d}"].file("delta"), backbone_fingerprint=ctx.base_fingerprint)
         approx, nbytes = compress(ctx, refs, d, model, delta)
         total += nbytes
         scores[d] = score(add_delta(model, approx), tok, d)
@@ -62,9 +62,9 @@ def _bitdelta(ctx: Context, refs: dict, d: str, model: torch.nn.Module, delta: d
     compressed = bitdelta_compress(delta, block_linear_names(model))
     if distill:
         tok = load_tokenizer(ctx.model_dir)
-        texts = domain_texts(refs[f"generate_{d}"].path / SAMPLES, tok, ctx.for_domain(d).zip.calibration_prompts)
+        texts = domain_texts(refs[f"generate_{d}"].file("samples"), tok, ctx.for_domain(d).zip.calibration_prompts)
         if not texts:
-            raise ValueError(f"bitdelta distills on calibration texts; the generate artifact of {d} has none")
+            raise DataError(f"bitdelta distills on calibration texts; the generate artifact of {d} has none")
         batches = [dict(tok(t, return_tensors="pt", add_special_tokens=False)) for t in texts]
         teacher = add_delta(load_model(ctx.model_dir), delta)
         compressed["scales"], _ = distill_bitdelta_scales(
@@ -78,9 +78,8 @@ def _delta_come(ctx: Context, refs: dict, d: str, model: torch.nn.Module, delta:
     return delta_come_reconstruct(compressed), delta_come_nbytes(compressed)
 
 
-CONFIGURATIONS.register("bitdelta")(
-    Configuration(
-        needs=lambda ctx: per_domain(ctx, "dpo") | per_domain(ctx, "generate"),
+register_configuration("bitdelta", Configuration(
+        needs=lambda ctx: per_domain_needs(ctx, "dpo") | per_domain_needs(ctx, "generate"),
         run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=True)),
         settings=lambda ctx: {
             "calibration_prompts": {d: ctx.for_domain(d).zip.calibration_prompts for d in ctx.cfg.domains},
@@ -89,33 +88,9 @@ CONFIGURATIONS.register("bitdelta")(
         },
     )
 )
-CONFIGURATIONS.register("bitdelta_nodistill")(
-    Configuration(needs=lambda ctx: per_domain(ctx, "dpo"), run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=False)))
+register_configuration("bitdelta_nodistill", Configuration(needs=lambda ctx: per_domain_needs(ctx, "dpo"), run=lambda ctx, refs, score: _per_domain(ctx, refs, score, partial(_bitdelta, distill=False)))
 )
-CONFIGURATIONS.register("delta_come")(
-    Configuration(needs=lambda ctx: per_domain(ctx, "dpo"), run=lambda ctx, refs, score: _per_domain(ctx, refs, score, _delta_come))
+register_configuration("delta_come", Configuration(needs=lambda ctx: per_domain_needs(ctx, "dpo"), run=lambda ctx, refs, score: _per_domain(ctx, refs, score, _delta_come))
 )
 
 
-def apply_budget(rows: list[dict], budget_bytes: Optional[int]) -> tuple[list[dict], list[dict]]:
-    """Marks each result row `within_budget` (bytes <= budget_bytes; all rows when there is no budget).
-
-    A configuration's bytes are known for sure only once it has been built, so every configuration is
-    evaluated and the ones over budget are reported as excluded rather than silently dropped.
-
-    Returns:
-        (kept, excluded): the rows within budget, and {"name", "bytes"} of each row over it.
-    """
-    for r in rows:
-        r["within_budget"] = budget_bytes is None or r["bytes"] <= budget_bytes
-    kept = [r for r in rows if r["within_budget"]]
-    excluded = [{"name": r["name"], "bytes": r["bytes"]} for r in rows if not r["within_budget"]]
-    return kept, excluded
-
-
-def budget_note(budget_bytes: Optional[int], excluded: list[dict]) -> str:
-    """The line results.md gets under its table: the budget and what exceeded it ("" without a budget)."""
-    if budget_bytes is None:
-        return ""
-    over = ", ".join(f"{e['name']} ({e['bytes'] / 2**20:.1f} MiB)" for e in excluded) or "none"
-    return f"\nMemory budget {budget_bytes / 2**20:.1f} MiB; excluded (over budget): {over}\n"

@@ -28,7 +28,10 @@ import torch
 
 from ..evaluation import eval_prompts, evaluate
 from ..models import load_model, load_tokenizer, model_fingerprint
-from ..pipeline import Context, Need
+from ..core.configurations import Configuration, Scorer, eval_tasks, register_configuration
+from ..core.engine import Context, Need, per_domain_needs
+from ..core.errors import ConfigError
+from ..deltas import load_delta, param_bytes
 from ..router import (
     Router,
     TwinMerging,
@@ -39,25 +42,21 @@ from ..router import (
     prompt_features,
     router_nbytes,
 )
-from .dpo import DELTA, load_delta
-from .eval import CONFIGURATIONS, Configuration, Scorer, param_bytes, per_domain
-from .merge import BACKBONE, SHARED
-from .route import ROUTER
-from .zip import SKILLPACK
+from ..zip import attach_skillpack, block_linear_names, detach_skillpack, load_skillpack, skillpack_nbytes
 
 
 def _router_for(ctx: Context, refs: dict, fingerprint: str) -> Router:
     """The route artifact's router; it must read this backbone and know the run's domains, in order."""
-    router = load_router(refs["route"].path / ROUTER, expected_fingerprint=fingerprint)
+    router = load_router(refs["route"].file("router"), expected_fingerprint=fingerprint)
     if list(router.domains) != list(ctx.cfg.domains):
-        raise ValueError(f"the router routes to {router.domains}, the run's domains are {list(ctx.cfg.domains)}")
+        raise ConfigError(f"the router routes to {router.domains}, the run's domains are {list(ctx.cfg.domains)}")
     return router
 
 
 def _tasks(ctx: Context) -> dict[str, str]:
-    tasks = {d: ctx.for_domain(d).domain.eval_task for d in ctx.cfg.domains}
+    tasks = eval_tasks(ctx)
     if len(set(tasks.values())) != len(tasks):
-        raise ValueError(f"routed evaluation needs one eval task per domain, got {tasks}")
+        raise ConfigError(f"routed evaluation needs one eval task per domain, got {tasks}")
     return tasks
 
 
@@ -74,14 +73,13 @@ def mean_with_stderr(scores: list[float]) -> tuple[float, float]:
 
 
 def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
-    from ..zip import attach_skillpack, detach_skillpack, load_skillpack, skillpack_nbytes
 
     ev, domains, tasks = ctx.cfg.eval, list(ctx.cfg.domains), _tasks(ctx)
-    path = refs["merge"].path / BACKBONE
+    path = refs["merge"].file("backbone")
     model, tok = load_model(path), load_tokenizer(path)
     fp = model_fingerprint(path)
     router = _router_for(ctx, refs, fp)
-    skillpacks = {d: load_skillpack(refs[f"zip_{d}"].path / SKILLPACK, expected_fingerprint=fp) for d in domains}
+    skillpacks = {d: load_skillpack(refs[f"zip_{d}"].file("skillpack"), expected_fingerprint=fp) for d in domains}
 
     # Route every eval doc from its prompt on the bare backbone (the features the router learned).
     docs = {d: eval_prompts(tasks[d], limit=ev.limit) for d in domains}
@@ -128,18 +126,17 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
 
 
 def _twin_merging(ctx: Context, refs: dict, score: Scorer) -> dict:
-    from ..zip import block_linear_names
 
     domains = list(ctx.cfg.domains)
-    path = refs["merge"].path / BACKBONE
+    path = refs["merge"].file("backbone")
     model, tok = load_model(path), load_tokenizer(path)
     router = _router_for(ctx, refs, model_fingerprint(path))
-    shared = load_delta(refs["merge"].path / SHARED, backbone_fingerprint=ctx.base_fingerprint)
+    shared = load_delta(refs["merge"].file("shared_delta"), backbone_fingerprint=ctx.base_fingerprint)
     names = sorted(block_linear_names(model))
 
     def residuals():  # one domain's residual in memory at a time
         for d in domains:
-            delta = load_delta(refs[f"dpo_{d}"].path / DELTA, backbone_fingerprint=ctx.base_fingerprint)
+            delta = load_delta(refs[f"dpo_{d}"].file("delta"), backbone_fingerprint=ctx.base_fingerprint)
             yield {f"{n}.weight": delta[f"{n}.weight"] - shared[f"{n}.weight"] for n in names}
 
     threads = torch.get_num_threads()
@@ -173,16 +170,14 @@ def _route(ctx: Context) -> dict[str, Need]:
     return {"route": Need(ctx, "route")}
 
 
-CONFIGURATIONS.register("skillweave_routed")(
-    Configuration(
-        needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "zip") | _route(ctx),
+register_configuration("skillweave_routed", Configuration(
+        needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain_needs(ctx, "zip") | _route(ctx),
         run=_skillweave_routed,
         settings=lambda ctx: {"router_max_length": ctx.cfg.router.max_length},
     )
 )
-CONFIGURATIONS.register("twin_merging")(
-    Configuration(
-        needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain(ctx, "dpo") | _route(ctx),
+register_configuration("twin_merging", Configuration(
+        needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain_needs(ctx, "dpo") | _route(ctx),
         run=_twin_merging,
         settings=lambda ctx: {"rank": ctx.cfg.zip.rank, "router_max_length": ctx.cfg.router.max_length},
     )

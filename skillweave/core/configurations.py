@@ -1,0 +1,50 @@
+"""The eval configurations' plug point: what one row of the comparison reads, and how it scores.
+
+A configuration is a plugin (skillweave/eval_configs/): it declares the artifacts it reads as
+`Need`s and gets their artifacts and a `Scorer` that runs the domain's lm-eval task on a model. The
+eval stage runs the chosen ones, each row its own artifact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .artifacts import ArtifactRef
+from .engine import Context, Need
+from .registry import Registry
+
+Scorer = Callable[[object, object, str], dict]
+"""(model, tokenizer, domain) -> {"score", "stderr", "n", "metric"} on that domain's eval task."""
+
+
+@dataclass(frozen=True)
+class Configuration:
+    needs: Callable[[Context], dict[str, Need]]
+    """The artifacts this configuration reads, by name; stage=all produces them first."""
+    run: Callable[[Context, dict[str, ArtifactRef], Scorer], dict]
+    """-> {"bytes": int, "scores": {domain: {"score", "stderr", "n", "metric"}}, optional "details": {...}}
+    (details, e.g. a router's accuracy and confusion matrix, are kept in results.json under the row) and
+    optional "samples": {domain: per-doc rows}, for a configuration that scores without the Scorer."""
+    settings: Callable[[Context], dict] = lambda ctx: {}
+    """What else its result depends on (settings or files read besides its inputs), hashed into its row's key."""
+
+
+CONFIGURATIONS: Registry[Configuration] = Registry("eval configuration")
+
+
+def register_configuration(name: str, configuration: Configuration) -> Configuration:
+    return CONFIGURATIONS.register(name)(configuration)
+
+
+def eval_needs(ctx: Context) -> dict[str, Need]:
+    """Everything the configurations in `eval.configurations` read (shared inputs once)."""
+    needs: dict[str, Need] = {}
+    for name in ctx.cfg.eval.configurations:
+        needs |= CONFIGURATIONS.get(name, "eval.configurations").needs(ctx)
+    return needs
+
+
+def eval_tasks(ctx: Context) -> dict[str, str]:
+    """{domain: its lm-eval task} for every domain of the run."""
+    return {d: ctx.for_domain(d).domain.eval_task for d in ctx.cfg.domains}

@@ -1,0 +1,278 @@
+"""Stage specs, the run context, and planning/executing one stage over the artifact store.
+
+A stage's artifact key is computed from config alone (its settings + its inputs' keys, down to the
+backbone's fingerprint), so any stage can be run by itself: it finds its inputs among earlier
+artifacts or stops naming the command that produces them. Everything about a stage that other code
+needs (per domain or not, multi-process, repeated by online rounds, its output files, what it may
+produce when run alone) is declared once, in its `Stage`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+from ..config import SkillweaveConfig
+from .artifacts import CONFIG, ArtifactRef, MissingArtifactError, artifact_lock, atomic_write_json, make_ref, write_manifest
+from .distributed import is_main_process, main_process_decides
+from .errors import ConfigError
+from .registry import Registry
+
+log = logging.getLogger("skillweave")
+
+PlanFn = Callable[["Context", Optional[str]], tuple[dict, Mapping[str, "Need"]]]
+"""(ctx, domain) -> (the settings its key hashes, its inputs by name)."""
+RunFn = Callable[["Context", Optional[str], ArtifactRef, dict[str, ArtifactRef]], dict]
+"""(ctx, domain, its artifact, its inputs' artifacts) -> the metrics its manifest records."""
+
+
+class Pulls(StrEnum):
+    """What a stage run alone (`python -m skillweave stage=<name>`) produces of its missing inputs."""
+
+    nothing = "nothing"
+    """A missing input stops the run with the command that makes it."""
+    earlier_rounds = "earlier_rounds"
+    """At online round r > 0, every input of a later round than 0 is produced (online DPO is the dpo
+    stage: stage=dpo runs every round); round 0's inputs must exist."""
+    everything = "everything"
+    """Every missing input is produced first (dev: one command per sweep point trains what it scores)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline step: `plan` names its settings and inputs, `run` fills its artifact directory."""
+
+    name: str
+    per_domain: bool
+    plan: PlanFn
+    run: RunFn
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    """Output name -> path inside the artifact directory; consumers read `ref.file(name)`."""
+    distributed: bool = False
+    """Runs as one multi-process job (accelerate, torchrun, srun); the others refuse WORLD_SIZE > 1."""
+    rounds: bool = False
+    """Repeated by online DPO (`dpo.rounds`): its manifest records the round."""
+    pulls: Pulls = Pulls.nothing
+    """What it produces of its missing inputs when run alone."""
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def register_stage(stage: Stage) -> Stage:
+    return STAGES.register(stage.name)(stage)
+
+
+@dataclass
+class Context:
+    """The run's config plus a way to compose the same run for another domain."""
+
+    cfg: SkillweaveConfig
+    overrides: tuple[str, ...] = ()
+    """The user's overrides, without stage= and domain=: replayed for every domain."""
+    composer: Optional[Callable[[list[str]], SkillweaveConfig]] = None
+    _domains: dict[str, SkillweaveConfig] = field(default_factory=dict)
+    _rounds: dict[int, "Context"] = field(default_factory=dict)
+    _plans: dict[tuple[str, Optional[str]], tuple[ArtifactRef, dict[str, "Need"]]] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.cfg.artifacts_root)
+
+    def for_domain(self, domain: str) -> SkillweaveConfig:
+        if domain == self.cfg.domain.name:
+            return self.cfg
+        if domain not in self._domains:
+            if self.composer is None:
+                raise RuntimeError("this context cannot compose other domains' configs")
+            self._domains[domain] = self.composer([*self.overrides, f"domain={domain}"])
+        return self._domains[domain]
+
+    @cached_property
+    def model_dir(self) -> Path:
+        from ..models import resolve_model_dir
+
+        return resolve_model_dir(self.cfg.model.path)
+
+    @cached_property
+    def base_fingerprint(self) -> str:
+        from ..models import model_fingerprint
+
+        return model_fingerprint(self.model_dir)
+
+    def variant(self, *overrides: str) -> "Context":
+        """The same run with more overrides (e.g. `merge=dare_ties`): for inputs made under other settings."""
+        if self.composer is None:
+            raise RuntimeError("this context cannot compose variants")
+        extra = (*self.overrides, *overrides)
+        cfg = self.composer([*extra, f"domain={self.cfg.domain.name}"])
+        return self._sharing_backbone(Context(cfg=cfg, overrides=extra, composer=self.composer))
+
+    def command(self, stage: str, domain: Optional[str]) -> str:
+        parts = ["python -m skillweave", f"stage={stage}"]
+        if domain:
+            parts.append(f"domain={domain}")
+        return " ".join(parts + list(self.overrides))
+
+    @property
+    def dpo_round(self) -> int:
+        """The online-DPO round the per-domain round stages plan: the last of `dpo.rounds`."""
+        return self.cfg.dpo.rounds - 1
+
+    def at_round(self, r: int) -> "Context":
+        """The same run planned at online-DPO round `r`: the run with `dpo.rounds=r+1`, whose last round it is.
+
+        A round's artifact keys do not depend on how many rounds follow it, so round r of any run is the
+        last round of `dpo.rounds=r+1`, and that is the command named when one of its artifacts is missing.
+        """
+        if r == self.dpo_round:
+            return self
+        if r < 0:
+            raise ValueError(f"online DPO rounds count from 0, got {r}")
+        if r not in self._rounds:
+            kept = (o for o in self.overrides if o.lstrip("+~").split("=", 1)[0] != "dpo.rounds")
+            overrides = (*kept, f"dpo.rounds={r + 1}")
+            cfg = replace(self.cfg, dpo=replace(self.cfg.dpo, rounds=r + 1))
+            self._rounds[r] = self._sharing_backbone(Context(cfg=cfg, overrides=overrides, composer=self.composer))
+        return self._rounds[r]
+
+    def _sharing_backbone(self, other: "Context") -> "Context":
+        """`other` reuses what is already computed about the backbone, when it is the same one."""
+        if other.cfg.model.path == self.cfg.model.path:
+            for name in ("model_dir", "base_fingerprint"):
+                if name in self.__dict__:
+                    other.__dict__[name] = self.__dict__[name]
+        return other
+
+
+@dataclass(frozen=True)
+class Need:
+    """An input named by how to make it: `stage` for `domain` under `ctx` (possibly a variant or an earlier round)."""
+
+    ctx: Context
+    stage: str
+    domain: Optional[str] = None
+
+    @property
+    def ref(self) -> ArtifactRef:
+        return ref_for(self.ctx, self.stage, self.domain)
+
+    @property
+    def round(self) -> int:
+        return self.ctx.dpo_round
+
+
+def plan(ctx: Context, stage: str, domain: Optional[str] = None) -> tuple[ArtifactRef, dict[str, Need]]:
+    """The artifact a stage would write for `domain`, and what it reads (memoised per context)."""
+    st = STAGES.get(stage, "stage")
+    domain = domain if st.per_domain else None
+    if (stage, domain) not in ctx._plans:
+        config, needs = st.plan(ctx, domain)
+        inputs = {name: need.ref for name, need in needs.items()}
+        ref = make_ref(ctx.root, stage, domain or "all", config, inputs, ctx.command(stage, domain), st.outputs)
+        ctx._plans[(stage, domain)] = (ref, dict(needs))
+    return ctx._plans[(stage, domain)]
+
+
+def ref_for(ctx: Context, stage: str, domain: Optional[str] = None) -> ArtifactRef:
+    return plan(ctx, stage, domain)[0]
+
+
+def per_domain_needs(ctx: Context, stage: str, prefix: Optional[str] = None) -> dict[str, Need]:
+    """`{"<prefix>_<domain>": Need}` of `stage` for every domain of the run (prefix: the stage's name)."""
+    return {f"{prefix or stage}_{d}": Need(ctx, stage, d) for d in ctx.cfg.domains}
+
+
+def never(need: Need) -> bool:
+    return False
+
+
+def always(need: Need) -> bool:
+    return True
+
+
+def pull_policy(stage: Stage) -> Callable[[Need], bool]:
+    """Which missing inputs `stage` run alone produces (`Stage.pulls`)."""
+    if stage.pulls == Pulls.everything:
+        return always
+    if stage.pulls == Pulls.earlier_rounds:
+        return lambda need: need.round > 0 or need.stage == stage.name
+    return never
+
+
+def execute(
+    ctx: Context,
+    stage: str,
+    domain: Optional[str] = None,
+    pull: Callable[[Need], bool] = never,
+    made: Optional[dict[str, ArtifactRef]] = None,
+    visited: Optional[dict[Path, ArtifactRef]] = None,
+    report_reused: bool = False,
+) -> ArtifactRef:
+    """Run one stage unless its artifact is complete; a partial directory is resumed by the stage.
+
+    Args:
+        pull: which inputs to execute first (recursively, with the same policy: a complete one is
+            reused, a missing one made); any other missing input stops the run with the command that
+            makes it.
+        made: records every input executed on the way, as `<stage>-input/<name>`.
+        report_reused: execute (and record) the pulled inputs that are complete too, as a stage run
+            alone reports every artifact it stands on; otherwise they are read silently.
+        visited: the artifacts this command already executed (shared by every call of one command), so
+            each is executed, and reported, once.
+    Raises:
+        MissingArtifactError: a missing input that `pull` does not produce.
+    """
+    st = STAGES.get(stage, "stage")
+    domain = domain if st.per_domain else None
+    ref, needs = plan(ctx, stage, domain)
+    visited = {} if visited is None else visited
+    visited[ref.path] = ref
+    if main_process_decides(ref.complete):
+        log.info("%s is complete: nothing to do (delete the directory to redo it)", ref)
+        return ref
+    for name, need in needs.items():
+        inp = need.ref
+        if pull(need) and (report_reused or not inp.complete):
+            if inp.path not in visited:
+                produced = execute(need.ctx, need.stage, need.domain, pull, made, visited, report_reused)
+                if made is not None:
+                    made[f"{stage}-input/{name}"] = produced
+        elif not pull(need) and not inp.complete:
+            dom = None if inp.label == "all" else inp.label
+            raise MissingArtifactError(
+                f"stage {stage} needs the {inp.stage} artifact for "
+                f"{'domain ' + inp.label if dom else 'all domains'} ({inp.path}), which is missing: "
+                f"run `{inp.command or ctx.command(inp.stage, dom)}` first (or stage=all)"
+            )
+    main = is_main_process()
+    # Under a multi-process launch only rank 0 locks and writes; the other ranks follow its decisions
+    # (core/distributed.py says why waiting on the lock would deadlock them).
+    with artifact_lock(ref) if main else nullcontext():
+        if main_process_decides(ref.complete):  # another job produced it while we waited for the lock
+            log.info("%s was completed by another job", ref)
+            return ref
+        log.info("running %s -> %s", stage + (f"[{domain}]" if domain else ""), ref.path)
+        started = time.time()
+        if main:
+            atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config, "inputs": ref.inputs})
+        metrics = st.run(ctx, domain, ref, {name: need.ref for name, need in needs.items()})
+        if main:
+            if st.rounds:
+                metrics = {"round": ctx.dpo_round, **metrics}
+            write_manifest(ref, metrics, started)
+    log.info("%s done in %.0f s", ref, time.time() - started)
+    return ref
+
+
+def check_stage_name(name: str) -> Stage:
+    """The stage called `name` (`stage=` on the command line), or a ConfigError with the choices."""
+    if name == "all":
+        raise ConfigError("stage=all is the whole pipeline, not one stage")
+    return STAGES.get(name, "stage")

@@ -1,0 +1,124 @@
+"""What a command runs: one stage, or `stage=all` (the stages in `pipeline`, for every domain).
+
+Only the STAGES registry and the stages' declarations are read, never a stage module: the order of
+`stage=all` is the `pipeline` setting, the online rounds are the stages marked `rounds`, and what a
+stage reads is what its `plan` returns. The whole graph is planned before anything runs, so a typo
+in any registry-backed name fails in seconds instead of after hours of training.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .artifacts import ArtifactRef
+from .distributed import process_rank
+from .engine import STAGES, Context, Need, always, execute, never, plan, pull_policy
+
+
+def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[set] = None) -> set:
+    """Plan `stage` and, recursively, everything it reads; returns the (stage, domain, round) visited.
+
+    Raises whatever a plan raises: an unknown stage, merge method, eval configuration, rule set...
+    """
+    seen = set() if seen is None else seen
+    st = STAGES.get(stage, "stage")
+    node = (id(ctx), stage, domain if st.per_domain else None)
+    if node in seen:
+        return seen
+    seen.add(node)
+    for need in plan(ctx, stage, domain)[1].values():
+        walk(need.ctx, need.stage, need.domain, seen)
+    return seen
+
+
+def _domain_local(ctx: Context, stage: str, domain: str) -> bool:
+    """True when `stage` for `domain` reads only per-domain artifacts (of any round), so a domain's job
+    can make it before the fan-in (merge...) exists."""
+    if not STAGES.get(stage, "pipeline").per_domain:
+        return False
+    return all(_domain_local(n.ctx, n.stage, n.domain or domain) for n in plan(ctx, stage, domain)[1].values())
+
+
+def domain_stages(ctx: Context) -> list[str]:
+    """The stages of `pipeline` that each domain's job runs on its own, in pipeline order."""
+    first = ctx.cfg.domains[0]
+    return [s for s in ctx.cfg.pipeline if _domain_local(ctx, s, first)]
+
+
+def plan_all(ctx: Context) -> None:
+    """Plan every artifact `stage=all` would make or read, without running anything."""
+    for r in range(ctx.dpo_round + 1):
+        for domain in ctx.cfg.domains:
+            for stage in ctx.cfg.pipeline:
+                walk(ctx.at_round(r), stage, domain)
+
+
+def _label(stage: str, domain: Optional[str], r: Optional[int] = None) -> str:
+    return stage + (f"/{domain}" if domain else "") + (f"/round{r}" if r is not None else "")
+
+
+def run_domain(
+    ctx: Context, domain: str, stages: Optional[list[str]] = None, visited: Optional[dict] = None
+) -> dict[str, ArtifactRef]:
+    """One domain's part of `stage=all`: the domain-local stages, those marked `rounds` at every online
+    round (round r samples with and trains from round r-1's policy). Complete rounds are reused, so a
+    run stopped after round r resumes at round r + 1.
+
+    Returns:
+        {"<stage>/<domain>": artifact} for the last round, {"<stage>/<domain>/round<r>": artifact} for earlier ones.
+    """
+    stages = domain_stages(ctx) if stages is None else stages
+    done: dict[str, ArtifactRef] = {}
+    for r in range(ctx.dpo_round + 1):
+        last = r == ctx.dpo_round
+        for stage in stages:
+            if last or STAGES.get(stage).rounds:
+                done[_label(stage, domain, None if last else r)] = execute(ctx.at_round(r), stage, domain, visited=visited)
+    return done
+
+
+def run_fan_in(ctx: Context, visited: Optional[dict] = None) -> dict[str, ArtifactRef]:
+    """The rest of `pipeline` after every domain's job (merge, zip of every domain, eval...), each stage
+    producing first whatever else it reads (eval: other merges, LoRA, multi-task DPO, the router...).
+    On a cluster this is the job after the per-domain array."""
+    local = set(domain_stages(ctx))
+    visited = {} if visited is None else visited
+    done: dict[str, ArtifactRef] = {}
+    for stage in (s for s in ctx.cfg.pipeline if s not in local):
+        for domain in ctx.cfg.domains if STAGES.get(stage).per_domain else [None]:
+            made: dict[str, ArtifactRef] = {}
+            ref = execute(ctx, stage, domain, pull=always, made=made, visited=visited)
+            done |= made
+            done[_label(stage, domain)] = ref
+    return done
+
+
+def run_all(ctx: Context) -> dict[str, ArtifactRef]:
+    """Every stage of `pipeline` for every domain in `domains`: each domain's local stages first (every
+    online round), then the fan-in stages. Plans everything before running anything."""
+    plan_all(ctx)
+    done: dict[str, ArtifactRef] = {}
+    stages, visited = domain_stages(ctx), {}
+    for domain in ctx.cfg.domains:
+        done |= run_domain(ctx, domain, stages, visited)
+    return done | run_fan_in(ctx, visited)
+
+
+def run_stage(ctx: Context, stage: str, domain: Optional[str]) -> dict[str, ArtifactRef]:
+    """What `python -m skillweave stage=<stage>` runs: the stage once (per-domain stages at the last online
+    round), first producing whichever missing inputs its `pulls` allows (stage=dpo: every earlier online
+    round; stage=dev: everything it scores). Plans the whole graph first.
+
+    Raises:
+        MissingArtifactError: an input the stage does not produce itself is missing.
+    """
+    st = STAGES.get(stage, "stage")
+    walk(ctx, stage, domain)
+    # Under a multi-process launch every rank runs this command: inputs are launched on their own.
+    pull = pull_policy(st) if process_rank()[1] == 1 else never
+    made: dict[str, ArtifactRef] = {}
+    ref = execute(ctx, stage, domain, pull=pull, made=made, report_reused=True)
+    return {str(r): r for r in [*made.values(), ref]}
+
+
+__all__ = ["Need", "domain_stages", "plan_all", "run_all", "run_domain", "run_fan_in", "run_stage", "walk"]

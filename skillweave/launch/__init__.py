@@ -1,0 +1,1 @@
+"""Launchers on top of everything: Slurm through submitit."""

@@ -1,0 +1,140 @@
+"""The eval's reports: paired comparisons with base, Markdown tables, the memory budget, W&B."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from .core.artifacts import ArtifactRef
+from .evaluation import paired_difference
+
+
+def _read_samples(path: Path) -> dict[int, dict]:
+    if not path.is_file():
+        return {}
+    return {r["doc_id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def compare_with_base(rows: list[dict], samples: Path) -> None:
+    """Adds `vs_base[domain] = {delta, stderr, changed, n}` to every row with answers on base's docs.
+
+    A paired comparison on the same documents (evaluation.paired_difference): `delta` is the mean
+    per-document score difference from base, `stderr` its standard error, `changed` the share of
+    answers that differ from base's. A gain "beyond the standard error" means delta > stderr; 2 x stderr is ~95%.
+    """
+    base = next((r for r in rows if r["name"] == "base"), None)
+    if base is None:
+        return
+    for r in rows:
+        if r is base:
+            continue
+        vs = {}
+        for d in r["scores"]:
+            mine, theirs = _read_samples(samples / f"{r['name']}-{d}.jsonl"), _read_samples(samples / f"base-{d}.jsonl")
+            common = sorted(set(mine) & set(theirs))
+            if not common:
+                continue
+            delta, stderr = paired_difference([theirs[i]["score"] for i in common], [mine[i]["score"] for i in common])
+            changed = sum(mine[i]["response"] != theirs[i]["response"] for i in common) / len(common)
+            vs[d] = {"delta": delta, "stderr": stderr, "changed": changed, "n": len(common)}
+        if vs:
+            r["vs_base"] = vs
+
+
+def vs_base_table(results: dict) -> str:
+    """Markdown: each configuration's paired difference from base per domain (delta ± stderr, changed answers)."""
+    rows = [r for r in results["configurations"] if r.get("vs_base")]
+    if not rows:
+        return ""
+    domains = list(results["tasks"])
+    head = "\nPaired with base on the same documents: score difference in points ± its standard error (answers changed)\n\n"
+    head += "| configuration | " + " | ".join(domains) + " |\n|" + "---|" * (len(domains) + 1) + "\n"
+    lines = []
+    for r in rows:
+        cells = []
+        for d in domains:
+            v = r["vs_base"].get(d)
+            cells.append("" if v is None else f"{100 * v['delta']:+.1f} ± {100 * v['stderr']:.1f} ({100 * v['changed']:.0f}%)")
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
+    """The results table, per-configuration summary, plots and configs as one W&B run (job_type eval)."""
+    from .tracking import wandb_run
+
+    config = {"eval": asdict(cfg.eval), "merge": asdict(cfg.merge), "zip": asdict(cfg.zip), "dpo": asdict(cfg.dpo),
+              "model": cfg.model.path, "domains": list(cfg.domains), "artifact": str(ref)}
+    with wandb_run(cfg, "eval", f"eval-{ref.key}", config) as run:
+        if run is None:
+            return
+        import wandb
+
+        domains = list(results["tasks"])
+        columns = ["configuration", *domains, *(f"{d}_stderr" for d in domains), "average", "bytes", "relative_bytes", "within_budget"]
+        rows = [
+            [r["name"], *(r["scores"][d] for d in domains), *(r["stderr"][d] for d in domains),
+             r["average"], r["bytes"], r["relative_bytes"], r["within_budget"]]
+            for r in results["configurations"]
+        ]
+        run.log(
+            {
+                "results": wandb.Table(columns=columns, data=rows),
+                "frontier": wandb.Image(str(ref.path / "frontier.png")),
+                "domains": wandb.Image(str(ref.path / "domains.png")),
+            }
+        )
+        for r in results["configurations"]:
+            run.summary[f"{r['name']}/average"] = r["average"]
+            run.summary[f"{r['name']}/bytes"] = r["bytes"]
+            for key, value in (r.get("details") or {}).items():
+                run.summary[f"{r['name']}/{key}"] = value
+            for d, v in (r.get("vs_base") or {}).items():
+                run.summary[f"{r['name']}/{d}/delta_vs_base"] = v["delta"]
+                run.summary[f"{r['name']}/{d}/delta_vs_base_stderr"] = v["stderr"]
+                run.summary[f"{r['name']}/{d}/changed_vs_base"] = v["changed"]
+
+
+def results_table(results: dict) -> str:
+    """Markdown: rows = configurations, columns = domains (score ± stderr), average, bytes."""
+    domains = list(results["tasks"])
+    head = "| configuration | " + " | ".join(f"{d} ({results['tasks'][d]})" for d in domains)
+    head += " | average | MiB | rel. bytes |\n"
+    head += "|" + "---|" * (len(domains) + 4) + "\n"
+    lines = []
+    for r in results["configurations"]:
+        cells = []
+        for d in domains:
+            s, e = r["scores"][d], r["stderr"][d]
+            cells.append(f"{100 * s:.1f} ± {100 * e:.1f}" if e is not None and not math.isnan(e) else f"{100 * s:.1f}")
+        lines.append(
+            f"| {r['name']} | " + " | ".join(cells) + f" | {100 * r['average']:.1f} | {r['bytes'] / 2**20:.1f} | {r['relative_bytes']:.2f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def apply_budget(rows: list[dict], budget_bytes: Optional[int]) -> tuple[list[dict], list[dict]]:
+    """Marks each result row `within_budget` (bytes <= budget_bytes; all rows when there is no budget).
+
+    A configuration's bytes are known for sure only once it has been built, so every configuration is
+    evaluated and the ones over budget are reported as excluded rather than silently dropped.
+
+    Returns:
+        (kept, excluded): the rows within budget, and {"name", "bytes"} of each row over it.
+    """
+    for r in rows:
+        r["within_budget"] = budget_bytes is None or r["bytes"] <= budget_bytes
+    kept = [r for r in rows if r["within_budget"]]
+    excluded = [{"name": r["name"], "bytes": r["bytes"]} for r in rows if not r["within_budget"]]
+    return kept, excluded
+
+
+def budget_note(budget_bytes: Optional[int], excluded: list[dict]) -> str:
+    """The line results.md gets under its table: the budget and what exceeded it ("" without a budget)."""
+    if budget_bytes is None:
+        return ""
+    over = ", ".join(f"{e['name']} ({e['bytes'] / 2**20:.1f} MiB)" for e in excluded) or "none"
+    return f"\nMemory budget {budget_bytes / 2**20:.1f} MiB; excluded (over budget): {over}\n"

@@ -1,0 +1,94 @@
+"""Sampling answers from a model (the generate stage, the dev split, bench/generate.py) and reading
+the prompts back from a generate artifact's samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import SamplingConfig
+from .models import chat_prompt
+
+
+def batch_seed(seed: int, dpo_round: int, batch: int) -> int:
+    """The sampling seed of one batch; round 0 keeps the one-round seeds."""
+    return seed * 1_000_003 + batch + dpo_round * 7_000_000_001
+
+
+@torch.no_grad()
+def sample_batch(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int, greedy: bool = False) -> list[dict]:
+    """`samples_per_prompt` sampled answers to each prompt (greedy: one greedy answer each), with token
+    counts and truncation flags."""
+    texts = [chat_prompt(tok, row["prompt"]) for row in batch]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    torch.manual_seed(seed)
+    per = 1 if greedy else sampling.samples_per_prompt
+    decoding = {"do_sample": False} if greedy else {
+        "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    out = model.generate(
+        **enc,
+        **decoding,
+        max_new_tokens=sampling.max_new_tokens,
+        num_return_sequences=per,
+        pad_token_id=tok.pad_token_id,
+    )
+    gen = out[:, enc["input_ids"].shape[1] :].cpu()
+    stop_ids = _stop_ids(model, tok)
+    rows = []
+    for j, seq in enumerate(gen):
+        ids = seq.tolist()
+        end = next((k for k, t in enumerate(ids) if t in stop_ids), None)
+        row = batch[j // per]
+        rows.append(
+            {
+                "prompt_id": row["id"],
+                "prompt": row["prompt"],
+                "meta": row["meta"],
+                "sample": j % per,
+                "response": tok.decode(ids[:end], skip_special_tokens=True),
+                "n_tokens": len(ids) if end is None else end,
+                # Stopped by the token limit, not by the model: never usable as a chosen answer.
+                "truncated": end is None,
+            }
+        )
+    return rows
+
+
+def _stop_ids(model, tok) -> set[int]:
+    ids = {tok.eos_token_id}
+    eos = model.generation_config.eos_token_id
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return {i for i in ids if i is not None}
+
+
+def domain_texts(samples_path, tok, n: int) -> list[str]:
+    """The first `n` distinct prompts of a generate artifact, each with its first sampled answer, as
+    the model reads them (chat template): the activations the domain's skillpack will see."""
+    texts, seen = [], set()
+    with open(samples_path) as f:
+        for line in f:
+            row = json.loads(line)
+            if row["prompt_id"] in seen:
+                continue
+            seen.add(row["prompt_id"])
+            texts.append(chat_prompt(tok, row["prompt"]) + row["response"])
+            if len(texts) == n:
+                break
+    return texts
+
+
+def training_prompts(samples_path: Path, limit: Optional[int] = None) -> list[str]:
+    """The distinct prompts of a generate artifact, in order (the first `limit` of them when given)."""
+    prompts, seen = [], set()
+    with open(samples_path) as f:
+        for line in f:
+            row = json.loads(line)
+            if row["prompt_id"] not in seen:
+                seen.add(row["prompt_id"])
+                prompts.append(row["prompt"])
+                if limit is not None and len(prompts) == limit:
+                    break
+    return prompts

@@ -1,0 +1,184 @@
+"""The DPO trainer set-up (trl) shared by the dpo, dpo_multitask and lora stages, and writing the delta
+it trained from rank 0 (fp32 master weights under DeepSpeed)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import DPOConfig as DPOSettings
+from .config import Precision, SkillweaveConfig
+from .core.artifacts import ArtifactRef
+from .core.engine import Context, Need
+from .core.errors import ConfigError
+from .deltas import add_delta_gathered, delta_stats, save_delta
+from .models import load_model, load_state_dict, load_tokenizer
+from .resources import resource_path
+from .tracking import close_wandb, scoped_env, wandb_env
+
+
+def dpo_settings(d: DPOSettings, drop: tuple[str, ...] = ()) -> dict:
+    """The dpo settings a training artifact's key hashes. DeepSpeed is how a run executes, not what it
+    computes (a merge job composed without dpo.deepspeed must find the same delta), and how many rounds
+    follow does not change a round; nll_weight is left out at 0 so plain-DPO artifacts made before it
+    existed keep their keys."""
+    settings = {k: v for k, v in asdict(d).items() if k not in ("deepspeed", "rounds", *drop)}
+    if not d.nll_weight:
+        settings.pop("nll_weight", None)
+    return settings
+
+
+def load_pairs(filter_ref: ArtifactRef):
+    """The chosen/rejected pairs of a filter artifact, as the conversational dataset DPOTrainer reads."""
+    from datasets import load_from_disk
+
+    return load_from_disk(str(filter_ref.file("pairs"))).select_columns(["prompt", "chosen", "rejected"])
+
+
+def pairs_of_every_round(ctx: Context, domain: str) -> list[ArtifactRef]:
+    """The filter artifacts the per-domain DPO of `domain` trains on, round 0 first (one without online
+    rounds): the baselines dpo_multitask and lora train on all of them together, the same pairs."""
+    return [Need(ctx.at_round(r), "filter", domain) for r in range(ctx.dpo_round + 1)]
+
+
+def train_dpo(
+    cfg: SkillweaveConfig,
+    model_dir: Path,
+    pairs,
+    ckpt_dir: Path,
+    run_name: str,
+    *,
+    learning_rate: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    peft_config=None,
+    initial_delta: Optional[dict[str, torch.Tensor]] = None,
+):
+    """DPO of the model in `model_dir` on `pairs` with `cfg.dpo`'s settings, reference = that model.
+
+    One trainer set-up for the dpo, dpo_multitask and lora stages. Checkpoints go to `ckpt_dir`
+    every `dpo.save_steps`; a run killed after one resumes from the last.
+
+    Args:
+        learning_rate, max_steps: instead of dpo.learning_rate, dpo.max_steps.
+        peft_config: a `peft.PeftConfig`: train that adapter on the frozen model (the reference is
+            then the model with the adapter disabled) instead of every weight.
+        initial_delta: start from (and refer to) the model plus this delta (online DPO round r > 0).
+    Returns:
+        (the trainer after training, metrics: pairs, steps, processes, deepspeed, first and last
+        loss, last reward accuracy).
+    Raises:
+        ConfigError: dpo.precision=bfloat16 without a GPU; a dpo.deepspeed that is not found.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOConfig, DPOTrainer
+
+    d = cfg.dpo
+    cuda = torch.cuda.is_available()
+    if d.precision == Precision.bfloat16 and not cuda:
+        raise ConfigError("dpo.precision=bfloat16 needs a GPU (mixed precision); use dpo.precision=float32 on CPU")
+    wandb = wandb_env(cfg)
+    with scoped_env(wandb):  # read by wandb.init in the Trainer's callback (rank 0 only)
+        # Made before the model: with ZeRO-3 the DPOConfig makes from_pretrained load the weights partitioned.
+        args = DPOConfig(
+            output_dir=str(ckpt_dir),
+            learning_rate=d.learning_rate if learning_rate is None else learning_rate,
+            beta=d.beta,
+            # RPO: the DPO loss plus nll_weight x the chosen answers' mean token NLL
+            **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, d.nll_weight]} if d.nll_weight else {}),
+            max_steps=d.max_steps if max_steps is None else max_steps,
+            per_device_train_batch_size=d.per_device_batch_size,
+            gradient_accumulation_steps=d.gradient_accumulation_steps,
+            max_length=d.max_length,
+            warmup_steps=d.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+            gradient_checkpointing=d.gradient_checkpointing,
+            bf16=d.precision == Precision.bfloat16,
+            use_cpu=not cuda,
+            save_steps=d.save_steps,
+            save_total_limit=1,
+            logging_steps=1,
+            seed=d.seed,
+            precompute_ref_log_probs=True,  # the frozen reference runs once over the pairs, not every step
+            report_to="wandb" if wandb else "none",
+            run_name=run_name,
+            deepspeed=deepspeed_config(d),
+        )
+        model = load_model(model_dir, dtype=torch.float32)
+        if initial_delta is not None:
+            # Before the trainer exists: trl computes the reference log-probs from this model at construction.
+            add_delta_gathered(model, initial_delta)
+        tok = load_tokenizer(model_dir)
+        trainer = DPOTrainer(
+            model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok, peft_config=peft_config
+        )
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        trainer.train(resume_from_checkpoint=last)
+        if wandb:
+            close_wandb()  # the callback's run ends with the training, not at process exit
+
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    metrics = {
+        "pairs": len(pairs),
+        "steps": trainer.state.global_step,
+        "processes": trainer.args.world_size,
+        "deepspeed": d.deepspeed,
+        "first_loss": logs[0]["loss"] if logs else None,
+        "last_loss": logs[-1]["loss"] if logs else None,
+        "last_reward_accuracy": logs[-1].get("rewards/accuracies") if logs else None,
+    }
+    return trainer, metrics
+
+
+def write_delta(ctx: Context, trainer, path: Path, domain: Optional[str], scratch: Path) -> Optional[dict]:
+    """Saves theta - theta_0 of the trained model to `path` on rank 0 (collective: every rank calls it).
+
+    Returns:
+        delta_stats of the delta on rank 0, None on the other ranks.
+    """
+    trained = trained_state_dict(trainer, scratch)
+    if trained is None:
+        return None
+    base = load_state_dict(ctx.model_dir)
+    delta = {k: (trained[k].detach().float().cpu() - v).contiguous() for k, v in base.items()}
+    save_delta(path, delta, backbone_fingerprint=ctx.base_fingerprint, domain=domain)
+    return delta_stats(delta, base)
+
+
+def deepspeed_config(d: DPOSettings) -> Optional[str]:
+    """The DeepSpeed JSON for `dpo.deepspeed`: a name in conf/deepspeed/ or a path; None without.
+
+    Raises:
+        ConfigError: neither a known name nor an existing file, or deepspeed is not installed.
+    """
+    if d.deepspeed is None:
+        return None
+    named = resource_path("conf", "deepspeed", f"{d.deepspeed}.json")
+    path = named if named.is_file() else Path(d.deepspeed)
+    if not path.is_file():
+        known = sorted(p.stem for p in resource_path("conf", "deepspeed").glob("*.json"))
+        raise ConfigError(f"dpo.deepspeed={d.deepspeed} is neither one of {known} (conf/deepspeed/) nor a JSON file")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("dpo.deepspeed needs the deepspeed package: pip install 'skillweave[cluster]'")
+    return str(path.resolve())
+
+
+def trained_state_dict(trainer, scratch: Path) -> Optional[dict[str, torch.Tensor]]:
+    """The trained fp32 weights on rank 0, None on the other ranks (collective: every rank calls it).
+
+    Under DeepSpeed the module holds bf16 copies (and, with ZeRO-3, only this rank's partition): the
+    fp32 master weights are gathered from a DeepSpeed checkpoint written to `scratch`.
+    """
+    if trainer.is_deepspeed_enabled:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        trainer.model_wrapped.save_checkpoint(str(scratch))
+        trainer.accelerator.wait_for_everyone()
+        if not trainer.is_world_process_zero():
+            return None
+        return get_fp32_state_dict_from_zero_checkpoint(str(scratch))
+    if not trainer.is_world_process_zero():
+        return None
+    return trainer.accelerator.unwrap_model(trainer.model).state_dict()
