@@ -8,18 +8,22 @@ file and no existing file names it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
+import sys
 from functools import cache
+from pathlib import Path
 from typing import Optional
 
 from .config import SkillweaveConfig
 from .core.artifacts import ArtifactRef
-from .core.compose import Composer, validate
+from .core.compose import Composer, choose, validate
 from .core.distributed import check_launch, leave_process_group
 from .core.engine import STAGES, Context
+from .core.errors import ConfigError
 from .core.flow import run_all, run_stage
 
-PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs")
+PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs", "skillweave.domains")
 """Every module of these packages is imported once: importing registers its plugins."""
 
 
@@ -31,11 +35,45 @@ def load_plugins() -> None:
             importlib.import_module(f"{package}.{info.name}")
 
 
+def load_domain_dir(path: str) -> None:
+    """Import a domain folder outside the package (`domain_dirs`) as the package `skillweave_domain_<name>`.
+
+    Raises:
+        ConfigError: not a folder with an __init__.py.
+    """
+    folder = Path(path).expanduser().resolve()
+    if not (folder / "__init__.py").is_file():
+        raise ConfigError(f"domain_dirs: {path} is not a domain folder (a folder with an __init__.py that registers it)")
+    name = f"skillweave_domain_{folder.name}"
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
 def context(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Optional[Composer]) -> Context:
-    """The run's context, after the config passed every registry check."""
+    """The run's context, after the config passed every registry check and every domain composed."""
+    from hydra.errors import MissingConfigException
+
     load_plugins()
+    for path in cfg.domain_dirs:
+        load_domain_dir(path)
     validate(cfg)
-    return Context(cfg=cfg, overrides=overrides, composer=composer)
+    ctx = Context(cfg=cfg, overrides=overrides, composer=composer)
+    if composer is not None:
+        for d in cfg.domains:
+            try:
+                ctx.for_domain(d)
+            except MissingConfigException as e:
+                choose(d, e.options or [], "domain (conf/domain/ and hydra.searchpath)", "domains")
+                raise
+    return ctx
 
 
 def run(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Composer) -> dict[str, ArtifactRef]:

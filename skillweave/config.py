@@ -85,7 +85,7 @@ class DomainConfig:
     rules: str = MISSING
     """A rule set: a name in rules/ (`math` -> rules/math.yaml) or a path to a YAML file."""
     eval_task: str = MISSING
-    """The lm-eval task (skillweave/tasks/) that measures this domain."""
+    """The lm-eval task (a registered EvalTask, skillweave/domains/<domain>/) that measures this domain."""
     contamination_ngram: Optional[int] = 13
     """Drop training prompts sharing a word n-gram of this size with any eval set (null: keep all)."""
 
@@ -395,6 +395,10 @@ class SkillweaveConfig:
     domain: DomainConfig = field(default_factory=DomainConfig)
     domains: list[str] = field(default_factory=lambda: ["math", "code", "instructions"])
     """Domains covered by stage=all and by the fan-in stages (merge, eval)."""
+    domain_dirs: list[str] = field(default_factory=list)
+    """Domain folders outside the package (each like skillweave/domains/<name>/: an __init__.py that
+    registers its prompt source, verifiers and eval tasks), loaded at start-up; their conf/domain YAMLs
+    come from `hydra.searchpath`."""
     filter: FilterConfig = field(default_factory=FilterConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     dpo_multitask: DPOMultitaskConfig = field(default_factory=DPOMultitaskConfig)

@@ -124,21 +124,18 @@ def contaminated_indices(train_prompts: list[str], eval_texts: dict[str, list[st
     return sorted({i for i, _, _, _ in _matches(train_prompts, eval_texts, n)})
 
 
-@functools.cache
 def eval_texts() -> dict[str, list[str]]:
-    """The prompts of every skillweave eval task, loaded by the tasks' own loaders (skillweave/tasks/utils.py);
-    the math sets are their whole fixed pools, so a larger `n` at eval time is covered too."""
-    from skillweave.prompts import MATH_ARITH_POOL, MATH_EVAL_POOL
-    from skillweave.tasks import utils
+    """The prompts of every registered eval task (the domains' EvalTasks), loaded by the tasks' own loaders."""
+    from skillweave.eval_tasks import EVAL_TASKS
 
-    return {
-        "skillweave_ifeval": list(utils.load_ifeval()[utils.SPLIT]["prompt"]),
-        "skillweave_humaneval": list(utils.load_humaneval()[utils.SPLIT]["prompt"]),
-        "skillweave_codetasks": list(utils.load_code_tasks()[utils.SPLIT]["prompt"]),
-        "skillweave_math": list(utils.load_math(n=MATH_EVAL_POOL)[utils.SPLIT]["prompt"]),
-        "skillweave_arith": list(utils.load_math_arith(n=MATH_ARITH_POOL)[utils.SPLIT]["prompt"]),
-        "skillweave_dialogue": list(utils.load_alpaca_eval()[utils.SPLIT]["instruction"]),
-    }
+    return {name: _task_texts(name) for name in EVAL_TASKS.names()}
+
+
+@functools.cache
+def _task_texts(name: str) -> list[str]:
+    from skillweave.eval_tasks import EVAL_TASKS
+
+    return EVAL_TASKS.get(name).eval_texts()
 
 
 def check_prompts(
@@ -153,7 +150,7 @@ def check_prompts(
     `prompts` and `template_prompts` (a larger draw of the same source: skillweave.prompts.template_draw)
     are the source's template and do not count (None counts everything). Template-generated sources
     (reasoning-gym math, synthetic IFEval) are made disjoint from their eval sets item by item in
-    skillweave/prompts.py; this check catches verbatim copies of eval items.
+    their domains' sources (skillweave/domains/<domain>/source.py); this check catches verbatim copies of eval items.
 
     Returns:
         (the kept rows in their order, ngram_overlap_report's report with "dropped_ids" and

@@ -1,7 +1,7 @@
-"""Evaluate an in-memory model on skillweave's lm-eval tasks (`skillweave/tasks/`).
+"""Evaluate an in-memory model on skillweave's lm-eval tasks (the domains' EvalTasks, skillweave/eval_tasks.py).
 
 The tasks are ordinary lm-eval 0.4.13 YAMLs over data found in installed packages, so the same
-numbers come from plain `lm_eval --include_path <TASK_DIR>` (see `skillweave/tasks/__init__.py`).
+numbers come from plain `lm_eval --include_path skillweave/domains` (see `skillweave/domains/__init__.py`).
 `skillweave_humaneval` and `skillweave_codetasks` execute model-written code (in `skillweave.sandbox`);
 lm-eval refuses such a task unless the run confirms it, and asking `evaluate()` for it is that confirmation.
 """
@@ -11,31 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import random
-from pathlib import Path
 from typing import Any
 
+from .eval_tasks import EVAL_TASKS, include_paths
+
 log = logging.getLogger(__name__)
-
-PACKAGE = Path(__file__).resolve().parent
-TASK_DIR = PACKAGE / "tasks"
-
-PRIMARY_METRIC = {
-    "skillweave_math": "exact_match",
-    "skillweave_arith": "exact_match",
-    "skillweave_humaneval": "pass@1",
-    "skillweave_codetasks": "pass@1",
-    "skillweave_ifeval": "prompt_level_strict_acc",
-    "skillweave_dialogue": "rule_score",  # rule-based (rules/dialogue.yaml), not AlpacaEval's LLM judge
-}
-"""The metric each task is reported by; every task also reports its `<metric>_stderr`."""
-
-ALSO_KEPT = {
-    "skillweave_math": ("final_number",),
-    "skillweave_arith": ("final_number",),
-    "skillweave_codetasks": ("tests_passed",),
-}
-"""Per-doc metrics kept beside the primary one in each sample row (`also`): the unguarded final-number
-match shows what the math tasks' quality guard removed; tests_passed, the partial credit of code."""
 
 _FILTER = "none"  # lm-eval keys metrics as "<metric>,<filter>"; these tasks define no filters
 
@@ -63,7 +43,7 @@ def evaluate(
     Args:
         model: a transformers causal LM in memory (modules swapped in place are seen).
         tokenizer: its tokenizer; the chat template is applied when it has one (instruct models).
-        tasks: names from `PRIMARY_METRIC`.
+        tasks: registered eval task names (EVAL_TASKS).
         limit: evaluate a seeded random subset of this many docs per task (the same subset for the
             same seed); None = all docs.
         max_gen_toks: generation budget per answer, overriding the YAMLs' defaults.
@@ -79,9 +59,9 @@ def evaluate(
         ValueError: an unknown task name, a limit below 1, or doc_ids naming a task not asked for, no
             doc, a repeated doc or one out of range.
     """
-    unknown = [t for t in tasks if t not in PRIMARY_METRIC]
+    unknown = [t for t in tasks if t not in EVAL_TASKS]
     if unknown or not tasks:
-        raise ValueError(f"unknown or no skillweave tasks {unknown}; valid: {', '.join(sorted(PRIMARY_METRIC))}")
+        raise ValueError(f"unknown or no skillweave tasks {unknown}; valid: {', '.join(EVAL_TASKS.names())}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit}: give a number of docs >= 1, or None for all")
     doc_ids = doc_ids or {}
@@ -99,7 +79,7 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
+    manager = TaskManager(include_path=include_paths(list(tasks)), include_defaults=False)
     loaded = manager.load(list(tasks))["tasks"]
     samples = {} if limit is None else {name: seeded_subset(len(task.eval_docs), limit, seed) for name, task in loaded.items()}
     for name, ids in doc_ids.items():
@@ -133,23 +113,23 @@ def eval_prompts(task: str, *, limit: int | None, seed: int = 1234) -> list[tupl
     Raises:
         ValueError: an unknown task or a limit below 1.
     """
-    if task not in PRIMARY_METRIC:
-        raise ValueError(f"unknown skillweave task {task!r}; valid: {', '.join(sorted(PRIMARY_METRIC))}")
+    if task not in EVAL_TASKS:
+        raise ValueError(f"unknown skillweave task {task!r}; valid: {', '.join(EVAL_TASKS.names())}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit}: give a number of docs >= 1, or None for all")
     from lm_eval.tasks import TaskManager
 
-    loaded = TaskManager(include_path=str(TASK_DIR), include_defaults=False).load([task])["tasks"][task]
+    loaded = TaskManager(include_path=include_paths([task]), include_defaults=False).load([task])["tasks"][task]
     docs = loaded.eval_docs
     ids = range(len(docs)) if limit is None else seeded_subset(len(docs), limit, seed)
     return [(i, loaded.doc_to_text(docs[i])) for i in ids]
 
 
 def _task_result(name: str, out: dict) -> dict:
-    metric = PRIMARY_METRIC[name]
+    metric = EVAL_TASKS.get(name).primary_metric
     scores = out["results"][name]
     stderr = scores[f"{metric}_stderr,{_FILTER}"]
-    others = ALSO_KEPT.get(name, ())
+    others = EVAL_TASKS.get(name).also_kept
     rows = [
         {
             "doc_id": s["doc_id"],
@@ -180,23 +160,3 @@ def paired_difference(before: list[float], after: list[float]) -> tuple[float, f
     sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1)) if n > 1 else math.nan
     return mean, sd / math.sqrt(n)
 
-
-def task_digest() -> str:
-    """A hash of everything that decides an eval task's documents and scores: the task YAMLs and their
-    loaders (skillweave/tasks), the prompt sources and eval sets (prompts.py, the domains' data), every
-    rule set and verifier (rules/*.yaml, skillweave/rules/), the sandbox that runs model code, and this
-    module (primary metrics). Changing any of them gives new eval rows instead of reusing old numbers."""
-    import hashlib
-
-    from .resources import resource_path
-
-    rules = resource_path("rules")
-    files = [*((PACKAGE, p) for p in PACKAGE.glob("tasks/*.yaml")), *((PACKAGE, p) for p in PACKAGE.glob("tasks/*.py")),
-             *((PACKAGE, p) for p in PACKAGE.glob("rules/*.py")), *((PACKAGE, p) for p in PACKAGE.glob("domains/**/*.py")),
-             *((PACKAGE, p) for p in PACKAGE.glob("domains/**/*.jsonl")), *((rules, p) for p in rules.glob("*.yaml")),
-             *((PACKAGE, PACKAGE / name) for name in ("prompts.py", "sandbox.py", "evaluation.py"))]
-    h = hashlib.sha256()
-    for root, f in sorted(files, key=lambda rf: (str(rf[0]), str(rf[1]))):
-        if f.is_file():
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]

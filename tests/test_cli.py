@@ -25,7 +25,7 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
     "args, line",
     [
         (["model=hf_dir", "model.path=/no/such/model"], "skillweave: error: model.path=/no/such/model does not exist"),
-        (["domains=[math,poetry]"], "skillweave: error: domains=poetry: unknown domain (conf/domain/) 'poetry'. Valid: code, dialogue, instructions, math"),
+        (["domains=[math,poetry]"], "skillweave: error: domains=poetry: unknown domain (conf/domain/ and hydra.searchpath) 'poetry'. Valid: code, dialogue, instructions, math"),
         (["stage=dpoo"], "skillweave: error: stage=dpoo: unknown stage 'dpoo'. Did you mean 'dpo'?"),
         (["eval.configurations=[base,skilweave]"], "skillweave: error: eval.configurations=skilweave: unknown eval configuration 'skilweave'. Did you mean 'skillweave'?"),
         # stage=all plans the whole graph first: the merge's typo fails before any domain trains

@@ -119,14 +119,12 @@ def test_generate_is_keyed_by_the_resolved_dtype(monkeypatch, tmp_path, tiny_mod
         ("stage=dpoo", "stage=dpoo: unknown stage 'dpoo'. Did you mean 'dpo'?"),
         ("eval.configurations=[base,skilweave]", "eval.configurations=skilweave: unknown eval configuration 'skilweave'. Did you mean 'skillweave'?"),
         ("pipeline=[generate,filtr]", "pipeline=filtr: unknown stage 'filtr'. Did you mean 'filter'?"),
-        ("domains=[math,cod]", "domains=cod: unknown domain (conf/domain/) 'cod'. Did you mean 'code'?"),
+        ("domains=[math,cod]", "domains=cod: unknown domain (conf/domain/ and hydra.searchpath) 'cod'. Did you mean 'code'?"),
         ("eval.configurations=[]", "eval.configurations=[] compares nothing"),
         ("domains=[]", "domains=[] covers nothing"),
     ],
 )
 def test_registry_backed_names_fail_at_start_up_with_did_you_mean(override, words):
-    with hydra_context():
-        cfg = compose_config([override])
-    with pytest.raises(SkillweaveError) as info:
-        context(cfg, (), compose_config)
+    with hydra_context(), pytest.raises(SkillweaveError) as info:
+        context(compose_config([override]), (), compose_config)
     assert str(info.value).startswith(words)

@@ -6,7 +6,7 @@ import pytest
 
 from skillweave.prompts import PROMPT_SOURCES
 from skillweave.rules import RULES, load_rule_set
-from skillweave.tasks import utils as task_utils
+from skillweave.domains.dialogue import eval_set as task_utils
 
 REQUEST = "What are some practical tips for caring for houseplants?"
 GOOD = (

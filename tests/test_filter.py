@@ -292,7 +292,7 @@ def test_filter_stage_takes_code_references_as_chosen(tmp_path):
 
     from skillweave.core.artifacts import make_ref
     from skillweave.core.engine import STAGES, Context
-    from skillweave.prompts import code_task_reference, code_tasks
+    from skillweave.domains.code.source import code_task_reference, code_tasks
     from skillweave.stages import filter as filter_stage
 
     tasks = code_tasks(2, seed=0)

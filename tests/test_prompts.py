@@ -9,23 +9,18 @@ from fractions import Fraction
 
 import pytest
 
-from skillweave.prompts import (
-    CODE_EVAL_POOL,
+from skillweave.domains.code.source import CODE_EVAL_POOL, code_eval_set
+from skillweave.domains.math.source import (
     MATH_ARITH_GENERATORS,
     MATH_ARITH_POOL,
     MATH_EVAL_POOL,
     MATH_EVAL_SEED,
     MATH_INSTRUCTION,
-    PROMPT_SOURCES,
-    TEMPLATE_DRAW,
-    SourceExhausted,
-    code_eval_set,
     expression_value,
     math_arith_eval_set,
     math_eval_set,
-    prompt_id,
-    template_draw,
 )
+from skillweave.prompts import PROMPT_SOURCES, TEMPLATE_DRAW, SourceExhausted, prompt_id, template_draw
 from skillweave.domains.code.tasks import TASKS_FILE, load_tasks, read_tasks, tasks_digest
 from skillweave.rules import RULES
 from skillweave.sandbox import run_python
@@ -90,7 +85,7 @@ def test_math_train_and_eval_are_disjoint():
 def test_math_train_and_arith_eval_are_disjoint():
     """Easy arithmetic repeats questions ("2 + 2 =") across seeds: the arith eval pool's own
     questions turn up in a training draw of its level unless they are excluded."""
-    from skillweave.prompts import _math_items
+    from skillweave.domains.math.source import _math_items
 
     pool = {r["prompt"] for r in math_arith_eval_set(MATH_ARITH_POOL)}
     assert len(pool) == MATH_ARITH_POOL

@@ -8,8 +8,8 @@ import nltk
 import pytest
 
 from skillweave.rules import RULES, RuleResult, load_rule_set
-from skillweave.rules.code import extract_code, split_tests
-from skillweave.rules.instructions import ensure_punkt_tab
+from skillweave.domains.code.verifiers import extract_code, split_tests
+from skillweave.domains.instructions.verifiers import ensure_punkt_tab
 
 
 def sample(response: str, **meta) -> dict:

@@ -25,7 +25,6 @@ from skillweave.zip.compress import compress_factors
 from skillweave.zip.export import export_peft_lora, export_skillpack, residual_lora_factors
 from skillweave.zip.quant import dequantize, pack_int4, quantize_per_channel, quantize_static, unpack_int4
 from skillweave.zip.smoothing import (
-    ChannelStats,
     collect_channel_stats,
     hadamard,
     rotation_matrix,

@@ -37,7 +37,7 @@ def trained_functions(filter_dir: Path) -> set[str]:
 
 
 def main(eval_dir: Path, filter_dir: Path | None = None) -> None:
-    from skillweave.prompts import code_eval_set
+    from skillweave.domains.code.source import code_eval_set
 
     (task,) = {p.name.split("-", 1)[1] for p in (eval_dir / "samples").glob("*.jsonl")}
     base, dpo = read(eval_dir / "samples" / f"base-{task}"), read(eval_dir / "samples" / f"dpo-{task}")

@@ -40,7 +40,8 @@ def composer() -> Composer:
     return lambda extra: to_config(compose(config_name="config", overrides=list(extra)))
 
 
-def _choose(name: str, valid: Iterable[str], what: str, setting: str) -> None:
+def choose(name: str, valid: Iterable[str], what: str, setting: str) -> None:
+    """Raises UnknownChoice, with did-you-mean, when `name` (the value of `setting`) is not in `valid`."""
     import difflib
 
     valid = sorted(valid)
@@ -54,19 +55,18 @@ def validate(cfg: SkillweaveConfig) -> None:
     """Registry-backed names of `cfg`, checked before any model loads (plugins must be loaded).
 
     Raises:
-        UnknownChoice: an unknown stage, pipeline stage, domain or eval configuration.
+        UnknownChoice: an unknown stage, pipeline stage or eval configuration (domains are checked
+            when each is composed: a domain's YAML may come from `hydra.searchpath`).
         ConfigError: an empty list where one name at least is needed.
     """
-    _choose(cfg.stage, [*STAGES.names(), "all"], "stage", "stage")
+    choose(cfg.stage, [*STAGES.names(), "all"], "stage", "stage")
     if not cfg.pipeline:
         raise ConfigError("pipeline=[] makes nothing: list the stages stage=all runs, e.g. [generate,filter,dpo,merge,zip,eval]")
     for name in cfg.pipeline:
-        _choose(name, STAGES.names(), "stage", "pipeline")
+        choose(name, STAGES.names(), "stage", "pipeline")
     if not cfg.domains:
         raise ConfigError("domains=[] covers nothing: name at least one of " + ", ".join(domain_choices()))
-    for d in cfg.domains:
-        _choose(d, domain_choices(), "domain (conf/domain/)", "domains")
     if not cfg.eval.configurations:
         raise ConfigError("eval.configurations=[] compares nothing: name at least one, e.g. [base,skillweave]")
     for name in cfg.eval.configurations:
-        _choose(name, CONFIGURATIONS.names(), "eval configuration", "eval.configurations")
+        choose(name, CONFIGURATIONS.names(), "eval configuration", "eval.configurations")

@@ -2,6 +2,8 @@
 
 A rule set is a YAML file, `rules/<domain>.yaml`, listing registered rules with their keyword
 arguments; `load_rule_set` checks it completely (file, rule names, kwargs) before anything runs.
+The rules shared by every domain live here (common.py, quality.py: the guards); each domain's own
+verifiers live in its folder (skillweave/domains/<domain>/verifiers.py) and register on import.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Callable
 import yaml
 
 from skillweave.resources import resource_path
-from skillweave.rules import code, dialogue, instructions, math, quality  # noqa: F401  importing registers their rules
+from skillweave.rules import quality  # noqa: F401  (registers the shared guards)
 from skillweave.rules.common import RULES, RuleResult, Sample, rule
 
 __all__ = ["RULES", "RuleResult", "RuleSet", "Sample", "load_rule_set", "rule"]

@@ -17,18 +17,34 @@ import time
 from dataclasses import asdict
 from typing import Optional
 
-from ..core.artifacts import ArtifactRef, artifact_lock, atomic_write_json, atomic_write_text, make_ref, write_jsonl, write_manifest
+from ..core.artifacts import (
+    ArtifactRef,
+    artifact_lock,
+    atomic_write_json,
+    atomic_write_text,
+    make_ref,
+    write_jsonl,
+    write_manifest,
+)
 from ..core.configurations import CONFIGURATIONS, Scorer, eval_needs, eval_tasks
 from ..core.engine import Context, Stage, register_stage
-from ..evaluation import evaluate, task_digest
+from ..eval_tasks import task_digest
+from ..evaluation import evaluate
 from ..plots import domain_bars, frontier_plot
-from ..reports import apply_budget, budget_note, compare_with_base, log_results, results_table, vs_base_table
+from ..reports import (
+    apply_budget,
+    budget_note,
+    compare_with_base,
+    log_results,
+    results_table,
+    vs_base_table,
+)
 
 log = logging.getLogger("skillweave")
 
 
 def plan(ctx: Context, domain: Optional[str]):
-    config = {"eval": asdict(ctx.cfg.eval), "tasks": eval_tasks(ctx), "model": ctx.base_fingerprint, "task_files": task_digest()}
+    config = {"eval": asdict(ctx.cfg.eval), "tasks": eval_tasks(ctx), "model": ctx.base_fingerprint, "task_files": task_digest(list(eval_tasks(ctx).values()))}
     settings = {name: CONFIGURATIONS.get(name).settings(ctx) for name in ctx.cfg.eval.configurations}
     config["settings"] = {name: s for name, s in settings.items() if s}
     return config, eval_needs(ctx)
@@ -49,7 +65,7 @@ def row_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef]) -> Artifact
         "eval": {"limit": ev.limit, "max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path},
         "tasks": eval_tasks(ctx),
         "model": ctx.base_fingerprint,
-        "task_files": task_digest(),
+        "task_files": task_digest(list(eval_tasks(ctx).values())),
         "settings": conf.settings(ctx),
     }
     mine = {k: inputs[k] for k in conf.needs(ctx)}

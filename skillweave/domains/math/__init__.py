@@ -1,0 +1,7 @@
+"""The math: arithmetic and word problems with numeric answers (reasoning-gym); the final number is checked.
+
+Importing the package registers its prompt source (source.py), verifiers (verifiers.py) and eval tasks
+(eval_set.py, with the lm-eval YAMLs beside it).
+"""
+
+from . import eval_set, source, verifiers  # noqa: F401  (registration)
