@@ -12,7 +12,7 @@ import os
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import register_configs, to_config
 from .core.compose import CONF_DIR, composer, replayable
@@ -38,9 +38,21 @@ def _hydra_main(dcfg: DictConfig) -> None:
         sys.exit(1)
 
 
+def _registered(kind: str) -> str:
+    """The names in a plugin registry, for `--help` (plugins load only when the help is rendered)."""
+    from .app import load_plugins
+    from .core.configurations import CONFIGURATIONS
+    from .core.engine import STAGES
+
+    load_plugins()
+    return ", ".join((STAGES if kind == "stages" else CONFIGURATIONS).names())
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
     register_configs()
+    for kind in ("stages", "configurations"):
+        OmegaConf.register_new_resolver(f"skillweave_{kind}", lambda kind=kind: _registered(kind), replace=True)
     _hydra_main()
 
 
