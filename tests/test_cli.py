@@ -30,6 +30,9 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
         (["eval.configurations=[base,skilweave]"], "skillweave: error: eval.configurations=skilweave: unknown eval configuration 'skilweave'. Did you mean 'skillweave'?"),
         # stage=all plans the whole graph first: the merge's typo fails before any domain trains
         (["merge.method=tie"], "skillweave: error: merge.method=tie: not supported. Did you mean 'ties'?"),
+        (["zip.smoothing=smoothquant2"], "skillweave: error: zip.smoothing=smoothquant2: unknown zip smoothing 'smoothquant2'. Did you mean 'smoothquant'?"),
+        (["domain.prompt_source.name=math_reasoning"], "skillweave: error: domain.prompt_source.name=math_reasoning: unknown prompt source 'math_reasoning'. Did you mean 'math_reasoning_gym'?"),
+        (["domain.rules=mth"], "rules/mth.yaml: no rule set for domain 'math'"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, line):

@@ -8,6 +8,7 @@ import nltk
 import pytest
 
 from skillweave.rules import RULES, RuleResult, load_rule_set
+from skillweave.core.errors import ConfigError
 from skillweave.domains.code.verifiers import extract_code, split_tests
 from skillweave.domains.instructions.verifiers import ensure_punkt_tab
 
@@ -311,7 +312,7 @@ def test_rule_set_errors_are_one_line_naming_the_file(tmp_path, name, text, mess
 
 def test_missing_rule_set_lists_the_available_ones():
     message = r"mth\.yaml: no rule set for domain 'mth'; available in .*: code, dialogue, instructions, math"
-    with pytest.raises(FileNotFoundError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_rule_set("mth")
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 
 import yaml
 
+from skillweave.core.errors import ConfigError
 from skillweave.resources import resource_path
 from skillweave.rules import quality  # noqa: F401  (registers the shared guards)
 from skillweave.rules.common import RULES, RuleResult, Sample, rule
@@ -41,37 +42,36 @@ def load_rule_set(domain: str, path: str | Path | None = None) -> RuleSet:
     """Build the rule set of `domain` from `path` (default: the rules/ folder's `<domain>.yaml`).
 
     Raises:
-        FileNotFoundError: no such file (the message lists the available rule sets).
-        ValueError: malformed YAML, an unknown rule (with a did-you-mean) or a keyword argument the
+        ConfigError: no such file (the message lists the available rule sets), malformed YAML, an unknown rule (with a did-you-mean) or a keyword argument the
             rule does not take; one line naming the file.
     """
     path = Path(path) if path is not None else resource_path("rules", f"{domain}.yaml")
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        raise FileNotFoundError(
+        raise ConfigError(
             f"{path}: no rule set for domain {domain!r}; available in {path.parent}: {', '.join(available) or 'none'}"
         )
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(spec, dict) or set(spec) != {"rules"} or not isinstance(spec["rules"], list) or not spec["rules"]:
-        raise ValueError(f"{path}: expected exactly one key, 'rules', holding a non-empty list")
+        raise ConfigError(f"{path}: expected exactly one key, 'rules', holding a non-empty list")
     rules: list[tuple[str, Callable[[Sample], RuleResult]]] = []
     for i, entry in enumerate(spec["rules"], start=1):
         if not isinstance(entry, dict) or "name" not in entry or not set(entry) <= {"name", "kwargs"}:
-            raise ValueError(f"{path}: rule #{i} must be a mapping with 'name' and optional 'kwargs', got {entry!r}")
+            raise ConfigError(f"{path}: rule #{i} must be a mapping with 'name' and optional 'kwargs', got {entry!r}")
         name, kwargs = entry["name"], entry.get("kwargs") or {}
         if not isinstance(kwargs, dict):
-            raise ValueError(f"{path}: rule {name!r}: kwargs must be a mapping, got {kwargs!r}")
+            raise ConfigError(f"{path}: rule {name!r}: kwargs must be a mapping, got {kwargs!r}")
         if any(name == seen for seen, _ in rules):
-            raise ValueError(f"{path}: rule {name!r} is listed twice")
+            raise ConfigError(f"{path}: rule {name!r} is listed twice")
         try:
             factory = RULES.get(name)
         except KeyError as e:
-            raise ValueError(f"{path}: {e.args[0]}") from None
+            raise ConfigError(f"{path}: {e.args[0]}") from None
         try:
             rules.append((name, factory(**kwargs)))
         except TypeError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise ConfigError(f"{path}: {e}") from None
     return RuleSet(domain, tuple(rules))

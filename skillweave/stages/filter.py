@@ -27,6 +27,7 @@ from ..config import LengthBalance, PairStrategy
 from ..core.artifacts import ArtifactRef, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from ..core.engine import Context, Need, Stage, register_stage
 from ..core.errors import DataError
+from ..rules import load_rule_set
 from ..pairs import can_be_chosen, check_references, make_pairs, pair_report, reference_rows, rule_set_path, score_sample
 
 
@@ -35,6 +36,7 @@ def plan(ctx: Context, domain: Optional[str]):
     if cfg.filter.strategy == PairStrategy.reference_vs_fail:
         check_references(cfg.domain.prompt_source.name, domain)
     path = rule_set_path(cfg.domain.rules)
+    load_rule_set(domain, path)  # the whole rule set is checked at start-up (file, rule names, kwargs)
     rules_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else str(path)
     return (
         {"rules": rules_digest, "filter": asdict(cfg.filter)},
@@ -44,8 +46,6 @@ def plan(ctx: Context, domain: Optional[str]):
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from datasets import Dataset
-
-    from ..rules import load_rule_set
 
     cfg = ctx.for_domain(domain)
     rules_path = rule_set_path(cfg.domain.rules)

@@ -33,6 +33,7 @@ from ..sampling import batch_seed, sample_batch
 
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
+    PROMPT_SOURCES.get(cfg.domain.prompt_source.name, "domain.prompt_source.name")  # a typo fails at start-up
     config = {
         "model": ctx.base_fingerprint,
         "domain": domain,

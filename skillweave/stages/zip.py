@@ -24,6 +24,7 @@ from ..core.errors import DataError
 from ..deltas import load_delta
 from ..models import load_model, load_tokenizer, model_fingerprint
 from ..sampling import domain_texts
+from ..zip.smoothing import ROTATIONS, SMOOTHINGS
 
 
 def _calibrates(z) -> bool:
@@ -36,6 +37,10 @@ def _needs_prompts(cfg) -> bool:
 
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
+    if cfg.zip.smoothing != "none":
+        SMOOTHINGS.get(cfg.zip.smoothing, "zip.smoothing")
+    if cfg.zip.rotation != "none":
+        ROTATIONS.get(cfg.zip.rotation, "zip.rotation")
     inputs = {"merge": Need(ctx, "merge"), "dpo": Need(ctx, "dpo", domain)}
     if _needs_prompts(cfg):
         inputs["generate"] = Need(ctx, "generate", domain)
