@@ -73,7 +73,6 @@ def train_dpo(
     Raises:
         ConfigError: dpo.precision=bfloat16 without a GPU; a dpo.deepspeed that is not found.
     """
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer
 
     d = cfg.dpo
@@ -114,8 +113,8 @@ def train_dpo(
         trainer = DPOTrainer(
             model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok, peft_config=peft_config
         )
-        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-        trainer.train(resume_from_checkpoint=last)
+        last = last_complete_checkpoint(ckpt_dir)
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
         if wandb:
             close_wandb()  # the callback's run ends with the training, not at process exit
 
@@ -182,3 +181,46 @@ def trained_state_dict(trainer, scratch: Path) -> Optional[dict[str, torch.Tenso
     if not trainer.is_world_process_zero():
         return None
     return trainer.accelerator.unwrap_model(trainer.model).state_dict()
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """A trainer checkpoint that was written to the end: its trainer_state.json, which the Trainer writes
+    last, parses and names the checkpoint's own step, no write was left half done (a hidden temporary
+    file), and every safetensors file is as long as its header says."""
+    import json
+    import struct
+
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state.get("global_step") != int(path.name.rsplit("-", 1)[1]):
+            return False
+        if any(p.name.startswith(".") for p in path.rglob("*")):
+            return False
+        for weights in path.rglob("*.safetensors"):
+            with open(weights, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if weights.stat().st_size != 8 + n + end:
+                return False
+    except (OSError, ValueError, KeyError, IndexError, struct.error):
+        return False
+    return True
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Optional[Path]:
+    """The latest complete checkpoint in `ckpt_dir` (None without one); incomplete ones (a run killed while
+    saving, a full disk) are deleted, so a rerun resumes from the one before instead of failing forever."""
+    import logging
+    import shutil
+
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()),
+                   key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    for path in reversed(found):
+        if checkpoint_is_complete(path):
+            return path
+        logging.getLogger("skillweave").warning("%s was not written to the end: deleted, resuming from the one before", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -178,6 +179,11 @@ def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model
         run_overrides([*ov, "stage=dpo"])
     (partial,) = (tmp_path / "artifacts" / "dpo").iterdir()
     assert not (partial / "manifest.json").exists() and (partial / "checkpoints" / "checkpoint-1").is_dir()
+    # Killed again while saving step 2's checkpoint: its config is there, its weights half written.
+    torn = partial / "checkpoints" / "checkpoint-2"
+    torn.mkdir()
+    shutil.copy(partial / "checkpoints" / "checkpoint-1" / "config.json", torn)
+    (torn / ".model.safetensors.tmp").write_bytes((partial / "checkpoints" / "checkpoint-1" / "model.safetensors").read_bytes()[:1000])
 
     steps_run = []
 
@@ -192,7 +198,7 @@ def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model
 
     monkeypatch.setattr(trl, "DPOTrainer", CountingDPOTrainer)
     (ref,) = run_overrides([*ov, "stage=dpo"]).values()
-    assert steps_run == [2]  # resumed at step 1's checkpoint, not restarted
+    assert steps_run == [2]  # resumed at step 1's checkpoint (the torn one deleted), not restarted
     assert ref.path == partial and ref.complete and ref.manifest()["metrics"]["steps"] == 2
     assert not (partial / "checkpoints").exists()
     # And the resumed run ends where an uninterrupted one does (save_steps aside, the same config).
@@ -307,3 +313,42 @@ def test_an_experiment_folder_collects_the_report_and_every_manifest_behind_it(p
     manifests = json.loads((tmp_path / "dev_only" / "manifests.json").read_text())
     assert {"dpo/math", "filter/math", "generate/math"} <= set(manifests) and "eval/all" not in manifests
     assert {p.name for p in (tmp_path / "dev_only").iterdir()} == {"manifests.json"}
+
+
+@pytest.mark.parametrize(
+    "damage, complete",
+    [
+        (None, True),
+        ("state_missing", False),  # killed before the Trainer wrote trainer_state.json (its last file)
+        ("state_torn", False),  # trainer_state.json itself half written
+        ("state_other_step", False),  # a state that is not this checkpoint's
+        ("hidden_tmp", False),  # a write left half done
+        ("weights_truncated", False),  # a full disk: shorter than its header says
+    ],
+)
+def test_checkpoint_is_complete_only_when_written_to_the_end(tmp_path, damage, complete):
+    from safetensors.torch import save_file
+
+    from skillweave.training import checkpoint_is_complete, last_complete_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    for step in (1, 2):
+        path = ckpts / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        save_file({"w": torch.ones(4, 4)}, str(path / "model.safetensors"))
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    last = ckpts / "checkpoint-2"
+    if damage == "state_missing":
+        (last / "trainer_state.json").unlink()
+    elif damage == "state_torn":
+        (last / "trainer_state.json").write_text('{"global_st')
+    elif damage == "state_other_step":
+        (last / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    elif damage == "hidden_tmp":
+        (last / ".optimizer.pt.tmp").write_bytes(b"\0" * 10)
+    elif damage == "weights_truncated":
+        data = (last / "model.safetensors").read_bytes()
+        (last / "model.safetensors").write_bytes(data[:-8])
+    assert checkpoint_is_complete(last) is complete
+    assert last_complete_checkpoint(ckpts) == (last if complete else ckpts / "checkpoint-1")
+    assert last.exists() is complete  # an incomplete checkpoint is deleted
