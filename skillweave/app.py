@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pkgutil
 import sys
 from functools import cache
@@ -57,6 +58,17 @@ def load_domain_dir(path: str) -> None:
         raise
 
 
+def check_writable(root: Path) -> None:
+    """Raises ConfigError when artifacts_root cannot hold artifacts (not a directory, read-only)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"artifacts_root={root}: cannot write there ({e.strerror}): choose a writable directory") from None
+
+
 def context(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Optional[Composer]) -> Context:
     """The run's context, after the config passed every registry check and every domain composed."""
     from hydra.errors import MissingConfigException
@@ -65,6 +77,7 @@ def context(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Optiona
     for path in cfg.domain_dirs:
         load_domain_dir(path)
     validate(cfg)
+    check_writable(Path(cfg.artifacts_root))
     ctx = Context(cfg=cfg, overrides=overrides, composer=composer)
     if composer is not None:
         for d in cfg.domains:

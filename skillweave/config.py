@@ -6,6 +6,9 @@ the config, before any model is loaded. Stage code receives typed objects (`to_c
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Optional
@@ -50,6 +53,10 @@ class ModelConfig:
     """dtype of the sampling copy; bf16 is ~1.8x faster on AVX512-BF16 CPUs and on GPUs, and far slower
     on CPUs without bf16 units, hence `auto`. Artifacts are keyed by the dtype `auto` resolves to."""
 
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("model.path is empty: give model.path=/abs/path/to/an/hf/model (model=hf_dir) or model=smollm2")
+
 
 @dataclass
 class PromptSourceConfig:
@@ -71,6 +78,13 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.num_prompts < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError(
+                "domain.sampling.num_prompts, batch_size and max_new_tokens must be >= 1, got "
+                f"{self.num_prompts}, {self.batch_size}, {self.max_new_tokens}"
+            )
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"domain.sampling.top_p must be in (0, 1] (1: no nucleus cut), got {self.top_p}")
         if self.samples_per_prompt < 2:
             raise ConfigError("domain.sampling.samples_per_prompt must be >= 2 to form chosen/rejected pairs")
         if not 0.0 < self.temperature:
@@ -116,6 +130,12 @@ class FilterConfig:
     """With length_balance=ratio: the largest allowed max(chosen, rejected) / min(chosen, rejected) length."""
 
     def __post_init__(self) -> None:
+        if self.min_pairs < 1:
+            raise ConfigError(f"filter.min_pairs must be >= 1 (DPO on no pairs is not an experiment), got {self.min_pairs}")
+        if self.max_pairs_per_prompt < 1:
+            raise ConfigError(f"filter.max_pairs_per_prompt must be >= 1, got {self.max_pairs_per_prompt}")
+        if self.min_margin < 0:
+            raise ConfigError(f"filter.min_margin must be >= 0, got {self.min_margin}")
         if self.max_length_ratio < 1.0:
             raise ConfigError(f"filter.max_length_ratio must be >= 1, got {self.max_length_ratio}")
 
@@ -151,6 +171,17 @@ class DPOConfig:
     stage=dpo runs every round; stage=generate|filter alone plans the last round. 1: plain DPO."""
 
     def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ConfigError(f"dpo.max_steps must be >= 1 (0 steps train an all-zero delta), got {self.max_steps}")
+        if not self.beta > 0:
+            raise ConfigError(f"dpo.beta must be > 0 (the KL strength; trl's default is 0.1), got {self.beta}")
+        if not self.learning_rate >= 0:
+            raise ConfigError(f"dpo.learning_rate must be >= 0, got {self.learning_rate}")
+        if min(self.per_device_batch_size, self.gradient_accumulation_steps, self.max_length, self.save_steps) < 1:
+            raise ConfigError(
+                "dpo.per_device_batch_size, gradient_accumulation_steps, max_length and save_steps must be >= 1, got "
+                f"{self.per_device_batch_size}, {self.gradient_accumulation_steps}, {self.max_length}, {self.save_steps}"
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"dpo.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.rounds < 1:
@@ -342,6 +373,14 @@ class EvalConfig:
     """Memory budget in bytes (backbone + everything a configuration holds): configurations over it are
     still evaluated, then marked within_budget=false and listed as excluded in results (None: no budget)."""
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.limit must be >= 1 or null (every document), got {self.limit}")
+        if self.max_gen_toks < 1 or self.batch_size < 1:
+            raise ConfigError(f"eval.max_gen_toks and eval.batch_size must be >= 1, got {self.max_gen_toks}, {self.batch_size}")
+        if self.budget_bytes is not None and self.budget_bytes < 1:
+            raise ConfigError(f"eval.budget_bytes must be >= 1 or null (no budget), got {self.budget_bytes}")
+
 
 @dataclass
 class RouterConfig:
@@ -410,14 +449,46 @@ class SkillweaveConfig:
     threads: int = 0
     """torch CPU threads; 0 = all cores."""
 
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: all cores), got {self.threads}")
+        if not str(self.artifacts_root).strip():
+            raise ConfigError("artifacts_root is empty: give a directory, e.g. artifacts_root=~/.cache/skillweave/artifacts")
+
 
 def register_configs() -> None:
     # The group YAMLs merge onto this schema, so every key and type is checked at compose time.
     ConfigStore.instance().store(name="skillweave_schema", node=SkillweaveConfig)
 
 
+def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys of `node` that `schema` (a dataclass) does not declare: `+dpo.lr=1` would otherwise be kept
+    and ignored."""
+    hints = typing.get_type_hints(schema)
+    unknown = []
+    for key in node:
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            unknown.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+        elif dataclasses.is_dataclass(hints[key]):
+            unknown += _unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return unknown
+
+
 def to_config(cfg: DictConfig) -> SkillweaveConfig:
-    """The typed config a stage sees; runs every `__post_init__` check."""
-    obj = OmegaConf.to_object(cfg)
+    """The typed config a stage sees; runs every `__post_init__` check.
+
+    Raises:
+        ConfigError: a key the schema does not have, a required value left unset, or a value out of range.
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    unknown = _unknown_keys(cfg, SkillweaveConfig)
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a setting; `python -m skillweave --cfg job` lists them all")
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} is required and unset: give {e.full_key}=<value>") from None
     assert isinstance(obj, SkillweaveConfig)
     return obj

@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 
 from .config import MergeConfig
-from .core.artifacts import atomic_write_json
 from .core.errors import ArtifactError, ConfigError
-from .models import FINGERPRINT_FILE, fingerprint, load_model, load_tokenizer
+from .models import load_model, load_tokenizer, model_fingerprint
 
 
 METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
@@ -56,8 +55,7 @@ def save_backbone(template_dir: Path, state_dict: dict[str, torch.Tensor], out: 
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     load_tokenizer(template_dir).save_pretrained(tmp)
-    fp = fingerprint(model.state_dict())
-    atomic_write_json(tmp / FINGERPRINT_FILE, {"fingerprint": fp})
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    fp = model_fingerprint(out)
     return fp

@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FINGERPRINT_FILE = "skillweave_fingerprint.json"
+CONVERTED = "skillweave_converted.json"
+"""Written last into the embedded model's converted directory (our cache): the conversion finished."""
+VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path", "torch_dtype", "dtype"})
+"""config.json keys that do not change what the model computes (an fp32 and a bf16 copy agree)."""
 
 
 def cache_dir() -> Path:
@@ -44,18 +47,19 @@ def embedded_gguf() -> Path:
     return path
 
 
-def resolve_model_dir(path: str | None) -> Path:
-    """A plain HF model directory for `path` (None or "embedded" = the SmolLM2 GGUF, converted once)."""
+def resolve_model_dir(path: str | None, setting: str = "model.path") -> Path:
+    """A plain HF model directory for `path` (None or "embedded" = the SmolLM2 GGUF, converted once);
+    `setting` is the option that gave it, named in the error."""
     if path in (None, "", EMBEDDED):
         return _embedded_dir()
     p = Path(path).expanduser().resolve()
     if not p.is_dir():
         raise ModelError(
-            f"model.path={path} does not exist; give a local Hugging Face model directory "
-            "(config.json + weights) or model.path=embedded for the bundled SmolLM2-135M-Instruct"
+            f"{setting}={path} does not exist; give a local Hugging Face model directory "
+            f"(config.json + weights) or {setting}=embedded for the bundled SmolLM2-135M-Instruct"
         )
     if not (p / "config.json").is_file():
-        raise ModelError(f"model.path={path} has no config.json: it is not a Hugging Face model directory")
+        raise ModelError(f"{setting}={path} has no config.json: it is not a Hugging Face model directory")
     return p
 
 
@@ -63,7 +67,7 @@ def _embedded_dir() -> Path:
     gguf = embedded_gguf()
     key = hashlib.sha256(f"{gguf.stat().st_size}:{EMBEDDED_GGUF}".encode()).hexdigest()[:12]
     out = cache_dir() / "models" / f"SmolLM2-135M-Instruct-fp32-{key}"
-    if (out / FINGERPRINT_FILE).is_file():
+    if (out / CONVERTED).is_file():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,7 +82,7 @@ def _embedded_dir() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    _write_json(tmp / FINGERPRINT_FILE, {"fingerprint": fingerprint(model.state_dict())})
+    _write_json(tmp / CONVERTED, {"gguf": str(gguf)})
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, out)
@@ -119,11 +123,13 @@ def load_tokenizer(model_dir: str | Path):
     return tok
 
 
-def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
-    """A content fingerprint of a backbone: names, shapes and the first and last row of each tensor.
+def fingerprint(state_dict: dict[str, torch.Tensor], config: dict | None = None) -> str:
+    """A content fingerprint of a backbone: its config (but VOLATILE_CONFIG_KEYS) and, of its weights,
+    names, shapes and the first and last row of each tensor.
 
     Values are rounded to bf16 first so an fp32 and a bf16 copy of the same weights agree, while any
-    fine-tune or merge changes it. Cheap enough to compute on a 7B model in memory.
+    fine-tune or merge changes it, and so does a config change (rope scaling, norms) under the same
+    weights. Cheap enough to compute on a 7B model in memory.
     """
     # Tied weights (lm_head = embed_tokens) appear twice in memory but once on disk: keep the name
     # that sorts last (the `model.*` source of the tie), so both views give one fingerprint.
@@ -140,20 +146,56 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
         rows = t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], -1)
         sample = torch.cat([rows[:1], rows[-1:]]).to(torch.bfloat16).to(torch.float32)
         h.update(sample.contiguous().cpu().numpy().tobytes())
+    if config is not None:
+        kept = {k: v for k, v in config.items() if k not in VOLATILE_CONFIG_KEYS}
+        h.update(json.dumps(kept, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
+def model_config(model_dir: str | Path) -> dict:
+    """A model directory's config.json.
+
+    Raises:
+        ModelError: missing or not a JSON object.
+    """
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable model config ({' '.join(str(e).split())}): restore the model directory") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: a model config must be a JSON object")
+    return config
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
-    """Fingerprint of a model directory, cached in the directory (or beside it when read-only)."""
-    model_dir = Path(model_dir)
-    cached = model_dir / FINGERPRINT_FILE
+    """Fingerprint of a model directory (config.json + weights), cached in the user cache, never in the
+    model's own directory, under the names, sizes and modification times of its files: a file that
+    changes, a truncated one included, is read again.
+
+    Raises:
+        ModelError: unreadable config or weights (truncated, not safetensors).
+    """
+    model_dir = Path(model_dir).resolve()
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = hashlib.sha256(json.dumps([str(model_dir), stamp]).encode()).hexdigest()[:24]
+    cached = cache_dir() / "fingerprints" / f"{key}.json"
     if cached.is_file():
         return json.loads(cached.read_text())["fingerprint"]
-    fp = fingerprint(load_state_dict(model_dir))
+    config = model_config(model_dir)
     try:
-        _write_json(cached, {"fingerprint": fp})
+        weights = load_state_dict(model_dir)
+    except Exception as e:  # safetensors, torch and transformers each raise their own kinds
+        raise ModelError(
+            f"{model_dir}: unreadable weights ({' '.join(str(e).split())[:200]}): restore or re-download the model"
+        ) from None
+    fp = fingerprint(weights, config)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(cached, {"fingerprint": fp, "model_dir": str(model_dir)})
     except OSError:
-        pass  # a read-only model directory: recompute next time
+        pass  # a read-only cache: recompute next time
     return fp
 
 
@@ -182,6 +224,6 @@ def chat_prompt(tokenizer, user_message: str) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
     os.replace(tmp, path)

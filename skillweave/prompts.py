@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-from skillweave.core.errors import DataError
+from skillweave.core.errors import ConfigError, DataError
 from skillweave.core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -75,3 +75,21 @@ def template_draw(name: str, seed: int, kwargs: Mapping[str, Any]) -> list[dict]
 
 
 
+
+
+def check_source(name: str, kwargs: Mapping[str, Any]) -> None:
+    """A prompt source `name` exists and takes `kwargs` (checked when the generate stage is planned).
+
+    Raises:
+        UnknownChoice: no such source (did-you-mean). ConfigError: a keyword it does not take.
+    """
+    import inspect
+
+    source = PROMPT_SOURCES.get(name, "domain.prompt_source.name")
+    try:
+        inspect.signature(source).bind(1, 0, **kwargs)
+    except TypeError as e:
+        params = [p for p in inspect.signature(source).parameters if p not in ("n", "seed")]
+        raise ConfigError(
+            f"domain.prompt_source.kwargs={dict(kwargs)}: {e}; {name} takes {', '.join(params) or 'no keyword arguments'}"
+        ) from None

@@ -14,7 +14,7 @@ from .config import DPOConfig as DPOSettings
 from .config import Precision, SkillweaveConfig
 from .core.artifacts import ArtifactRef
 from .core.engine import Context, Need
-from .core.errors import ConfigError
+from .core.errors import ConfigError, DataError
 from .deltas import add_delta_gathered, delta_stats, save_delta
 from .models import load_model, load_state_dict, load_tokenizer
 from .resources import resource_path
@@ -25,7 +25,8 @@ def dpo_settings(d: DPOSettings, drop: tuple[str, ...] = ()) -> dict:
     """The dpo settings a training artifact's key hashes. DeepSpeed is how a run executes, not what it
     computes (a merge job composed without dpo.deepspeed must find the same delta), and how many rounds
     follow does not change a round; nll_weight is left out at 0 so plain-DPO artifacts made before it
-    existed keep their keys."""
+    existed keep their keys. A dpo.deepspeed that names no config fails here, when the stage is planned."""
+    deepspeed_config(d)
     settings = {k: v for k, v in asdict(d).items() if k not in ("deepspeed", "rounds", *drop)}
     if not d.nll_weight:
         settings.pop("nll_weight", None)
@@ -76,6 +77,8 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     d = cfg.dpo
+    if len(pairs) == 0:
+        raise DataError("DPO has no pairs to train on: the filter artifacts it reads are empty; sample more (domain.sampling.*)")
     cuda = torch.cuda.is_available()
     if d.precision == Precision.bfloat16 and not cuda:
         raise ConfigError("dpo.precision=bfloat16 needs a GPU (mixed precision); use dpo.precision=float32 on CPU")

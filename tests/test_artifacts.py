@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import time
 from pathlib import Path
 
-from skillweave.core.artifacts import ArtifactRef, artifact_lock, content_key, make_ref, write_manifest
+import pytest
+
+from skillweave.core.artifacts import ArtifactError, ArtifactRef, artifact_lock, content_key, make_ref, write_manifest
 
 
 def test_key_depends_on_config_and_inputs_only():
@@ -29,7 +32,7 @@ def test_manifest_marks_completion(tmp_path):
     assert not ref.complete  # files without a manifest are a partial run
     manifest = write_manifest(ref, {"samples": 1}, started=time.time())
     assert ref.complete
-    assert manifest["files"] == {"samples.jsonl": {"bytes": 3}}
+    assert manifest["files"] == {"samples.jsonl": {"bytes": 3, "sha256": hashlib.sha256(b"{}\n").hexdigest()}}
     assert json.loads((ref.path / "manifest.json").read_text())["metrics"] == {"samples": 1}
 
 
@@ -63,3 +66,79 @@ def test_two_processes_asking_for_one_artifact_take_turns(tmp_path):
     ref = make_ref(str(tmp_path), "merge", "all", {"m": 1}, {})
     assert isinstance(ref, ArtifactRef) and ref.complete
     assert (Path(ref.path) / "out.bin").stat().st_size == 1000
+
+
+@pytest.fixture
+def stored(tmp_path):
+    ref = make_ref(tmp_path, "dpo", "math", {"n": 1}, {}, command="python -m skillweave stage=dpo domain=math")
+    ref.path.mkdir(parents=True)
+    (ref.path / "config.json").write_text(json.dumps({"stage": "dpo", "command": ref.command}))  # as the engine writes it
+    (ref.path / "delta.safetensors").write_bytes(bytes(range(256)) * 4)
+    (ref.path / ".delta.safetensors.tmp123").write_bytes(b"half")  # a killed write's leftover
+    write_manifest(ref, {}, started=time.time())
+    return ref
+
+
+def test_the_manifest_drops_leftovers_and_records_the_redo_command(stored):
+    assert sorted(p.name for p in stored.path.iterdir()) == ["config.json", "delta.safetensors", "manifest.json"]
+    assert stored.manifest()["command"] == "python -m skillweave stage=dpo domain=math"
+    assert stored.complete and stored.problems() == []
+
+
+@pytest.mark.parametrize(
+    "damage, found_by_size",
+    [
+        ("flip", False),  # same size, other bytes: only the digest sees it
+        ("truncate", True),
+        ("delete", True),
+        ("empty_manifest", True),
+        ("invalid_manifest", True),
+    ],
+)
+def test_a_damaged_artifact_is_reported_with_the_command_that_redoes_it(stored, damage, found_by_size):
+    delta, manifest = stored.path / "delta.safetensors", stored.path / "manifest.json"
+    if damage == "flip":
+        data = bytearray(delta.read_bytes())
+        data[100] ^= 0xFF
+        delta.write_bytes(bytes(data))
+    elif damage == "truncate":
+        delta.write_bytes(delta.read_bytes()[:-1])
+    elif damage == "delete":
+        delta.unlink()
+    elif damage == "empty_manifest":
+        manifest.write_text("")
+    else:
+        manifest.write_text("{not json")
+    assert stored.problems() != []
+    redo = f"delete {stored.path} and run `python -m skillweave stage=dpo domain=math`"
+    if found_by_size:
+        with pytest.raises(ArtifactError, match="damaged") as info:
+            stored.complete
+        assert str(info.value).endswith(redo) and "\n" not in str(info.value)
+    else:
+        assert stored.complete  # sizes are checked always, digests when read (verify_input, skillweave-verify)
+    from skillweave.verify import verify
+
+    ((name, problems, how),) = verify(stored.root)
+    assert name == str(stored) and how == redo
+
+
+def test_an_input_with_other_bytes_is_refused_before_a_stage_reads_it(stored):
+    from skillweave.core.engine import verify_input
+
+    data = bytearray((stored.path / "delta.safetensors").read_bytes())
+    data[7] ^= 1
+    (stored.path / "delta.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"delta.safetensors differs from what was written \(sha256\)"):
+        verify_input(stored)
+
+
+def test_verify_command_exit_status(stored, capsys):
+    from skillweave.verify import main
+
+    main([str(stored.root)])
+    assert capsys.readouterr().out == "1 artifacts checked, 0 damaged\n"
+    (stored.path / "delta.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit) as info:
+        main([str(stored.root)])
+    assert info.value.code == 1 and "DAMAGED dpo/math-" in capsys.readouterr().out

@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "skillweave"
 PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs", "skillweave.domains")
-TOP = ("skillweave.__main__", "skillweave.app", "skillweave.launch", "skillweave.sweep")
+TOP = ("skillweave.__main__", "skillweave.app", "skillweave.launch", "skillweave.sweep", "skillweave.verify")
 
 
 def module_name(path: Path) -> str:

@@ -12,15 +12,16 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from .errors import MissingArtifactError
+from .errors import ArtifactError, MissingArtifactError
 
-__all__ = ["MissingArtifactError"]  # re-exported: consumers see it where artifacts are
+__all__ = ["ArtifactError", "MissingArtifactError"]  # re-exported: consumers see them where artifacts are
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -52,7 +53,46 @@ class ArtifactRef:
 
     @property
     def complete(self) -> bool:
-        return (self.path / MANIFEST).is_file()
+        """True when the manifest exists and every file it lists has its recorded size (cheap: no
+        reading); False for a partial directory (no manifest: a killed run, resumed or redone).
+
+        Raises:
+            ArtifactError: a manifest that is not this artifact's, or a file missing or of another size
+                than recorded; the message says how to redo it.
+        """
+        if not (self.path / MANIFEST).is_file():
+            return False
+        problems = self.problems(digests=False)
+        if problems:
+            raise ArtifactError(f"{self}: damaged ({'; '.join(problems[:3])}): {self.redo}")
+        return True
+
+    @property
+    def redo(self) -> str:
+        """How to make this artifact again: delete it, then its command."""
+        again = f"`{self.command}`" if self.command else "the command that made it"
+        return f"delete {self.path} and run {again}"
+
+    def problems(self, digests: bool = True) -> list[str]:
+        """What is wrong with a directory that has a manifest: an unreadable or foreign manifest, a missing
+        file, a file of another size than recorded or (with `digests`) of other content. [] when sound."""
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())
+            files = manifest["files"]
+            if manifest["key"] != self.key or not isinstance(files, dict):
+                return ["manifest.json is another artifact's"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return [f"manifest.json unreadable ({' '.join(str(e).split())[:80]})"]
+        problems = []
+        for name, rec in sorted(files.items()):
+            path = self.path / name
+            if not path.is_file():
+                problems.append(f"{name} is missing")
+            elif path.stat().st_size != rec.get("bytes"):
+                problems.append(f"{name} has {path.stat().st_size} bytes, {rec.get('bytes')} recorded")
+            elif digests and "sha256" in rec and file_digest(path) != rec["sha256"]:
+                problems.append(f"{name} differs from what was written (sha256)")
+        return problems
 
     def file(self, name: str) -> Path:
         """The path of the output `name` the producing stage declares: consumers depend on the engine's
@@ -130,16 +170,29 @@ def artifact_lock(ref: ArtifactRef) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_manifest(ref: ArtifactRef, metrics: dict, started: float) -> dict:
-    """The completion marker: inputs, config, every file's size and digest, the stage's metrics."""
+    """The completion marker: inputs, config, every file's size and sha256, the stage's metrics and the
+    command that makes it again. Hidden files (temporary writes, the lock) are not the artifact's."""
+    for p in sorted(ref.path.rglob(".*.tmp*"), reverse=True):  # what a killed write left, not the artifact
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     files = {}
     for p in sorted(ref.path.rglob("*")):
-        if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST:
-            files[str(p.relative_to(ref.path))] = {"bytes": p.stat().st_size}
+        rel = p.relative_to(ref.path)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.name != MANIFEST:
+            files[str(rel)] = {"bytes": p.stat().st_size, "sha256": file_digest(p)}
     manifest = {
         "stage": ref.stage,
         "label": ref.label,
         "key": ref.key,
+        "command": ref.command,
         "inputs": ref.inputs,
         "files": files,
         "metrics": metrics,
@@ -148,3 +201,19 @@ def write_manifest(ref: ArtifactRef, metrics: dict, started: float) -> dict:
     }
     atomic_write_json(ref.path / MANIFEST, manifest)
     return manifest
+
+
+def stored_artifacts(root: Path) -> list[ArtifactRef]:
+    """Every artifact under `root` that has a manifest (as the manifest describes it)."""
+    refs = []
+    for manifest in sorted(Path(root).glob(f"*/*/{MANIFEST}")):
+        stage, (label, _, key) = manifest.parent.parent.name, manifest.parent.name.rpartition("-")
+        command = ""
+        for source in (manifest, manifest.with_name(CONFIG)):  # an unreadable manifest: config.json, written first
+            try:
+                command = json.loads(source.read_text()).get("command", "")
+                break
+            except (OSError, ValueError, AttributeError):
+                continue
+        refs.append(ArtifactRef(stage, label, key, Path(root).resolve(), {}, {}, command))
+    return refs

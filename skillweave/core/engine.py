@@ -9,6 +9,7 @@ produce when run alone) is declared once, in its `Stage`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from contextlib import nullcontext
@@ -19,9 +20,18 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from ..config import SkillweaveConfig
-from .artifacts import CONFIG, ArtifactRef, MissingArtifactError, artifact_lock, atomic_write_json, make_ref, write_manifest
+from .artifacts import (
+    CONFIG,
+    MANIFEST,
+    ArtifactError,
+    ArtifactRef,
+    MissingArtifactError,
+    artifact_lock,
+    atomic_write_json,
+    make_ref,
+    write_manifest,
+)
 from .distributed import is_main_process, main_process_decides
-from .errors import ConfigError
 from .registry import Registry
 
 log = logging.getLogger("skillweave")
@@ -251,6 +261,8 @@ def execute(
                 f"{'domain ' + inp.label if dom else 'all domains'} ({inp.path}), which is missing: "
                 f"run `{inp.command or ctx.command(inp.stage, dom)}` first (or stage=all)"
             )
+    for inp in {need.ref.path: need.ref for need in needs.values()}.values():
+        verify_input(inp)
     main = is_main_process()
     # Under a multi-process launch only rank 0 locks and writes; the other ranks follow its decisions
     # (core/distributed.py says why waiting on the lock would deadlock them).
@@ -261,8 +273,17 @@ def execute(
         log.info("running %s -> %s", stage + (f"[{domain}]" if domain else ""), ref.path)
         started = time.time()
         if main:
-            atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config, "inputs": ref.inputs})
-        metrics = st.run(ctx, domain, ref, {name: need.ref for name, need in needs.items()})
+            atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config,
+                                                  "inputs": ref.inputs, "command": ref.command})
+        try:
+            metrics = st.run(ctx, domain, ref, {name: need.ref for name, need in needs.items()})
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            raise ArtifactError(
+                f"{ref}: {e.strerror} while writing {e.filename or ref.path}: free space in {ctx.root} and run "
+                f"`{ref.command}` again (the partial artifact resumes)"
+            ) from None
         if main:
             if st.rounds:
                 metrics = {"round": ctx.dpo_round, **metrics}
@@ -271,8 +292,20 @@ def execute(
     return ref
 
 
-def check_stage_name(name: str) -> Stage:
-    """The stage called `name` (`stage=` on the command line), or a ConfigError with the choices."""
-    if name == "all":
-        raise ConfigError("stage=all is the whole pipeline, not one stage")
-    return STAGES.get(name, "stage")
+_VERIFIED: set[tuple[Path, int]] = set()
+
+
+def verify_input(ref: ArtifactRef) -> None:
+    """Check every file of an input artifact against its manifest's sha256 before a stage reads it (once
+    per process and manifest), so a damaged delta or skillpack is never used silently.
+
+    Raises:
+        ArtifactError: a file differs from what its stage wrote; the message says how to redo it.
+    """
+    stamp = (ref.path, (ref.path / MANIFEST).stat().st_mtime_ns)
+    if stamp in _VERIFIED:
+        return
+    problems = ref.problems(digests=True)
+    if problems:
+        raise ArtifactError(f"{ref}: damaged ({'; '.join(problems[:3])}): {ref.redo}")
+    _VERIFIED.add(stamp)

@@ -43,7 +43,7 @@ def _merged_with(method: str) -> Configuration:
 def _external_dir(ctx: Context):
     if not ctx.cfg.eval.external_model:
         raise ConfigError("eval configuration `external` needs eval.external_model=<HF model directory>")
-    return resolve_model_dir(ctx.cfg.eval.external_model)
+    return resolve_model_dir(ctx.cfg.eval.external_model, "eval.external_model")
 
 
 def _external(ctx: Context, refs: dict, score: Scorer) -> dict:

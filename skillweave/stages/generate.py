@@ -27,13 +27,13 @@ from ..core.engine import Context, Need, Stage, register_stage
 from ..core.errors import DataError
 from ..deltas import add_delta, previous_delta
 from ..models import generation_dtype, load_model, load_tokenizer
-from ..prompts import PROMPT_SOURCES, SOURCE_VERSIONS
+from ..prompts import PROMPT_SOURCES, SOURCE_VERSIONS, check_source
 from ..sampling import batch_seed, sample_batch
 
 
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
-    PROMPT_SOURCES.get(cfg.domain.prompt_source.name, "domain.prompt_source.name")  # a typo fails at start-up
+    check_source(cfg.domain.prompt_source.name, cfg.domain.prompt_source.kwargs)  # a typo fails at start-up
     config = {
         "model": ctx.base_fingerprint,
         "domain": domain,
