@@ -19,7 +19,7 @@ from .core.distributed import check_launch, leave_process_group
 from .core.engine import STAGES, Context
 from .core.flow import run_all, run_stage
 
-PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs")
+PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs", "skillweave.compressors")
 """Every module of these packages is imported once: importing registers its plugins."""
 
 
