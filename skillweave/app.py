@@ -24,7 +24,7 @@ from .core.engine import STAGES, Context
 from .core.errors import ConfigError
 from .core.flow import run_all, run_stage
 
-PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs", "skillweave.domains")
+PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs", "skillweave.compressors", "skillweave.domains")
 """Every module of these packages is imported once: importing registers its plugins."""
 
 

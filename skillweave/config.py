@@ -246,17 +246,29 @@ class LoRAConfig:
 
 @dataclass
 class MergeConfig:
+    """The merge of the domains' task vectors into the shared delta (stage merge): a mergekit method.
+
+    `method` is any name in mergekit's registry (`mergekit.merge_methods.registered_methods()`) that merges
+    task vectors relative to a base; skillweave.merging checks it, and its parameters against the method's
+    `MergeMethodSpec`, when the merge is planned, and refuses the others with the reason. Each
+    conf/merge/<m>.yaml is a named setting (`merge=<m>`) and also the eval configuration merged_<m>.
+    """
+
     method: str = MISSING
-    """A mergekit method: task_arithmetic, ties, dare_ties, dare_linear."""
     weight: float = 1.0
-    """Per-domain weight of each task vector."""
+    """mergekit's `weight` of each task vector, for the methods that declare it."""
     density: float = 0.5
-    """Fraction of entries kept (ties, dare_*)."""
+    """mergekit's `density`, the fraction of entries kept, for the methods that declare it."""
     normalize: bool = True
+    """mergekit's `normalize` (divide by the sum of the weights), for the methods that declare it."""
     lambda_: float = 1.0
-    """Scale of the merged task vector (mergekit's `lambda`)."""
+    """mergekit's `lambda`, the scale of the merged task vector, for the methods that declare it."""
     seed: int = 0
-    """Seed of DARE's random drop."""
+    """Seeds the random drop of DARE and DELLA."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    """Any parameter of the method's spec by mergekit's name (della's `epsilon`, breadcrumbs' `gamma`...),
+    overriding the fields above: one value, or for a per-model parameter a mapping {domain: value}. Left
+    out of the merge's artifact key when empty, so the configs that set none keep their keys."""
 
 
 class ActScale(StrEnum):

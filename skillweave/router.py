@@ -11,15 +11,16 @@ backbone sees features it was never trained on, so loading one for another backb
 
 Twin-Merging (Lu et al. 2024, arXiv 2406.15479), as the paper's baseline: the shared knowledge is the
 merged backbone; each domain's exclusive knowledge, the residual R_k = Delta_k - Delta_shared of every
-block linear, is kept as truncated-SVD factors A_k B_k in fp16; per input, the router's softmax
-weights w over domains mix them: y = W x + sum_k w_k A_k B_k x. The weights are computed once per
-generate() call, from the prompt at the prefill forward, and kept for that batch's decode steps (one
-weight vector per batch row). Faithful: shared = merged model, exclusive = compressed difference of
-each fine-tune from it, input-dependent mixing by a router trained on the domains' own data.
-Not faithful: the paper merges the (decompressed) exclusive deltas into the weights per batch; the
-forward hooks here add each row's mix to the linears' outputs, the same function without
+block linear, is kept as truncated-SVD factors A_k B_k in fp16 (the `twin` compressor); per input, the
+router's softmax weights w over domains mix them: y = W x + sum_k w_k A_k B_k x. The weights are
+computed once per generate() call, from the prompt at the prefill forward, and kept for that batch's
+decode steps (one weight vector per batch row). Faithful: shared = merged model, exclusive = compressed
+difference of each fine-tune from it, input-dependent mixing by a router trained on the domains' own
+data. Not faithful: the paper merges the (decompressed) exclusive deltas into the weights per batch;
+the forward hooks here add each row's mix to the linears' outputs, the same function without
 materialising weights; 1-D residuals (norm weights) and embeddings are not part of the exclusive
-knowledge (as BitDelta and Delta-CoMe drop them; the norms' residuals carry little of the delta's norm).
+knowledge (as BitDelta and Delta-CoMe drop them; the norms' residuals carry little of the delta's
+norm).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -311,38 +312,25 @@ class ExclusiveFactors:
         return self.a[k].float() @ self.b[k].float()
 
 
-def exclusive_factors(
-    residuals: Iterable[dict[str, torch.Tensor]], linear_names: set[str] | Sequence[str], rank: int
-) -> dict[str, ExclusiveFactors]:
-    """Truncated SVD at `rank` of each domain's residual `<name>.weight` for every linear in `linear_names`.
+def stack_exclusive(per_domain: Sequence[Mapping[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, ExclusiveFactors]:
+    """Each domain's factors (A, B) of every linear, in router order, stacked for `TwinMerging`.
 
     Args:
-        residuals: per domain, in router order, parameter name -> R_k = Delta_k - Delta_shared; read
-            one at a time (a generator keeps one domain's residual in memory).
-        rank: capped at min(out, in) (the same for every domain, so the factors stack).
+        per_domain: linear module name -> (A, B) per domain, e.g. the `twin` compressor's `factors()`;
+            one rank for every domain, so that they stack.
 
     Raises:
-        ValueError: a residual lacks a linear's weight, or there is no residual.
+        ValueError: no domain, or domains whose factors cover other linears.
     """
-    from .zip.svd import low_rank_factors
-
-    names = sorted(linear_names)
-    parts: dict[str, tuple[list, list]] = {name: ([], []) for name in names}
-    for i, residual in enumerate(residuals):
-        for name in names:
-            if f"{name}.weight" not in residual:
-                raise ValueError(f"the residual of domain #{i} has no {name}.weight")
-            a, b, _ = low_rank_factors(residual[f"{name}.weight"], rank)
-            parts[name][0].append(a.to(torch.float16))
-            parts[name][1].append(b.to(torch.float16))
-    if names and not parts[names[0]][0]:
-        raise ValueError("exclusive_factors needs at least one domain's residual")
-    return {name: ExclusiveFactors(a=torch.stack(a), b=torch.stack(b)) for name, (a, b) in parts.items()}
-
-
-def exclusive_nbytes(factors: dict[str, ExclusiveFactors]) -> int:
-    """Bytes of the K fp16 factor sets."""
-    return sum(f.a.nbytes + f.b.nbytes for f in factors.values())
+    if not per_domain:
+        raise ValueError("Twin-Merging needs at least one domain's exclusive factors")
+    names = sorted(per_domain[0])
+    if any(sorted(f) != names for f in per_domain):
+        raise ValueError("the domains' exclusive factors cover different linears")
+    return {
+        name: ExclusiveFactors(a=torch.stack([f[name][0] for f in per_domain]), b=torch.stack([f[name][1] for f in per_domain]))
+        for name in names
+    }
 
 
 class TwinMerging:

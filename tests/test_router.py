@@ -17,14 +17,15 @@ from skillweave.router import (
     TwinMerging,
     accuracy,
     confusion_matrix,
-    exclusive_factors,
-    exclusive_nbytes,
     load_router,
     prompt_features,
     router_nbytes,
     save_router,
+    stack_exclusive,
     train_router,
 )
+from skillweave.config import ZipConfig
+from skillweave.core.compressors import COMPRESSORS, CompressContext
 from skillweave.deltas import add_delta, param_bytes
 from skillweave.zip import block_linear_names
 
@@ -157,11 +158,26 @@ def random_residuals(model, names, k: int) -> list[dict]:
     ]
 
 
+def twin_factors(residuals, names, rank: int):
+    """Each domain's residual through the `twin` compressor, stacked in router order, as twin_merging does."""
+    ctx = CompressContext(frozenset(names), zip=ZipConfig(rank=rank, smoothing="none"))
+    return stack_exclusive([COMPRESSORS.get("twin").compress(r, ctx).factors() for r in residuals])
+
+
+def test_stacking_needs_a_domain_and_the_same_linears_in_each():
+    a, b = torch.zeros(4, 2, dtype=torch.float16), torch.zeros(2, 3, dtype=torch.float16)
+    with pytest.raises(ValueError, match="at least one domain"):
+        stack_exclusive([])
+    with pytest.raises(ValueError, match="cover different linears"):
+        stack_exclusive([{"q": (a, b)}, {"k": (a, b)}])
+    assert stack_exclusive([{"q": (a, b)}, {"q": (a, b)}])["q"].a.shape == (2, 4, 2)
+
+
 def test_twin_hooks_with_one_hot_weights_equal_backbone_plus_that_domains_delta(backbone):
     model, tok = backbone
     names = sorted(block_linear_names(model))
-    factors = exclusive_factors(random_residuals(model, names, 3), names, rank=4)
-    assert exclusive_nbytes(factors) == sum(2 * 3 * 4 * sum(f.a.shape[1:2] + f.b.shape[2:]) for f in factors.values())
+    factors = twin_factors(random_residuals(model, names, 3), names, rank=4)
+    assert all(f.a.shape[:1] == f.b.shape[:1] == (3,) and f.a.dtype == torch.float16 for f in factors.values())
     ids = tok(["one two three def return", "yes no"], return_tensors="pt", padding=True)
     with torch.no_grad():
         before = model(**ids).logits
@@ -189,7 +205,7 @@ def test_twin_hooks_with_one_hot_weights_equal_backbone_plus_that_domains_delta(
 def test_twin_routes_each_row_at_prefill_and_keeps_it_while_decoding(backbone, router):
     model, tok = backbone
     names = sorted(block_linear_names(model))
-    twin = TwinMerging(["math", "code"], exclusive_factors(random_residuals(model, names, 2), names, rank=2), router)
+    twin = TwinMerging(["math", "code"], twin_factors(random_residuals(model, names, 2), names, rank=2), router)
     prompts = ["one two three four", "def return print list yes no the a"]
     expected = router.probs(prompt_features(model, tok, prompts, batch_size=1))
     from skillweave.models import chat_prompt

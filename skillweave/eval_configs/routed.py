@@ -11,8 +11,9 @@
                      routed skillpack and score.
   twin_merging       Twin-Merging (Lu et al. 2024; skillweave/router.py says what is faithful): the
                      merged backbone as shared knowledge, each domain's exclusive knowledge
-                     Delta_k - Delta_shared as rank-`zip.rank` fp16 SVD factors, mixed per input by the
-                     router's softmax weights (set at each prefill, kept for the decode steps).
+                     Delta_k - Delta_shared as rank-`zip.rank` fp16 SVD factors (the `twin` compressor),
+                     mixed per input by the router's softmax weights (set at each prefill, kept for the
+                     decode steps).
                      Bytes: backbone + K fp16 factor sets + router. Details: the routing weights used,
                      averaged per true domain, and how often their top-1 is the true domain.
 The router reads the eval prompts as lm-eval's doc_to_text, wrapped in the chat template, on the same
@@ -28,20 +29,12 @@ import torch
 
 from ..evaluation import eval_prompts, evaluate
 from ..models import load_model, load_tokenizer, model_fingerprint
+from ..core.compressors import COMPRESSORS, CompressContext
 from ..core.configurations import Configuration, Scorer, eval_tasks, register_configuration
 from ..core.engine import Context, Need, per_domain_needs
 from ..core.errors import ConfigError
 from ..deltas import load_delta, param_bytes
-from ..router import (
-    Router,
-    TwinMerging,
-    confusion_matrix,
-    exclusive_factors,
-    exclusive_nbytes,
-    load_router,
-    prompt_features,
-    router_nbytes,
-)
+from ..router import Router, TwinMerging, confusion_matrix, load_router, prompt_features, router_nbytes, stack_exclusive
 from ..zip import attach_skillpack, block_linear_names, detach_skillpack, load_skillpack, skillpack_nbytes
 
 
@@ -139,13 +132,14 @@ def _twin_merging(ctx: Context, refs: dict, score: Scorer) -> dict:
             delta = load_delta(refs[f"dpo_{d}"].file("delta"), backbone_fingerprint=ctx.base_fingerprint)
             yield {f"{n}.weight": delta[f"{n}.weight"] - shared[f"{n}.weight"] for n in names}
 
+    compressor, cctx = COMPRESSORS.get("twin", "compressor"), CompressContext(frozenset(names), zip=ctx.cfg.zip)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # many small SVDs: threads only add OpenMP overhead (as in the zip stage)
     try:
-        factors = exclusive_factors(residuals(), names, ctx.cfg.zip.rank)
+        exclusive = [compressor.compress(residual, cctx) for residual in residuals()]
     finally:
         torch.set_num_threads(threads)
-    twin = TwinMerging(domains, factors, router)
+    twin = TwinMerging(domains, stack_exclusive([c.factors() for c in exclusive]), router)  # LowRank: factors()
     twin.attach(model)
     scores, weights = {}, {}
     try:
@@ -162,7 +156,7 @@ def _twin_merging(ctx: Context, refs: dict, score: Scorer) -> dict:
             d: float((w.argmax(-1) == k).float().mean()) if len(w) else None for k, (d, w) in enumerate(weights.items())
         },
     }
-    nbytes = param_bytes(model) + exclusive_nbytes(factors) + router_nbytes(router)
+    nbytes = param_bytes(model) + sum(c.nbytes() for c in exclusive) + router_nbytes(router)
     return {"bytes": nbytes, "scores": scores, "details": details}
 
 

@@ -7,20 +7,18 @@ saved as a plain HF directory. Residual R_k = Delta_k - Delta_shared is formed b
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Optional
 
 from ..core.artifacts import ArtifactRef
 from ..core.engine import Context, Stage, per_domain_needs, register_stage
 from ..deltas import delta_stats, load_delta, save_delta
-from ..merging import check_method, save_backbone, shared_delta
+from ..merging import key_settings, save_backbone, shared_delta
 from ..models import load_state_dict
 
 
 def plan(ctx: Context, domain: Optional[str]):
-    check_method(ctx.cfg.merge)
     inputs = per_domain_needs(ctx, "dpo")
-    return {"merge": asdict(ctx.cfg.merge), "model": ctx.base_fingerprint, "domains": list(ctx.cfg.domains)}, inputs
+    return {"merge": key_settings(ctx.cfg.merge, ctx.cfg.domains), "model": ctx.base_fingerprint, "domains": list(ctx.cfg.domains)}, inputs
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
