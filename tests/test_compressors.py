@@ -254,3 +254,30 @@ def test_delta_come_spends_bitdeltas_budget_on_mixed_precision_singular_vectors(
         top = replace(compressed, entries={key: {**entry, "groups": entry["groups"][:1]}})
         a, b, _ = low_rank_factors(delta[key], entry["groups"][0]["rank"])
         assert float((top.reconstruct()[key] - a @ b).norm() / (a @ b).norm()) < 0.02
+
+
+# ---- docs/adding_a_method.md's example, through the same contract
+
+
+def test_the_guides_sign_only_compressor_meets_the_contract(monkeypatch, base, names, lowrank_delta, calibration):
+    from dataclasses import dataclass
+
+    from skillweave.core.compressors import Compressor
+
+    @dataclass
+    class SignOnly:
+        signs: dict[str, torch.Tensor]
+        scales: dict[str, float]
+
+        def reconstruct(self) -> dict[str, torch.Tensor]:
+            return {k: self.scales[k] * s.float() for k, s in self.signs.items()}
+
+        def nbytes(self) -> int:
+            return sum(s.numel() // 8 + 4 for s in self.signs.values())
+
+    def compress(delta: dict[str, torch.Tensor], ctx: CompressContext) -> SignOnly:
+        kept = {k: v for k, v in delta.items() if k.removesuffix(".weight") in ctx.linear_names}
+        return SignOnly({k: v.sign().to(torch.int8) for k, v in kept.items()}, {k: float(v.abs().mean()) for k, v in kept.items()})
+
+    monkeypatch.setitem(COMPRESSORS._items, "sign_only", Compressor(compress, rel_error_bound=0.8))
+    test_contract("sign_only", False, base, names, lowrank_delta, calibration)

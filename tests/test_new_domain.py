@@ -101,7 +101,7 @@ def toy(tmp_path_factory, tiny_model_dir):
     overrides = [
         "recipe=smoke", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={root / 'artifacts'}",
         f"hydra.searchpath=[file://{root / 'conf'}]", f"domain_dirs=[{folder}]", "domain=toy", "domains=[toy]",
-        "pipeline=[generate,filter,eval]", "eval.configurations=[base]", "eval.limit=null", "filter.min_pairs=0",
+        "pipeline=[generate,filter,eval]", "eval.configurations=[base]", "eval.limit=null",
     ]
     return root, overrides
 

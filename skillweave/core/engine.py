@@ -70,6 +70,9 @@ class Stage:
     """Repeated by online DPO (`dpo.rounds`): its manifest records the round."""
     pulls: Pulls = Pulls.nothing
     """What it produces of its missing inputs when run alone."""
+    check: Optional[Callable[["Context", Optional[str]], None]] = None
+    """Checks of what it will read that need the plugins (rule names, a prompt source's arguments), run
+    at start-up for every artifact that is going to be made, never for one that is complete."""
 
 
 STAGES: Registry[Stage] = Registry("stage")
@@ -247,6 +250,8 @@ def execute(
     if main_process_decides(ref.complete):
         log.info("%s is complete: nothing to do (delete the directory to redo it)", ref)
         return ref
+    if st.check:
+        st.check(ctx, domain)
     for name, need in needs.items():
         inp = need.ref
         if pull(need) and (report_reused or not inp.complete):

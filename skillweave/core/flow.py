@@ -16,9 +16,10 @@ from .engine import STAGES, Context, Need, always, execute, never, plan, pull_po
 
 
 def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[set] = None) -> set:
-    """Plan `stage` and, recursively, everything it reads; returns the (stage, domain, round) visited.
+    """Plan `stage` and, recursively, everything it reads, and run the stages' checks of every artifact not
+    yet made; returns the (context, stage, domain) visited.
 
-    Raises whatever a plan raises: an unknown stage, merge method, eval configuration, rule set...
+    Raises whatever a plan or check raises: an unknown stage, merge method, eval configuration, rule...
     """
     seen = set() if seen is None else seen
     st = STAGES.get(stage, "stage")
@@ -26,7 +27,10 @@ def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[
     if node in seen:
         return seen
     seen.add(node)
-    for need in plan(ctx, stage, domain)[1].values():
+    ref, needs = plan(ctx, stage, domain)
+    if st.check and not ref.complete:
+        st.check(ctx, domain if st.per_domain else None)
+    for need in needs.values():
         walk(need.ctx, need.stage, need.domain, seen)
     return seen
 

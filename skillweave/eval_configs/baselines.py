@@ -8,6 +8,8 @@ counted from the tensors held (skillweave/compressors/ says what each method kee
                       (the same first `zip.calibration_prompts` prompts of its generate artifact as SkillZip)
   bitdelta_nodistill  the same without distillation: scales = mean|Delta| (BitDelta's init)
   delta_come          theta_0 + mixed-precision SVD of Delta_k (8/4-bit singular vectors, 1 bit/entry budget)
+  compressed_<name>   theta_0 + any other registered compressor's reconstruction of Delta_k, uncalibrated
+                      (compressed_skillzip: SkillZip on the whole fine-tune, no merge; compressed_twin)
 """
 
 from __future__ import annotations
@@ -61,3 +63,17 @@ register_configuration("bitdelta_nodistill", Configuration(
 register_configuration("delta_come", Configuration(
     needs=lambda ctx: per_domain_needs(ctx, "dpo"), run=lambda ctx, refs, score: _per_domain(ctx, refs, score, "delta_come"),
 ))
+
+
+def _compressed(name: str) -> Configuration:
+    """theta_0 + the compressor `name`'s reconstruction of each Delta_k: a new compressor is a new baseline."""
+    return Configuration(
+        needs=lambda ctx: per_domain_needs(ctx, "dpo"),
+        run=lambda ctx, refs, score: _per_domain(ctx, refs, score, name),
+        settings=lambda ctx: dict(COMPRESSORS.get(name, "compressor").settings),
+    )
+
+
+for _name in COMPRESSORS.names():
+    if _name not in ("bitdelta", "delta_come"):  # configured above, with their own names
+        register_configuration(f"compressed_{_name}", _compressed(_name))

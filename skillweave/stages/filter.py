@@ -31,12 +31,17 @@ from ..rules import load_rule_set
 from ..pairs import can_be_chosen, check_references, make_pairs, pair_report, reference_rows, rule_set_path, score_sample
 
 
-def plan(ctx: Context, domain: Optional[str]):
+def check(ctx: Context, domain: Optional[str]) -> None:
+    """The whole rule set (file, rule names, kwargs) and, for reference_vs_fail, the source's references."""
     cfg = ctx.for_domain(domain)
+    load_rule_set(domain, rule_set_path(cfg.domain.rules))
     if cfg.filter.strategy == PairStrategy.reference_vs_fail:
         check_references(cfg.domain.prompt_source.name, domain)
+
+
+def plan(ctx: Context, domain: Optional[str]):
+    cfg = ctx.for_domain(domain)
     path = rule_set_path(cfg.domain.rules)
-    load_rule_set(domain, path)  # the whole rule set is checked at start-up (file, rule names, kwargs)
     rules_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else str(path)
     return (
         {"rules": rules_digest, "filter": asdict(cfg.filter)},
@@ -119,4 +124,5 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 register_stage(Stage(
     "filter", per_domain=True, plan=plan, run=run, outputs={"pairs": "pairs", "scored": "scored.jsonl"}, rounds=True,
+    check=check,
 ))

@@ -31,9 +31,14 @@ from ..prompts import PROMPT_SOURCES, SOURCE_VERSIONS, check_source
 from ..sampling import batch_seed, sample_batch
 
 
+def check(ctx: Context, domain: Optional[str]) -> None:
+    """The prompt source exists and takes its kwargs."""
+    source = ctx.for_domain(domain).domain.prompt_source
+    check_source(source.name, source.kwargs)
+
+
 def plan(ctx: Context, domain: Optional[str]):
     cfg = ctx.for_domain(domain)
-    check_source(cfg.domain.prompt_source.name, cfg.domain.prompt_source.kwargs)  # a typo fails at start-up
     config = {
         "model": ctx.base_fingerprint,
         "domain": domain,
@@ -147,4 +152,5 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 register_stage(Stage(
     "generate", per_domain=True, plan=plan, run=run, outputs={"samples": "samples.jsonl"}, distributed=True, rounds=True,
+    check=check,
 ))
