@@ -117,11 +117,13 @@ def skillweave(root: Path, overrides: list[str], **kw) -> subprocess.Popen:
 
 
 def digests(root: Path) -> dict[str, dict[str, str]]:
-    """{artifact directory: {file: sha256}} of every complete artifact."""
+    """{artifact directory: {file: sha256}} of every complete artifact; config.json is left out (it records
+    the command, whose artifacts_root differs between the copies)."""
     out = {}
     for manifest in sorted(root.glob("*/*/manifest.json")):
         files = json.loads(manifest.read_text())["files"]
-        out[f"{manifest.parent.parent.name}/{manifest.parent.name}"] = {f: r["sha256"] for f, r in files.items()}
+        out[f"{manifest.parent.parent.name}/{manifest.parent.name}"] = {
+            f: r["sha256"] for f, r in files.items() if f != "config.json"}
     return out
 
 
@@ -161,9 +163,10 @@ def kill_run(reference: Path, stage: str, fraction: float, overrides: list[str],
     ref, got = digests(reference), digests(root)
     same = sorted(k for k in ref if got.get(k) == ref[k])
     differ = sorted(k for k in ref if k in got and got[k] != ref[k])
+    files = sorted(f"{k}/{f}" for k in differ for f in ref[k] if got[k].get(f) != ref[k][f])
     row = {"stage": stage, "kill_after_s": round(delay, 2), "killed_in_stage": killed_in_stage,
            "rerun_rc": rerun.returncode, "identical": len(same), "artifacts": len(ref),
-           "differing": differ, "missing": sorted(set(ref) - set(got))}
+           "differing": differ, "differing_files": files, "missing": sorted(set(ref) - set(got))}
     if rerun.returncode:
         row["error"] = err.strip().splitlines()[-1:] if err else []
     deltas = [k for k in differ if k.startswith(("dpo/", "merge/", "zip/"))]
@@ -192,7 +195,7 @@ def main() -> None:
     for r in rows:
         diff = r.get("dpo_delta_max_abs_difference")
         print(f"| {r['stage']} | {r['kill_after_s']} s | {'yes' if r['killed_in_stage'] else 'no'} | {r['rerun_rc']} | "
-              f"{r['identical']}/{r['artifacts']} | {', '.join(r['differing']) or '-'} | {'' if diff is None else f'{diff:.1e}'} |")
+              f"{r['identical']}/{r['artifacts']} | {', '.join(r['differing_files']) or '-'} | {'' if diff is None else f'{diff:.1e}'} |")
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     if any(r["rerun_rc"] or r["missing"] for r in rows):

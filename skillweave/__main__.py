@@ -27,7 +27,10 @@ def _hydra_main(dcfg: DictConfig) -> None:
 
     from .app import run
 
-    overrides = replayable(HydraConfig.get().overrides.task)
+    given = HydraConfig.get().overrides
+    # Replayed for every domain the run composes: the user's overrides, and the search path that may hold
+    # a domain's YAML (Hydra files it among its own overrides).
+    overrides = replayable([*given.task, *(o for o in given.hydra if o.startswith("hydra.searchpath="))])
     try:
         run(to_config(dcfg), overrides, composer())
     except SkillweaveError as e:

@@ -159,9 +159,23 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> San
     return _execute(code, timeout_s, memory_mb, _namespaces_or_refuse())
 
 
+WORKDIR_PREFIX = "skillweave-sandbox-"
+
+
+@functools.cache
+def _remove_stale_workdirs() -> None:
+    """Working directories left by a caller that was killed (SIGKILL leaves no chance to clean up): each
+    is named after the caller's pid; those whose caller is gone are removed, once per process."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = path.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _execute(code: str, timeout_s: float, memory_mb: int, namespaces: int | None) -> SandboxResult:
     """run_python with the unshare flags decided (None: no namespaces)."""
-    workdir = Path(tempfile.mkdtemp(prefix="skillweave-sandbox-")).resolve()
+    _remove_stale_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-")).resolve()
     try:
         (workdir / "solution.py").write_text(code, encoding="utf-8")
         confinement = _confinement(workdir, timeout_s, memory_mb, namespaces is not None)

@@ -37,7 +37,9 @@ def load_pairs(filter_ref: ArtifactRef):
     """The chosen/rejected pairs of a filter artifact, as the conversational dataset DPOTrainer reads."""
     from datasets import load_from_disk
 
-    return load_from_disk(str(filter_ref.file("pairs"))).select_columns(["prompt", "chosen", "rejected"])
+    # In memory: transforms of a dataset loaded from files write cache files beside them, which would put
+    # new files into the finished filter artifact on every run.
+    return load_from_disk(str(filter_ref.file("pairs")), keep_in_memory=True).select_columns(["prompt", "chosen", "rejected"])
 
 
 def pairs_of_every_round(ctx: Context, domain: str) -> list[ArtifactRef]:

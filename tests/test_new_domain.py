@@ -149,3 +149,22 @@ def test_a_domain_folder_without_init_is_one_clear_error(tmp_path, tiny_model_di
 
     with hydra_context(), pytest.raises(SkillweaveError, match="is not a domain folder"):
         context(compose_config([f"domain_dirs=[{tmp_path}]"]), (), compose_config)
+
+
+def test_the_command_line_replays_the_search_path_for_every_domain(toy, tiny_model_dir):
+    """`python -m skillweave`: Hydra files hydra.searchpath among its own overrides; every other domain the
+    run composes (here the toy one, beside math) must see it too."""
+    import os
+    import subprocess
+    import sys
+
+    root, overrides = toy
+    given = [o for o in overrides if not o.startswith(("domain=", "domains=", "pipeline="))]
+    proc = subprocess.run(
+        [sys.executable, "-m", "skillweave", *given, "stage=filter", "domain=math", "domains=[math,toy]",
+         f"hydra.run.dir={root / 'run'}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"},
+    )
+    assert proc.returncode == 1
+    assert "unknown domain" not in proc.stderr  # toy composed: its YAML was found on the search path
+    assert "stage filter needs the generate artifact for domain math" in proc.stderr.strip().splitlines()[-1]

@@ -352,3 +352,12 @@ def test_checkpoint_is_complete_only_when_written_to_the_end(tmp_path, damage, c
     assert checkpoint_is_complete(last) is complete
     assert last_complete_checkpoint(ckpts) == (last if complete else ckpts / "checkpoint-1")
     assert last.exists() is complete  # an incomplete checkpoint is deleted
+
+
+def test_nothing_writes_into_a_finished_artifact(pipeline):
+    """Every file of every artifact is one its manifest lists: no cache files (datasets writes them beside a
+    dataset it transforms), no leftover temporary files."""
+    _, _, refs = pipeline
+    for ref in refs.values():
+        on_disk = {str(p.relative_to(ref.path)) for p in ref.path.rglob("*") if p.is_file()}
+        assert on_disk - {"manifest.json", ".lock"} == set(ref.manifest()["files"]), ref

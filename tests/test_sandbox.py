@@ -456,3 +456,22 @@ def test_output_is_truncated():
     assert result.ok
     assert result.stdout.startswith("x" * OUTPUT_LIMIT_BYTES)
     assert result.stdout.endswith("more bytes cut by the sandbox]")
+
+
+def test_working_directories_of_a_killed_caller_are_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    from skillweave import sandbox
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{sandbox.WORKDIR_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{sandbox.WORKDIR_PREFIX}{os.getppid()}-def"  # its caller is alive: kept
+    for d in (stale, live):
+        (d / "solution.py").parent.mkdir(parents=True)
+        (d / "solution.py").write_text("print(1)\n")
+    sandbox._remove_stale_workdirs.cache_clear()
+    assert sandbox.run_python("print(2)").ok
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]  # its own working directory is gone too
