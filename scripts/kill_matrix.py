@@ -104,7 +104,7 @@ def setup(work: Path) -> list[str]:
             f"name: {name}\nprompt_source: {{name: km_short_prompts}}\nsampling: {{seed: {seed}}}\n"
             f"rules: {work / 'rules.yaml'}\neval_task: skillweave_km\n"
         )
-    return ["recipe=smoke", "model=hf_dir", f"model.path={work / 'model'}", f"hydra.searchpath=[file://{work / 'conf'}]",
+    return ["recipe=tiny", "model=hf_dir", f"model.path={work / 'model'}", f"hydra.searchpath=[file://{work / 'conf'}]",
             f"domain_dirs=[{folder}]", "domain=km1", "domains=[km1,km2]", "eval.configurations=[base,dpo,merged,skillweave]",
             "eval.limit=null", "threads=1", "dpo.save_steps=1", "dpo.max_steps=4"]
 

@@ -25,7 +25,7 @@ PINNED = json.loads((Path(__file__).parent / "data" / "artifact_keys.json").read
 def planned_keys(tmp_path, extra: list[str]) -> dict[str, str]:
     rules = tmp_path / "test_rules.yaml"
     rules.write_text("rules:\n  - name: not_truncated\n  - name: test_even_word_count\n")
-    ov = ["recipe=smoke", "model=hf_dir", f"model.path={tmp_path}", f"artifacts_root={tmp_path / 'a'}",
+    ov = ["recipe=tiny", "model=hf_dir", f"model.path={tmp_path}", f"artifacts_root={tmp_path / 'a'}",
           f"domain.rules={rules}", "domain.prompt_source.name=test_short_prompts", *extra]
     with hydra_context():
         ctx = context(compose_config(ov), replayable(ov), compose_config)

@@ -74,7 +74,7 @@ def fresh_root(pairs, tmp_path) -> list[str]:
 def test_sweep_runs_one_job_per_domain_through_submitit(tmp_path, tiny_model_dir):
     # The Slurm command with the local executor: same pickled jobs and logs, no scheduler.
     proc = launch(
-        [sys.executable, "-m", "skillweave", "-m", "stage=generate", "domain=math,code", "recipe=smoke",
+        [sys.executable, "-m", "skillweave", "-m", "stage=generate", "domain=math,code", "recipe=tiny",
          "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path / 'artifacts'}",
          "threads=1", "hydra/launcher=local", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path,
@@ -156,7 +156,7 @@ def test_only_the_stages_declared_distributed_run_on_several_processes(monkeypat
 
 def test_two_ranks_share_generation_and_sample_what_one_process_does(tmp_path, tiny_model_dir):
     # Rank r samples batches r, r+2, ...; per-batch seeds make the union equal to a one-process run.
-    ov = ["stage=generate", "domain=math", "recipe=smoke", "model=hf_dir", f"model.path={tiny_model_dir}", "threads=1",
+    ov = ["stage=generate", "domain=math", "recipe=tiny", "model=hf_dir", f"model.path={tiny_model_dir}", "threads=1",
           "domain.sampling.batch_size=1", f"artifacts_root={tmp_path / 'artifacts'}"]
     single = [*ov[:-1], f"artifacts_root={tmp_path / 'single'}"]
     launch([sys.executable, "-m", "skillweave", *single, f"hydra.run.dir={tmp_path / 'run1'}"], cwd=tmp_path)
@@ -249,7 +249,7 @@ def test_stage_all_submits_the_domains_then_the_fan_in(tmp_path, tiny_model_dir)
 def test_a_failed_domain_stops_the_local_fan_in(tmp_path, tiny_model_dir):
     # Real jobs (subprocesses): a domain left with too few pairs fails its array task; its error
     # reaches the caller and no fan-in job is submitted.
-    ov = ["recipe=smoke", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path / 'artifacts'}",
+    ov = ["recipe=tiny", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path / 'artifacts'}",
           "domains=[math]", "filter.min_pairs=1000", "threads=1", "hydra/launcher=local", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     with pytest.raises(Exception, match=r"filter left \d+ pairs for domain math \(filter.min_pairs=1000\)"):
         submit_all(ov)

@@ -99,7 +99,7 @@ def toy(tmp_path_factory, tiny_model_dir):
         f"rules: {root / 'rules.yaml'}\neval_task: skillweave_toy\n"
     )
     overrides = [
-        "recipe=smoke", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={root / 'artifacts'}",
+        "recipe=tiny", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={root / 'artifacts'}",
         f"hydra.searchpath=[file://{root / 'conf'}]", f"domain_dirs=[{folder}]", "domain=toy", "domains=[toy]",
         "pipeline=[generate,filter,eval]", "eval.configurations=[base]", "eval.limit=null",
     ]
@@ -111,7 +111,7 @@ def test_a_domain_in_a_new_folder_runs_generate_filter_and_eval(toy):
     refs = run_overrides(overrides)
     assert set(refs) == {"generate/toy", "filter/toy", "eval"}
     samples = [json.loads(line) for line in refs["generate/toy"].file("samples").read_text().splitlines()]
-    assert len({s["prompt_id"] for s in samples}) == 4  # recipe=smoke samples 4 prompts
+    assert len({s["prompt_id"] for s in samples}) == 4  # recipe=tiny samples 4 prompts
     assert all(s["prompt"].startswith("say ") and s["meta"]["word"] not in ("yes", "no", "sum", "list") for s in samples)
     scored = [json.loads(line) for line in refs["filter/toy"].file("scored").read_text().splitlines()]
     assert all(set(s["rules"]) == {"not_truncated", "toy_says_the_word"} for s in scored)  # the domain's own rule

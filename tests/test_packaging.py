@@ -30,9 +30,9 @@ def test_configs_compose_from_an_installed_wheel(tmp_path):
     )
     assert Path(probe.stdout.strip()) == target / "skillweave" / "_resources"
     out = subprocess.run(
-        [sys.executable, "-m", "skillweave", "recipe=smoke", "stage=dpo", f"hydra.run.dir={tmp_path}/run", "--cfg", "job"],
+        [sys.executable, "-m", "skillweave", "recipe=tiny", "stage=dpo", f"hydra.run.dir={tmp_path}/run", "--cfg", "job"],
         env=env, cwd=tmp_path, capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert "stage: dpo" in out.stdout and "max_steps: 2" in out.stdout  # the override + recipes/smoke
+    assert "stage: dpo" in out.stdout and "max_steps: 2" in out.stdout  # the override + recipes/tiny
     assert (target / "skillweave" / "_resources" / "rules" / "math.yaml").is_file()

@@ -36,7 +36,7 @@ def overrides(tmp_path, model_dir, *extra: str) -> list[str]:
     rules = tmp_path / "test_rules.yaml"
     rules.write_text("rules:\n  - name: not_truncated\n  - name: test_even_word_count\n")
     return [
-        "recipe=smoke",
+        "recipe=tiny",
         "model=hf_dir",
         f"model.path={model_dir}",
         f"artifacts_root={tmp_path / 'artifacts'}",
@@ -137,7 +137,7 @@ def test_eval_writes_results_for_every_configuration(pipeline):
 
 def test_a_stage_alone_names_the_command_for_its_missing_input(tmp_path, tiny_model_dir):
     ov = overrides(tmp_path, tiny_model_dir, "stage=dpo", "domain=code")
-    with pytest.raises(MissingArtifactError, match=r"run `python -m skillweave stage=filter domain=code recipe=smoke"):
+    with pytest.raises(MissingArtifactError, match=r"run `python -m skillweave stage=filter domain=code recipe=tiny"):
         run_overrides(ov)
 
 

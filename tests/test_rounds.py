@@ -169,9 +169,9 @@ def test_rerun_is_a_no_op(online):
     "stage, rounds, command",
     [
         # round 1's samples need round 0's policy: the dpo stage of the one-round run
-        ("generate", 2, r"run `python -m skillweave stage=dpo domain=code recipe=smoke .* dpo.rounds=1` first"),
+        ("generate", 2, r"run `python -m skillweave stage=dpo domain=code recipe=tiny .* dpo.rounds=1` first"),
         # round 2's pairs need round 2's samples, made by this run's own command for stage=generate
-        ("filter", 3, r"run `python -m skillweave stage=generate domain=code recipe=smoke .* dpo.rounds=3` first"),
+        ("filter", 3, r"run `python -m skillweave stage=generate domain=code recipe=tiny .* dpo.rounds=3` first"),
     ],
 )
 def test_a_round_alone_names_the_command_for_its_missing_input(tmp_path, tiny_model_dir, stage, rounds, command):

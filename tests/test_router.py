@@ -300,7 +300,7 @@ def test_routed_configurations_run_end_to_end(routed_run):
     router_bytes = router_nbytes(load_router(route.path / "router.safetensors"))
     skillpacks = sum(refs[f"zip/{d}"].manifest()["metrics"]["bytes"] for d in ("math", "instructions"))
     assert routed["bytes"] == param_bytes(backbone) + skillpacks + router_bytes
-    rank = 4  # recipe smoke: zip.rank
+    rank = 4  # recipe tiny: zip.rank
     factors = sum(2 * 2 * rank * sum(m.weight.shape) for n, m in backbone.named_modules() if n in block_linear_names(backbone))
     assert twin["bytes"] == param_bytes(backbone) + factors + router_bytes
 

@@ -45,7 +45,7 @@ def test_multitask_trains_on_every_domains_pairs(pipeline, tiny_model_dir):
     per_domain = {d: json.loads((refs[f"filter/{d}"].path / "report.json").read_text())["pairs"] for d in DOMAINS}
     assert metrics["pairs_per_domain"] == per_domain
     assert metrics["pairs"] == sum(per_domain.values())
-    # steps=sum (the default): the per-domain runs' steps together (recipe smoke: 2 each)
+    # steps=sum (the default): the per-domain runs' steps together (recipe tiny: 2 each)
     assert metrics["steps"] == sum(refs[f"dpo/{d}"].manifest()["metrics"]["steps"] for d in DOMAINS) == 4
     delta = load_delta(refs["eval-input/dpo_multitask"].file("delta"), backbone_fingerprint=model_fingerprint(tiny_model_dir))
     assert set(delta) == set(load_state_dict(tiny_model_dir))
