@@ -33,13 +33,27 @@ def dpo_settings(d: DPOSettings, drop: tuple[str, ...] = ()) -> dict:
     return settings
 
 
-def load_pairs(filter_ref: ArtifactRef):
-    """The chosen/rejected pairs of a filter artifact, as the conversational dataset DPOTrainer reads."""
+def load_pairs(filter_ref: ArtifactRef, scratch: Path):
+    """The chosen/rejected pairs of a filter artifact, as the conversational dataset DPOTrainer reads.
+
+    Read from a copy in `scratch` (the training's own partial directory, removed when it finishes):
+    datasets writes cache files beside a dataset it transforms, which must not land in the finished
+    filter artifact, and every rank of a multi-process launch must find them on the shared filesystem.
+    """
+    import os
+    import shutil
+
     from datasets import load_from_disk
 
-    # In memory: transforms of a dataset loaded from files write cache files beside them, which would put
-    # new files into the finished filter artifact on every run.
-    return load_from_disk(str(filter_ref.file("pairs")), keep_in_memory=True).select_columns(["prompt", "chosen", "rejected"])
+    copy = scratch / "pairs" / filter_ref.key
+    if not copy.is_dir():
+        tmp = copy.with_name(f".{copy.name}.tmp{os.getpid()}")
+        shutil.copytree(filter_ref.file("pairs"), tmp)
+        try:
+            os.replace(tmp, copy)
+        except OSError:  # another rank's copy is already in place
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_from_disk(str(copy)).select_columns(["prompt", "chosen", "rejected"])
 
 
 def pairs_of_every_round(ctx: Context, domain: str) -> list[ArtifactRef]:

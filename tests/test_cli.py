@@ -25,7 +25,7 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
     "args, line",
     [
         (["model=hf_dir", "model.path=/no/such/model"], "skillweave: error: model.path=/no/such/model does not exist"),
-        (["domains=[math,poetry]"], "skillweave: error: domains=poetry: unknown domain (conf/domain/ and hydra.searchpath) 'poetry'. Valid: code, dialogue, instructions, math"),
+        (["domains=[math,poetry]"], "skillweave: error: domains=poetry: unknown domain (conf/domain/ and hydra.searchpath) 'poetry'. Valid: arith, code, dialogue, instructions, math"),
         (["stage=dpoo"], "skillweave: error: stage=dpoo: unknown stage 'dpoo'. Did you mean 'dpo'?"),
         (["eval.configurations=[base,skilweave]"], "skillweave: error: eval.configurations=skilweave: unknown eval configuration 'skilweave'. Did you mean 'skillweave'?"),
         # stage=all plans the whole graph first: the merge's typo fails before any domain trains
@@ -73,5 +73,5 @@ def test_help_lists_the_registered_stages_and_eval_configurations(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "stage: all (default: every stage of `pipeline` for every domain in `domains`), dev, dpo, dpo_multitask, eval," in proc.stdout
     assert "eval.configurations: any of base, bitdelta," in proc.stdout and " skillweave_routed, twin_merging" in proc.stdout
-    assert "domain: code, dialogue, instructions, math" in proc.stdout  # the config groups, as Hydra lists them
+    assert "domain: arith, code, dialogue, instructions, math" in proc.stdout  # the config groups, as Hydra lists them
     assert "powered by Hydra" not in proc.stdout

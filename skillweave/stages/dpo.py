@@ -38,8 +38,8 @@ def plan(ctx: Context, domain: Optional[str]):
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     cfg = ctx.for_domain(domain)
-    pairs = load_pairs(inputs["pairs"])
     ckpt_dir = ref.path / "checkpoints"
+    pairs = load_pairs(inputs["pairs"], ckpt_dir)
     trainer, metrics = train_dpo(
         cfg, ctx.model_dir, pairs, ckpt_dir, run_name=f"dpo-{domain}-{ref.key}",
         initial_delta=previous_delta(inputs, ctx.base_fingerprint),  # None at round 0

@@ -52,12 +52,12 @@ def pairs_name(domain: str, r: int) -> str:
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from datasets import concatenate_datasets
 
+    ckpt_dir = ref.path / "checkpoints"
     parts = {  # each domain's pairs, every online round's
-        d: concatenate_datasets([load_pairs(inputs[pairs_name(d, r)]) for r in range(ctx.cfg.dpo.rounds)])
+        d: concatenate_datasets([load_pairs(inputs[pairs_name(d, r)], ckpt_dir) for r in range(ctx.cfg.dpo.rounds)])
         for d in ctx.cfg.domains
     }
     pairs = concatenate_datasets(list(parts.values())).shuffle(seed=ctx.cfg.dpo_multitask.shuffle_seed)
-    ckpt_dir = ref.path / "checkpoints"
     trainer, metrics = train_dpo(
         ctx.cfg, ctx.model_dir, pairs, ckpt_dir, run_name=f"dpo_multitask-{ref.key}", max_steps=ref.config["dpo"]["max_steps"]
     )

@@ -42,8 +42,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     from datasets import concatenate_datasets
 
     cfg = ctx.for_domain(domain)
-    pairs = concatenate_datasets([load_pairs(inp) for _, inp in sorted(inputs.items())])
     ckpt_dir = ref.path / "checkpoints"
+    pairs = concatenate_datasets([load_pairs(inp, ckpt_dir) for _, inp in sorted(inputs.items())])
     trainer, metrics = train_dpo(
         cfg, ctx.model_dir, pairs, ckpt_dir, run_name=f"lora-{domain}-{ref.key}", learning_rate=cfg.lora.learning_rate,
         max_steps=ref.config["dpo"]["max_steps"], peft_config=peft_config(cfg.lora),
