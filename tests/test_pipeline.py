@@ -361,3 +361,42 @@ def test_nothing_writes_into_a_finished_artifact(pipeline):
     for ref in refs.values():
         on_disk = {str(p.relative_to(ref.path)) for p in ref.path.rglob("*") if p.is_file()}
         assert on_disk - {"manifest.json", ".lock"} == set(ref.manifest()["files"]), ref
+
+
+@pytest.mark.parametrize(
+    "stage, label, output, consumer",
+    [
+        ("generate", "math", "samples", "filter"),
+        ("filter", "math", "scored", "dpo"),  # a file of the pairs' stage the consumer does not even read
+        ("dpo", "math", "delta", "merge"),
+        ("merge", None, "shared_delta", "zip"),
+        ("zip", "math", "skillpack", "eval"),
+    ],
+)
+def test_a_corrupted_artifact_is_refused_with_the_command_that_redoes_it(pipeline, tmp_path, stage, label, output, consumer):
+    """Flipped bytes in any stage's output (same size: only the digest sees it) stop the stage that reads
+    it, in one line that names the damaged file and the command that redoes it; skillweave-verify finds it."""
+    from skillweave.core.errors import ArtifactError
+    from skillweave.verify import verify
+
+    tmp, ov, refs = pipeline
+    store = tmp_path / "artifacts"
+    shutil.copytree(tmp / "artifacts", store)
+    ov = [o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={store}"]
+    ref = refs[f"{stage}/{label}" if label else stage]
+    damaged = store / ref.stage / ref.path.name / ref.outputs[output]
+    target = damaged if damaged.is_file() else next(p for p in sorted(damaged.rglob("*")) if p.is_file())
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    for r in refs.values():  # the consumer must run again, reading the damaged input
+        if r.stage in (consumer, "eval_rows"):
+            shutil.rmtree(store / r.stage / r.path.name, ignore_errors=True)
+    shutil.rmtree(store / "eval_rows", ignore_errors=True)
+    with pytest.raises(ArtifactError) as info:
+        run_overrides([*ov, f"stage={consumer}", *([f"domain={label}"] if label else [])])
+    message = str(info.value)
+    assert f"{ref.stage}/{ref.path.name}: damaged" in message and "differs from what was written (sha256)" in message
+    redo = f"delete {store / ref.stage / ref.path.name} and run `python -m skillweave stage={stage}"
+    assert redo in message and message.endswith(f"artifacts_root={store}`") and "\n" not in message
+    assert any(name == f"{ref.stage}/{ref.path.name}" for name, _, _ in verify(store))
