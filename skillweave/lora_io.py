@@ -39,6 +39,19 @@ def adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(adapter_dir / ADAPTER_WEIGHTS))
 
 
+def lora_scale(adapter_dir: Path) -> float:
+    """The factor PEFT puts on every lora_B @ lora_A of the adapter: lora_alpha / r (rsLoRA: / sqrt(r)).
+
+    Raises:
+        ArtifactError: an adapter one scale does not describe (per-layer ranks or alphas, DoRA, fan_in_fan_out).
+    """
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora") or config.get("fan_in_fan_out"):
+        raise ArtifactError(f"{adapter_dir}: per-layer rank/alpha, DoRA and fan_in_fan_out adapters are not supported here")
+    r, alpha = config["r"], config["lora_alpha"]
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
 def lora_dense_delta(adapter_dir: Path) -> dict[str, torch.Tensor]:
     """The dense weight update of a LoRA adapter: {"<module>.weight": (alpha / r) B A} (fp32).
 
@@ -48,11 +61,7 @@ def lora_dense_delta(adapter_dir: Path) -> dict[str, torch.Tensor]:
     Raises:
         ValueError: an adapter this does not read (per-layer ranks or alphas, DoRA, fan_in_fan_out).
     """
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora") or config.get("fan_in_fan_out"):
-        raise ArtifactError(f"{adapter_dir}: per-layer rank/alpha, DoRA and fan_in_fan_out adapters are not supported here")
-    r, alpha = config["r"], config["lora_alpha"]
-    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    scale = lora_scale(adapter_dir)
     tensors = adapter_tensors(adapter_dir)
     delta = {}
     for key, a in tensors.items():
