@@ -24,7 +24,7 @@ from .core.engine import STAGES, Context
 from .core.errors import ConfigError
 from .core.flow import run_all, run_stage
 
-PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.compressors", "skillweave.eval_configs", "skillweave.domains")
+PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.compressors", "skillweave.eval_configs", "skillweave.domains", "skillweave.skills")
 """Every module of these packages is imported once, in this order: importing registers its plugins (the
 eval configurations read the registered compressors)."""
 

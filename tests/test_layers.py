@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "skillweave"
-PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs", "skillweave.compressors", "skillweave.domains")
+PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.eval_configs", "skillweave.compressors", "skillweave.domains", "skillweave.skills")
 TOP = ("skillweave.__main__", "skillweave.app", "skillweave.launch", "skillweave.sweep", "skillweave.verify")
 
 
