@@ -23,6 +23,7 @@ from .core.distributed import check_launch, leave_process_group
 from .core.engine import STAGES, Context
 from .core.errors import ConfigError
 from .core.flow import run_all, run_stage
+from .skill import load_skill_dir
 
 PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.compressors", "skillweave.eval_configs", "skillweave.domains", "skillweave.skills")
 """Every module of these packages is imported once, in this order: importing registers its plugins (the
@@ -77,6 +78,8 @@ def context(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Optiona
     load_plugins()
     for path in cfg.domain_dirs:
         load_domain_dir(path)
+    for path in cfg.skill_dirs:
+        load_skill_dir(path)
     validate(cfg)
     check_writable(Path(cfg.artifacts_root))
     ctx = Context(cfg=cfg, overrides=overrides, composer=composer)

@@ -421,6 +421,48 @@ class RouterConfig:
             raise ConfigError("router.batch_size and router.max_length must be >= 1")
 
 
+class S2LTraining(StrEnum):
+    sft = "sft"
+    """Supervised fine-tuning on the kept teacher answers (the paper's)."""
+    dpo = "dpo"
+    """DPO: a kept answer against a failing one of the same input (inputs with both only)."""
+
+
+@dataclass
+class S2LConfig:
+    """S2L, Skill to LoRA (stage `s2l`): a SKILL.md becomes a LoRA skillpack. A teacher answers the skill's
+    training inputs with the SKILL.md in its context, the skill's checks keep the answers that follow it,
+    and a LoRA (`lora.rank`, `lora.alpha`, `lora.dropout`, `lora.target_modules`) learns them on the inputs
+    alone (context distillation)."""
+
+    teacher: str = "backbone"
+    """Who writes the examples: `backbone` (the model being adapted) or a Hugging Face model directory."""
+    inputs: int = 64
+    """Training inputs drawn from the skill's train split (the paper writes 64 examples per skill)."""
+    samples_per_input: int = 4
+    temperature: float = 0.8
+    max_new_tokens: int = 192
+    batch_size: int = 8
+    """Inputs per generate() call of the teacher."""
+    seed: int = 0
+    training: S2LTraining = S2LTraining.sft
+    steps: int = 60
+    learning_rate: float = 2e-4
+    """LoRA's usual order (PEFT and the S2L paper train adapters at 1e-4 to 2e-4)."""
+    per_device_batch_size: int = 4
+    max_length: int = 512
+    qlora: bool = True
+    """4-bit QLoRA where bitsandbytes runs (CUDA); plain LoRA elsewhere. The manifest says which ran."""
+
+    def __post_init__(self) -> None:
+        if min(self.inputs, self.batch_size, self.max_new_tokens, self.steps, self.per_device_batch_size, self.max_length) < 1:
+            raise ConfigError("s2l.inputs, batch_size, max_new_tokens, steps, per_device_batch_size and max_length must be >= 1")
+        if self.samples_per_input < 2 or not self.temperature > 0:
+            raise ConfigError(f"s2l.samples_per_input must be >= 2 and s2l.temperature > 0, got {self.samples_per_input}, {self.temperature}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"s2l.learning_rate must be > 0, got {self.learning_rate}")
+
+
 @dataclass
 class WandbConfig:
     mode: str = "offline"
@@ -442,6 +484,11 @@ class SkillweaveConfig:
     domain: DomainConfig = field(default_factory=DomainConfig)
     domains: list[str] = field(default_factory=lambda: ["math", "code", "instructions"])
     """Domains covered by stage=all and by the fan-in stages (merge, eval)."""
+    skill: str = ""
+    """The skill stage s2l turns into a LoRA (a folder of skillweave/skills/, or one in `skill_dirs`):
+    `python -m skillweave stage=s2l skill=<name>`."""
+    skill_dirs: list[str] = field(default_factory=list)
+    """Skill folders outside the package (each like skillweave/skills/<name>/), loaded at start-up."""
     domain_dirs: list[str] = field(default_factory=list)
     """Domain folders outside the package (each like skillweave/domains/<name>/: an __init__.py that
     registers its prompt source, verifiers and eval tasks), loaded at start-up; their conf/domain YAMLs
@@ -455,6 +502,7 @@ class SkillweaveConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     dev: DevConfig = field(default_factory=DevConfig)
+    s2l: S2LConfig = field(default_factory=S2LConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     artifacts_root: str = "artifacts"
     """Root of the content-addressed artifact store (a shared filesystem on a cluster)."""

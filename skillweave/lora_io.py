@@ -95,3 +95,25 @@ def load_lora(model: torch.nn.Module, adapter_dir: Path, backbone_fingerprint: s
     else:
         model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name)
     return model.eval()
+
+
+def save_adapter(trainer, out: Path, stamp: dict) -> bool:
+    """The trained adapter as a PEFT directory at `out`, stamped (`STAMP`) with the backbone it belongs to;
+    written to a temporary sibling and renamed, so a killed job never leaves one that looks complete.
+    Collective under DeepSpeed (every rank calls it); returns True on the rank that wrote it (rank 0)."""
+    import os
+    import shutil
+
+    from .core.artifacts import atomic_write_json
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # gathers a partitioned adapter under DeepSpeed; rank 0 writes
+    if not main:
+        return False
+    atomic_write_json(tmp / STAMP, stamp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return True

@@ -243,3 +243,67 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Optional[Path]:
         logging.getLogger("skillweave").warning("%s was not written to the end: deleted, resuming from the one before", path)
         shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def load_for_training(model_dir: Path, qlora: bool):
+    """The model an adapter is trained on, and how: 4-bit (QLoRA) where asked and bitsandbytes runs on a
+    GPU, else the fp32 weights (CPU: plain LoRA). Returns (model, "4-bit QLoRA" | "none (plain LoRA)")."""
+    if qlora and torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=quant)
+        return prepare_model_for_kbit_training(model), "4-bit QLoRA"
+    return load_model(model_dir, dtype=torch.float32), "none (plain LoRA)"
+
+
+def train_sft(
+    cfg: SkillweaveConfig,
+    model,
+    model_dir: Path,
+    rows: list[dict],
+    ckpt_dir: Path,
+    run_name: str,
+    *,
+    learning_rate: float,
+    max_steps: int,
+    per_device_batch_size: int,
+    max_length: int,
+    peft_config,
+):
+    """Supervised fine-tuning of an adapter on `rows` ({"prompt", "completion"}; the loss covers the
+    completion only), checkpointed every `dpo.save_steps` and resumed from the last complete checkpoint.
+
+    Returns:
+        (the trainer after training, metrics: examples, steps, first and last loss).
+    Raises:
+        DataError: no rows.
+    """
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if not rows:
+        raise DataError("SFT has no examples to train on")
+    data = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}], "completion": [{"role": "assistant", "content": r["completion"]}]}
+        for r in rows
+    ])
+    cuda = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(ckpt_dir), learning_rate=learning_rate, max_steps=max_steps,
+        per_device_train_batch_size=per_device_batch_size, max_length=max_length, use_cpu=not cuda,
+        save_steps=cfg.dpo.save_steps, save_total_limit=1, logging_steps=1, seed=cfg.dpo.seed, report_to="none",
+        run_name=run_name, gradient_checkpointing=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=load_tokenizer(model_dir),
+                         peft_config=peft_config)
+    last = last_complete_checkpoint(ckpt_dir)
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    return trainer, {
+        "examples": len(rows),
+        "steps": trainer.state.global_step,
+        "first_loss": logs[0]["loss"] if logs else None,
+        "last_loss": logs[-1]["loss"] if logs else None,
+    }

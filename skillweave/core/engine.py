@@ -70,6 +70,8 @@ class Stage:
     """Repeated by online DPO (`dpo.rounds`): its manifest records the round."""
     pulls: Pulls = Pulls.nothing
     """What it produces of its missing inputs when run alone."""
+    label: Optional[Callable[["Context"], str]] = None
+    """The artifact's label when not per domain (default `all`): e.g. the skill an s2l artifact is of."""
     check: Optional[Callable[["Context", Optional[str]], None]] = None
     """Checks of what it will read that need the plugins (rule names, a prompt source's arguments), run
     at start-up for every artifact that is going to be made, never for one that is complete."""
@@ -188,7 +190,8 @@ def plan(ctx: Context, stage: str, domain: Optional[str] = None) -> tuple[Artifa
     if (stage, domain) not in ctx._plans:
         config, needs = st.plan(ctx, domain)
         inputs = {name: need.ref for name, need in needs.items()}
-        ref = make_ref(ctx.root, stage, domain or "all", config, inputs, ctx.command(stage, domain), st.outputs)
+        label = domain or (st.label(ctx) if st.label else "all")
+        ref = make_ref(ctx.root, stage, label, config, inputs, ctx.command(stage, domain), st.outputs)
         ctx._plans[(stage, domain)] = (ref, dict(needs))
     return ctx._plans[(stage, domain)]
 

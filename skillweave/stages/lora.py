@@ -16,14 +16,13 @@ adapter_config.json: the fingerprint of the backbone it belongs to, its domain a
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict
 from typing import Optional
 
-from ..core.artifacts import ArtifactRef, atomic_write_json
+from ..core.artifacts import ArtifactRef
 from ..core.engine import Context, Stage, register_stage
-from ..lora_io import STAMP, adapter_tensors, lora_dense_delta, peft_config
+from ..lora_io import adapter_tensors, lora_dense_delta, peft_config, save_adapter
 from ..training import dpo_settings, load_pairs, pairs_of_every_round, train_dpo
 
 
@@ -49,17 +48,9 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         max_steps=ref.config["dpo"]["max_steps"], peft_config=peft_config(cfg.lora),
     )
     out = ref.file("adapter")
-    tmp = out.with_name(f".{out.name}.tmp")
-    main = trainer.is_world_process_zero()
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))  # collective under DeepSpeed (gathers the adapter); rank 0 writes
-    if not main:  # rank 0 writes the adapter and the manifest
-        return metrics
     stamp = {"kind": "lora", "backbone_fingerprint": ctx.base_fingerprint, "domain": domain, "lora": asdict(cfg.lora)}
-    atomic_write_json(tmp / STAMP, stamp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # a killed job never leaves an adapter directory that looks complete
+    if not save_adapter(trainer, out, stamp):  # not rank 0: rank 0 writes the adapter and the manifest
+        return metrics
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     delta = lora_dense_delta(out)
     return {
