@@ -12,7 +12,7 @@ from typing import Optional
 
 from .artifacts import ArtifactRef
 from .distributed import process_rank
-from .engine import STAGES, Context, Need, always, execute, never, plan, pull_policy
+from .engine import STAGES, Context, always, execute, never, plan, pull_policy
 
 
 def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[set] = None) -> set:
@@ -123,6 +123,3 @@ def run_stage(ctx: Context, stage: str, domain: Optional[str]) -> dict[str, Arti
     made: dict[str, ArtifactRef] = {}
     ref = execute(ctx, stage, domain, pull=pull, made=made, report_reused=True)
     return {str(r): r for r in [*made.values(), ref]}
-
-
-__all__ = ["Need", "domain_stages", "plan_all", "run_all", "run_domain", "run_fan_in", "run_stage", "walk"]
