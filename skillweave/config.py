@@ -464,6 +464,28 @@ class S2LConfig:
 
 
 @dataclass
+class CATConfig:
+    """LoRA Soups CAT (stage `cat`): the S2L skillpacks of `skills` composed as W + sum_k alpha_k A_k B_k,
+    one alpha per skillpack and module, learned with the backbone and the factors frozen on a few examples
+    of the composed task `task` (its reference answers, the loss on the answer tokens)."""
+
+    examples: int = 32
+    """Training examples of the composed task ("a few dozen", as the paper's little target data)."""
+    steps: int = 100
+    """Adam steps on the alphas (one batch a step)."""
+    learning_rate: float = 0.05
+    batch_size: int = 4
+    alpha_init: float = 1.0
+    """Every alpha's start: 1 is the plain sum of the skillpacks (the uniform-sum baseline)."""
+    seed: int = 0
+    max_length: int = 512
+
+    def __post_init__(self) -> None:
+        if min(self.examples, self.steps, self.batch_size, self.max_length) < 1 or not self.learning_rate > 0:
+            raise ConfigError("cat.examples, steps, batch_size and max_length must be >= 1 and cat.learning_rate > 0")
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"
     """disabled | offline | online (online needs `wandb login`); WANDB_MODE in the environment wins."""
@@ -487,6 +509,10 @@ class SkillweaveConfig:
     skill: str = ""
     """The skill stage s2l turns into a LoRA (a folder of skillweave/skills/, or one in `skill_dirs`):
     `python -m skillweave stage=s2l skill=<name>`."""
+    skills: list[str] = field(default_factory=list)
+    """The skills stage cat composes (their s2l skillpacks): `stage=cat skills=[a,b] task=<composed>`."""
+    task: str = ""
+    """The composed task stage cat learns its weights on: a skill whose checks need the `skills` at once."""
     skill_dirs: list[str] = field(default_factory=list)
     """Skill folders outside the package (each like skillweave/skills/<name>/), loaded at start-up."""
     domain_dirs: list[str] = field(default_factory=list)
@@ -503,6 +529,7 @@ class SkillweaveConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     dev: DevConfig = field(default_factory=DevConfig)
     s2l: S2LConfig = field(default_factory=S2LConfig)
+    cat: CATConfig = field(default_factory=CATConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     artifacts_root: str = "artifacts"
     """Root of the content-addressed artifact store (a shared filesystem on a cluster)."""

@@ -23,7 +23,7 @@ from skillweave.rules import load_rule_set
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, tiny_model_dir):
     ov = [*overrides(tmp_path_factory.mktemp("contracts"), tiny_model_dir), "domains=[math,code]",
-          "eval.configurations=[base]", "skill=iso_dates"]
+          "eval.configurations=[base]", "skill=iso_dates", "skills=[iso_dates,si_units]", "task=json_schema"]
     with hydra_context():
         yield context(compose_config(ov), replayable(ov), compose_config)
 
