@@ -27,15 +27,23 @@ from .skill import load_skill_dir
 
 PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.compressors", "skillweave.eval_configs", "skillweave.domains", "skillweave.skills")
 """Every module of these packages is imported once, in this order: importing registers its plugins (the
-eval configurations read the registered compressors)."""
+eval configurations read the registered compressors). Within a package, a module that fails with a
+ConfigError is imported again after the others: a composed skill names checks that skills later in the
+alphabet register (dated_commits reuses iso_dates' iso_value)."""
 
 
 @cache
 def load_plugins() -> None:
     for package in PLUGIN_PACKAGES:
         pkg = importlib.import_module(package)
+        deferred = []
         for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-            importlib.import_module(f"{package}.{info.name}")
+            try:
+                importlib.import_module(f"{package}.{info.name}")
+            except ConfigError:
+                deferred.append(f"{package}.{info.name}")
+        for name in deferred:  # a second failure is the plugin's own error
+            importlib.import_module(name)
 
 
 def load_domain_dir(path: str) -> None:

@@ -56,7 +56,8 @@ def test_eval_texts_cover_every_task():
     assert {name: len(t) for name, t in texts.items()} == {
         "skillweave_ifeval": 541, "skillweave_humaneval": 164, "skillweave_codetasks": 120, "skillweave_math": 1000, "skillweave_arith": 1000,
         "skillweave_dialogue": 805,
-        **{f"skillweave_skill_{s}{v}": 200 for s in ("conventional_commits", "iso_dates", "json_schema", "si_units")
+        **{f"skillweave_skill_{s}{v}": 200
+           for s in ("conventional_commits", "dated_commits", "iso_dates", "json_schema", "si_units")
            for v in ("", "_in_context")},
     }
 

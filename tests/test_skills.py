@@ -27,7 +27,7 @@ from skillweave.skill import (
     skill_prompt,
 )
 
-SHIPPED = ("conventional_commits", "iso_dates", "json_schema", "si_units")
+SHIPPED = ("conventional_commits", "dated_commits", "iso_dates", "json_schema", "si_units")
 EVAL_TASK_NAMES = [eval_task_name(name, with_text) for name in SHIPPED for with_text in (False, True)]
 
 
@@ -219,6 +219,53 @@ EVERY_COMMIT_CHECK = {"commit_header", "commit_type", "commit_scope", "commit_su
 )
 def test_conventional_commits_checks(meta, response, expected):
     assert failed("conventional_commits", meta, response) == expected
+
+
+DATED = {**BREAKING, "iso": "2021-03-04T16:05+02:00"}  # released 4 March 2021, 4:05 pm, UTC+2
+DATED_MESSAGE = "feat(api)!: add csv export\n\nReleased: 2021-03-04T16:05+02:00\n\nBREAKING CHANGE: v1 is removed."
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        (DATED_MESSAGE, set()),  # correct
+        (DATED_MESSAGE.replace("16:05+02:00", "16:05:00+02:00"), set()),  # zero seconds written out
+        (DATED_MESSAGE.replace("Released: ", "Released:  "), {"dated_commits_release_line"}),  # two spaces
+        (DATED_MESSAGE.replace("Released", "released"), {"dated_commits_release_line"}),  # lowercase
+        (DATED_MESSAGE.replace("Released", "Release date"), {"dated_commits_release_line"}),  # another label
+        (DATED_MESSAGE.replace("+02:00", "+02:00 (local time)"), {"dated_commits_release_line"}),  # text after it
+        (DATED_MESSAGE.replace("Released: 2021-03-04T16:05+02:00", "Released: 2021-03-04T16:05+02:00\n"
+                               "Released: 2021-03-04T14:05Z"), {"dated_commits_release_line"}),  # two lines
+        (DATED_MESSAGE.replace("Released: ", "Released on "), {"dated_commits_release_line"}),  # not the label
+    ],
+)
+def test_dated_commits_release_line(response, expected):
+    assert failed("dated_commits", DATED, response) == expected
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        # a correct commit, the date not rewritten (iso_dates not followed)
+        (DATED_MESSAGE.replace("2021-03-04T16:05+02:00", "March 4th, 2021 at 4:05 pm UTC+2"),
+         {"iso_value", "dated_commits_release_line"}),
+        (DATED_MESSAGE.replace("T16:05", "T04:05"), {"iso_value"}),  # 4 pm read as 04
+        (DATED_MESSAGE.replace("2021-03-04T16:05+02:00", "2021-03-04"), {"iso_value"}),  # the time dropped
+        (DATED_MESSAGE.split("\n\nReleased")[0] + "\n\nBREAKING CHANGE: v1 is removed.",
+         {"iso_value", "dated_commits_release_line"}),  # no release line: conventional_commits alone
+        # a correct date, the commit wrong (conventional_commits not followed)
+        (DATED_MESSAGE.replace("feat(api)!: add csv export", "Added CSV export"),
+         EVERY_COMMIT_CHECK),  # no Conventional Commits header
+        (DATED_MESSAGE.replace("feat(api)!", "fix(api)!"), {"commit_type"}),  # the wrong type
+        (DATED_MESSAGE.split("\n\nBREAKING")[0], {"commit_breaking"}),  # the footer dropped
+        ("feat(api)!: add csv export\n\nBREAKING CHANGE: v1 is removed.\n\nReleased: 2021-03-04T16:05+02:00",
+         {"commit_breaking"}),  # the footer not last
+        ("feat(api)!: add csv export\nReleased: 2021-03-04T16:05+02:00\n\nBREAKING CHANGE: v1 is removed.",
+         {"commit_header"}),  # no blank line under the header
+    ],
+)
+def test_dated_commits_fails_when_either_skill_is_not_followed(response, expected):
+    assert failed("dated_commits", DATED, response) == expected
 
 
 PRODUCT = {
