@@ -23,27 +23,20 @@ from .core.distributed import check_launch, leave_process_group
 from .core.engine import STAGES, Context
 from .core.errors import ConfigError
 from .core.flow import run_all, run_stage
-from .skill import load_skill_dir
+from .skill import check_skills, load_skill_dir
 
 PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.compressors", "skillweave.eval_configs", "skillweave.domains", "skillweave.skills")
 """Every module of these packages is imported once, in this order: importing registers its plugins (the
-eval configurations read the registered compressors). Within a package, a module that fails with a
-ConfigError is imported again after the others: a composed skill names checks that skills later in the
-alphabet register (dated_commits reuses iso_dates' iso_value)."""
+eval configurations read the registered compressors)."""
 
 
 @cache
 def load_plugins() -> None:
     for package in PLUGIN_PACKAGES:
         pkg = importlib.import_module(package)
-        deferred = []
         for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-            try:
-                importlib.import_module(f"{package}.{info.name}")
-            except ConfigError:
-                deferred.append(f"{package}.{info.name}")
-        for name in deferred:  # a second failure is the plugin's own error
-            importlib.import_module(name)
+            importlib.import_module(f"{package}.{info.name}")
+    check_skills()  # a composed skill's checks may be rules another skill registers: bound once all are loaded
 
 
 def load_domain_dir(path: str) -> None:

@@ -68,15 +68,27 @@ class Skill:
     """The whole SKILL.md, front matter included: what an in-context prompt shows."""
     folder: Path
     tasks: TaskGenerator
-    rules: RuleSet
-    """The checks, bound to their keyword arguments: an output follows the skill when every one passes."""
+    check_spec: tuple[Check, ...]
+    """The checks as registered: rule names, or (name, keyword arguments). Bound when first used (`rules`),
+    so a composed skill may name the rules of skills loaded after it; `check_skills` binds them all at start-up."""
     reference: Callable[[dict], str]
     """task -> a correct output, made from its meta: proves the checks accept one, and is what a
     teacher's answers can be compared with."""
 
     @property
     def checks(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.rules.rules)
+        return tuple(c if isinstance(c, str) else c[0] for c in self.check_spec)
+
+    @property
+    def rules(self) -> RuleSet:
+        """The checks bound to their keyword arguments: an output follows the skill when every one passes.
+
+        Raises:
+            ConfigError: an unknown rule or a keyword argument it does not take.
+        """
+        if self.name not in _RULE_SETS:
+            _RULE_SETS[self.name] = _rule_set(self.name, self.folder, self.check_spec)
+        return _RULE_SETS[self.name]
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -89,6 +101,14 @@ class Skill:
 
 
 SKILLS: Registry[Skill] = Registry("skill")
+_RULE_SETS: dict[str, RuleSet] = {}
+
+
+def check_skills() -> None:
+    """Bind every registered skill's checks (called once all skills are loaded): an unknown rule or keyword
+    argument fails at start-up, in one line naming the skill's folder."""
+    for name in SKILLS.names():
+        SKILLS.get(name).rules
 
 
 def parse_skill_md(path: str | Path) -> tuple[dict, str]:
@@ -150,24 +170,21 @@ def register_skill(
         raise ConfigError(
             f"{folder / 'SKILL.md'}: no procedure after the front matter: write the steps an agent follows"
         )
+    if not checks:
+        raise ConfigError(
+            f"{folder}: skill {name!r} has no checks: register the rules that decide whether an output follows it"
+        )
+    names = [c if isinstance(c, str) else c[0] for c in checks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{folder}: skill {name!r} lists a check twice: list each rule once")
     skill = Skill(
-        name,
-        front["description"].strip(),
-        body,
-        (folder / "SKILL.md").read_text(encoding="utf-8"),
-        folder,
-        tasks,
-        _rule_set(name, folder, checks),
-        reference,
+        name, front["description"].strip(), body, (folder / "SKILL.md").read_text(encoding="utf-8"), folder, tasks,
+        tuple(checks), reference,
     )
     return SKILLS.register(name)(skill)
 
 
 def _rule_set(name: str, folder: Path, checks: Sequence[Check]) -> RuleSet:
-    if not checks:
-        raise ConfigError(
-            f"{folder}: skill {name!r} has no checks: register the rules that decide whether an output follows it"
-        )
     bound = []
     for check in checks:
         rule, kwargs = (check, {}) if isinstance(check, str) else (check[0], dict(check[1]))
@@ -175,8 +192,6 @@ def _rule_set(name: str, folder: Path, checks: Sequence[Check]) -> RuleSet:
             bound.append((rule, RULES.get(rule)(**kwargs)))
         except (SkillweaveError, TypeError) as e:  # an unknown rule, a keyword argument it does not take
             raise ConfigError(f"{folder}: skill {name!r}: {e}") from None
-    if len({rule for rule, _ in bound}) != len(bound):
-        raise ConfigError(f"{folder}: skill {name!r} lists a check twice: list each rule once")
     return RuleSet(f"skill:{name}", tuple(bound))
 
 
@@ -212,7 +227,14 @@ def load_skill_dir(path: str | Path) -> Skill:
         raise ConfigError(
             f"skill_dirs: {folder}/__init__.py registers no skill {folder.name!r}: call skillweave.skill.register_skill"
         )
-    return SKILLS.get(folder.name)
+    skill = SKILLS.get(folder.name)
+    try:
+        skill.rules  # its checks name rules registered by now (the package's skills and this folder's)
+    except ConfigError:
+        SKILLS.unregister(folder.name)
+        sys.modules.pop(module_name, None)
+        raise
+    return skill
 
 
 # -------------------------------------------------------------------------------- task generators

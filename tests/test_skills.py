@@ -470,7 +470,7 @@ def test_eval_yaml_metrics_must_be_pass_and_the_checks(tmp_path):
     for with_text in (False, True):
         name = f"{eval_task_name('iso_dates', with_text)}.yaml"
         (folder / name).write_text((iso.folder / name).read_text().replace("  - metric: iso_only\n", "  - metric: x\n"))
-    copy = Skill(iso.name, iso.description, iso.procedure, iso.text, folder, iso.tasks, iso.rules, iso.reference)
+    copy = Skill(iso.name, iso.description, iso.procedure, iso.text, folder, iso.tasks, iso.check_spec, iso.reference)
     with pytest.raises(ConfigError, match=r"metric_list is \['pass', 'x', 'iso_value'\]; list pass, then the checks"):
         register_skill_eval_tasks(copy)
 

@@ -46,6 +46,10 @@ class Registry(Generic[T]):
         where = f"{setting}={name}: " if setting else ""
         return f"{where}unknown {self.kind} {name!r}.{hint} Valid: {', '.join(sorted(self._items))}"
 
+    def unregister(self, name: str) -> None:
+        """Forget `name`: for a plugin whose loading failed after it registered (nothing half-loaded stays)."""
+        self._items.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
