@@ -436,7 +436,10 @@ class S2LConfig:
     alone (context distillation)."""
 
     teacher: str = "backbone"
-    """Who writes the examples: `backbone` (the model being adapted) or a Hugging Face model directory."""
+    """Who writes the examples: `backbone` (the model being adapted), a Hugging Face model directory, or
+    `reference` (the skill's own reference answers, one per input: an oracle teacher, off-policy like the
+    code domain's reference_vs_fail; not the paper's LLM-written data, for backbones too weak to follow the
+    skill even with its text in context)."""
     inputs: int = 64
     """Training inputs drawn from the skill's train split (the paper writes 64 examples per skill)."""
     samples_per_input: int = 4

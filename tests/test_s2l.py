@@ -126,3 +126,14 @@ def test_bad_s2l_input_is_one_line(skill_run, tmp_path, extra, words):
     with pytest.raises(SkillweaveError) as info:
         run_overrides([*ov, *extra])
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_reference_teacher_writes_the_skills_own_answers(skill_run):
+    """s2l.teacher=reference: one answer per input, the skill's reference; they pass its checks, so all are kept."""
+    _, ov, backbone = skill_run
+    (ref,) = run_overrides([*ov, "s2l.teacher=reference"]).values()
+    assert ref.key != backbone.key
+    metrics = ref.manifest()["metrics"]
+    assert metrics["written"] == metrics["kept"] == 6 and metrics["rejected_by"] == {}
+    rows = [json.loads(line) for line in ref.file("train").read_text().splitlines()]
+    assert all(r["completion"] == " ".join([r["prompt"].split()[1]] * 2) for r in rows)  # "say w and w" -> "w w"
