@@ -8,10 +8,8 @@ file and no existing file names it.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import pkgutil
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Optional
@@ -23,6 +21,7 @@ from .core.distributed import check_launch, leave_process_group
 from .core.engine import STAGES, Context
 from .core.errors import ConfigError
 from .core.flow import run_all, run_stage
+from .resources import import_folder
 from .skill import check_skills, load_skill_dir
 
 PLUGIN_PACKAGES = ("skillweave.stages", "skillweave.compressors", "skillweave.eval_configs", "skillweave.domains", "skillweave.skills")
@@ -48,17 +47,7 @@ def load_domain_dir(path: str) -> None:
     folder = Path(path).expanduser().resolve()
     if not (folder / "__init__.py").is_file():
         raise ConfigError(f"domain_dirs: {path} is not a domain folder (a folder with an __init__.py that registers it)")
-    name = f"skillweave_domain_{folder.name}"
-    if name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
+    import_folder(folder, f"skillweave_domain_{folder.name}")
 
 
 def check_writable(root: Path) -> None:

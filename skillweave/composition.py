@@ -342,15 +342,10 @@ def attach_composition(
             wrapper = ComposedLinear(base, factors, alpha[name], dense)
         else:
             wrapper = ComposedParams(base, alpha[name], dense)
-        _set_submodule(model, name, wrapper)
+        model.set_submodule(name, wrapper)
     composition = Composition(list(skills), alpha, fingerprint)
     setattr(model, _ATTACHMENT, composition)
     return composition
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
 
 
 def detach_composition(model: nn.Module) -> None:
@@ -363,7 +358,7 @@ def detach_composition(model: nn.Module) -> None:
     if composition is None:
         raise ArtifactError("no composition is attached to this model")
     for name in composition.alpha:
-        _set_submodule(model, name, model.get_submodule(name).base)
+        model.set_submodule(name, model.get_submodule(name).base)
     delattr(model, _ATTACHMENT)
 
 

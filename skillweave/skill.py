@@ -14,7 +14,6 @@ by `load_skill_dir`, as `app.load_domain_dir` loads a domain folder.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
 import re
@@ -31,6 +30,7 @@ from skillweave.core.errors import ConfigError, DataError, SkillweaveError
 from skillweave.core.registry import Registry
 from skillweave.eval_tasks import EvalTask, as_dataset, register_eval_task
 from skillweave.prompts import SourceExhausted, check_n, row
+from skillweave.resources import import_folder
 from skillweave.rules import RULES, RuleSet
 
 SPLITS = ("train", "eval")
@@ -212,17 +212,7 @@ def load_skill_dir(path: str | Path) -> Skill:
             "rename the folder and its SKILL.md name"
         )
     module_name = f"skillweave_skill_{folder.name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            module_name, folder / "__init__.py", submodule_search_locations=[str(folder)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[module_name]
-            raise
+    import_folder(folder, module_name)
     if folder.name not in SKILLS:
         raise ConfigError(
             f"skill_dirs: {folder}/__init__.py registers no skill {folder.name!r}: call skillweave.skill.register_skill"

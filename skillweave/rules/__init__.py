@@ -19,7 +19,10 @@ from skillweave.resources import resource_path
 from skillweave.rules import quality  # noqa: F401  (registers the shared guards)
 from skillweave.rules.common import RULES, RuleResult, Sample, rule
 
-__all__ = ["RULES", "RuleResult", "RuleSet", "Sample", "load_rule_set", "rule"]
+__all__ = ["RULES", "RULE_FILES", "RuleResult", "RuleSet", "Sample", "load_rule_set", "rule"]
+
+RULE_FILES = tuple(Path(__file__).parent / f for f in ("__init__.py", "common.py", "quality.py"))
+"""The rule-set machinery and the shared guards: every rule-scored eval task's key hashes them."""
 
 
 @dataclass(frozen=True)

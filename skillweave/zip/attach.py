@@ -130,13 +130,8 @@ def attach_skillpack(
             dense_originals[key] = p.detach().clone()
             p.add_(sp.dense[key].to(p.device, p.dtype))
     for name, wrapper in wrappers.items():
-        _set_submodule(model, name, wrapper)
+        model.set_submodule(name, wrapper)
     setattr(model, _ATTACHMENT, _Attachment(sp.domain, modules, dense_originals))
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
 
 
 def detach_skillpack(model: nn.Module) -> None:
@@ -149,7 +144,7 @@ def detach_skillpack(model: nn.Module) -> None:
     if attachment is None:
         raise SkillpackError("no skillpack is attached to this model")
     for name, module in attachment.modules.items():
-        _set_submodule(model, name, module)
+        model.set_submodule(name, module)
     with torch.no_grad():
         for key, original in attachment.dense_originals.items():
             model.get_parameter(key).copy_(original)

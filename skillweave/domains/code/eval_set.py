@@ -9,7 +9,7 @@ from typing import Any
 
 import datasets
 
-from skillweave import rules, sandbox
+from skillweave import sandbox
 from skillweave.core.errors import ConfigError
 from skillweave.domains.code.source import code_eval_set
 from skillweave.domains.code.verifiers import extract_code
@@ -21,11 +21,9 @@ from skillweave.eval_tasks import (
     register_eval_task,
 )
 from skillweave.resources import resource_path
-from skillweave.rules import load_rule_set
+from skillweave.rules import RULE_FILES, load_rule_set
 
 HERE = Path(__file__).parent
-RULE_FILES = tuple(Path(rules.__file__).parent / f for f in ("__init__.py", "common.py", "quality.py"))
-"""The rule-set machinery and quality guards every rule-scored task reads."""
 
 HUMANEVAL_TIMEOUT_S = 10.0
 """Wall-clock limit per HumanEval program; canonical solutions with their tests finish in well under 1 s."""

@@ -10,7 +10,6 @@ from typing import Any
 
 import datasets
 
-from skillweave import rules
 from skillweave.eval_tasks import (
     SPLIT,
     EvalTask,
@@ -19,11 +18,9 @@ from skillweave.eval_tasks import (
     register_eval_task,
 )
 from skillweave.resources import resource_path
-from skillweave.rules import load_rule_set
+from skillweave.rules import RULE_FILES, load_rule_set
 
 HERE = Path(__file__).parent
-RULE_FILES = tuple(Path(rules.__file__).parent / f for f in ("__init__.py", "common.py", "quality.py"))
-"""The rule-set machinery and quality guards every rule-scored task reads."""
 
 
 def load_alpaca_eval(**_metadata: Any) -> datasets.DatasetDict:

@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import datasets
 
-from skillweave import rules
 from skillweave.core.errors import ConfigError
 from skillweave.domains.math.source import (
     MATH_ARITH_POOL,
@@ -19,11 +18,9 @@ from skillweave.domains.math.source import (
 )
 from skillweave.eval_tasks import SPLIT, EvalTask, as_dataset, register_eval_task
 from skillweave.resources import resource_path
-from skillweave.rules import load_rule_set
+from skillweave.rules import RULE_FILES, load_rule_set
 
 HERE = Path(__file__).parent
-RULE_FILES = tuple(Path(rules.__file__).parent / f for f in ("__init__.py", "common.py", "quality.py"))
-"""The rule-set machinery and quality guards every rule-scored task reads."""
 
 
 def load_math(n: int = 200, **_metadata: Any) -> datasets.DatasetDict:
