@@ -255,7 +255,7 @@ def load_router(path: str | os.PathLike, expected_fingerprint: str | None = None
             disagree with its domains, or it was trained on another backbone's features.
     """
     path = Path(path)
-    redo = "re-run the route stage (python -m skillweave stage=route ...)"
+    redo = f"delete {path.parent} and re-run the route stage (python -m skillweave stage=route ...)"  # else it is "complete"
     if not path.is_file():
         raise RouterError(f"router {path} does not exist; {redo}")
     try:

@@ -197,7 +197,7 @@ def load_skillpack(path: str | os.PathLike, expected_fingerprint: str | None = N
             format_version, its tensors are inconsistent, or it belongs to another backbone.
     """
     path = Path(path)
-    redo = "re-run the zip stage (python -m skillweave stage=zip ...)"
+    redo = f"delete {path.parent} and re-run the zip stage (python -m skillweave stage=zip ...)"  # else it is "complete"
     if not path.is_file():
         raise SkillpackError(f"skillpack {path} does not exist; {redo}")
     try:
