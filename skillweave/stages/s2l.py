@@ -66,11 +66,10 @@ def plan(ctx: Context, domain: Optional[str]):
     return config, {}
 
 
-def write_examples(ctx: Context, skill: Skill) -> tuple[list[dict], list[dict]]:
-    """The teacher's answers to the train inputs, with the SKILL.md in context, each with its verdicts;
-    returns (every answer, the kept ones)."""
+def write_examples(ctx: Context, skill: Skill, tasks: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The teacher's answers to `tasks`, with the SKILL.md in context, each with its verdicts; returns
+    (every answer, the kept ones)."""
     s = ctx.cfg.s2l
-    tasks = skill.tasks(s.inputs, s.seed, "train")
     if s.teacher == "reference":
         written = [{**t, "response": skill.reference(t), "truncated": False, "sample": 0, "prompt_id": t["id"]} for t in tasks]
     else:
@@ -110,7 +109,8 @@ def _sampled(ctx: Context, skill: Skill, tasks: list[dict]) -> list[dict]:
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     s, skill = ctx.cfg.s2l, the_skill(ctx)
-    answers, kept = write_examples(ctx, skill)
+    tasks = skill.tasks(s.inputs, s.seed, "train")
+    answers, kept = write_examples(ctx, skill, tasks)
     write_jsonl(ref.path / "examples.jsonl", answers)
     report = {"inputs": s.inputs, "written": len(answers), "kept": len(kept),
               "inputs_with_a_kept_answer": len({a["input_id"] for a in kept}),
@@ -121,7 +121,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
             f"({report['rejected_by']}): raise s2l.inputs or s2l.samples_per_input, or use a stronger s2l.teacher"
         )
     # Context distillation: the student sees the input alone, never the skill text.
-    by_id = {t["id"]: t for t in skill.tasks(s.inputs, s.seed, "train")}
+    by_id = {t["id"]: t for t in tasks}
     train_rows = [{"prompt": skill_prompt(skill, by_id[a["input_id"]], with_skill_text=False), "completion": a["response"]}
                   for a in kept]
     write_jsonl(ref.file("train"), train_rows)
