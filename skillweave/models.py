@@ -83,12 +83,25 @@ def _embedded_dir() -> Path:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     _write_json(tmp / CONVERTED, {"gguf": str(gguf)})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first: theirs is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_dir(tmp, out, CONVERTED)
     return out
+
+
+def publish_dir(tmp: Path, out: Path, marker: str) -> None:
+    """Move the finished directory `tmp` (holding `marker`) to `out`. A finished `out` from another
+    process wins; an `out` without the marker (a torn or older-layout copy) is replaced, or every later
+    call would convert again and fail to publish."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            os.replace(tmp, out)
+            return
+        except OSError:
+            if (out / marker).is_file():  # another process finished first: theirs is as good as ours
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            shutil.rmtree(out, ignore_errors=True)
+    raise ModelError(f"could not publish {tmp} as {out}: remove {out} and run again")
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):

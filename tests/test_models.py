@@ -52,3 +52,21 @@ def test_an_invalid_config_is_one_clear_error(model_copy):
     (model_copy / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match=r"config.json: unreadable model config .*: restore the model directory"):
         model_fingerprint(model_copy)
+
+
+def test_publish_dir_replaces_a_copy_without_its_marker_and_keeps_a_finished_one(tmp_path):
+    from skillweave.models import publish_dir
+
+    def finished(name, marker=True):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "weights").write_text(name)
+        if marker:
+            (d / "done.json").write_text("{}")
+        return d
+
+    out = finished("out", marker=False)  # an older layout: converted again on every call until replaced
+    publish_dir(finished("tmp1"), out, "done.json")
+    assert (out / "weights").read_text() == "tmp1" and not (tmp_path / "tmp1").exists()
+    publish_dir(finished("tmp2"), out, "done.json")  # a finished copy wins; ours is dropped
+    assert (out / "weights").read_text() == "tmp1" and not (tmp_path / "tmp2").exists()
