@@ -228,15 +228,16 @@ class ComposedParams(_Composed):
 
 @dataclass
 class Composition:
-    """K skills and their weights alpha, one (K,) parameter per module; attached, the wrappers hold
-    these very parameters."""
+    """K skills and their weights alpha, a (K,) parameter per module (the same one for every module when
+    they are shared); attached, the wrappers hold these very parameters."""
 
     skills: list[LowRankSkill]
     alpha: dict[str, nn.Parameter]
     backbone_fingerprint: str | None
 
     def parameters(self) -> list[nn.Parameter]:
-        return list(self.alpha.values())
+        """The distinct weights: one per module, or one shared by all (per_module=False)."""
+        return list({id(p): p for p in self.alpha.values()}.values())
 
     def alphas(self) -> dict[str, torch.Tensor]:
         """Module name -> a float32 copy of its K weights, on the CPU."""
@@ -278,6 +279,7 @@ def attach_composition(
     alpha_init: float | Sequence[float] | dict[str, torch.Tensor] = 1.0,
     *,
     expected_fingerprint: str | None = None,
+    per_module: bool = True,
 ) -> Composition:
     """Compose `skills` into `model` in place; everything is checked before anything changes.
 
@@ -288,6 +290,9 @@ def attach_composition(
         alpha_init: 1.0 is CAT's start (the plain sum); a float or one per skill for every module, or
             module name -> K weights (`Composition.alphas()` of a trained or loaded composition).
         expected_fingerprint: when given, the backbone every skill must have been made for.
+        per_module: one (K,) weight per module (the paper's per-layer weights), or False: one (K,) weight
+            shared by every module (K numbers in all: what a few dozen examples can pin down without
+            over-fitting); alpha_init must then be the same for every module.
 
     Raises:
         ArtifactError: no skills, a composition or skillpack is already attached, the skills belong to
@@ -331,7 +336,14 @@ def attach_composition(
                     )
     device = next(model.parameters()).device
     init = _initial_alpha(alpha_init, list(modules), len(skills))
-    alpha = {m: nn.Parameter(init[m].to(device)) for m in modules}
+    if per_module:
+        alpha = {m: nn.Parameter(init[m].to(device)) for m in modules}
+    else:
+        first = init[next(iter(modules))]
+        if any(not torch.equal(t, first) for t in init.values()):
+            raise ValueError("per_module=False shares one weight per skill across modules: give alpha_init the same for all")
+        shared = nn.Parameter(first.to(device))
+        alpha = {m: shared for m in modules}
     for name, params in modules.items():
         base = bases[name]
         factors = [s.factors.get(name) for s in skills]

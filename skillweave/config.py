@@ -466,6 +466,14 @@ class S2LConfig:
             raise ConfigError(f"s2l.learning_rate must be > 0, got {self.learning_rate}")
 
 
+class CATWeights(StrEnum):
+    per_module = "per_module"
+    """One weight per skillpack and module: the paper's per-layer weights."""
+    per_skillpack = "per_skillpack"
+    """One weight per skillpack, shared by every module: K numbers, for when a few dozen examples
+    over-fit the per-module weights."""
+
+
 @dataclass
 class CATConfig:
     """LoRA Soups CAT (stage `cat`): the S2L skillpacks of `skills` composed as W + sum_k alpha_k A_k B_k,
@@ -480,12 +488,34 @@ class CATConfig:
     batch_size: int = 4
     alpha_init: float = 1.0
     """Every alpha's start: 1 is the plain sum of the skillpacks (the uniform-sum baseline)."""
+    weights: CATWeights = CATWeights.per_module
     seed: int = 0
     max_length: int = 512
 
     def __post_init__(self) -> None:
         if min(self.examples, self.steps, self.batch_size, self.max_length) < 1 or not self.learning_rate > 0:
             raise ConfigError("cat.examples, steps, batch_size and max_length must be >= 1 and cat.learning_rate > 0")
+
+
+@dataclass
+class SkillEvalConfig:
+    """The S2L and CAT comparisons (stages `s2l_eval`, `cat_eval`): every configuration on the same held-out
+    tasks of each skill (greedy, through the skills' lm-eval tasks), paired on the same tasks."""
+
+    n: int = 100
+    """Held-out tasks per skill (a seeded draw of the 200 in each skill's eval pool; the same for every row)."""
+    max_gen_toks: int = 192
+    batch_size: int = 8
+    ties_density: float = 0.5
+    """The share of each adapter's entries PEFT's `add_weighted_adapter(combination_type="ties")` keeps."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n <= 200:
+            raise ConfigError(f"skill_eval.n must be in 1..200 (a skill's eval pool), got {self.n}")
+        if min(self.max_gen_toks, self.batch_size) < 1:
+            raise ConfigError("skill_eval.max_gen_toks and skill_eval.batch_size must be >= 1")
+        if not 0 < self.ties_density <= 1:
+            raise ConfigError(f"skill_eval.ties_density must be in (0, 1], got {self.ties_density}")
 
 
 @dataclass
@@ -513,9 +543,11 @@ class SkillweaveConfig:
     """The skill stage s2l turns into a LoRA (a folder of skillweave/skills/, or one in `skill_dirs`):
     `python -m skillweave stage=s2l skill=<name>`."""
     skills: list[str] = field(default_factory=list)
-    """The skills stage cat composes (their s2l skillpacks): `stage=cat skills=[a,b] task=<composed>`."""
+    """The skills stage cat composes (their s2l skillpacks): `stage=cat skills=[a,b] task=<composed>`; the
+    ones s2l_shared trains one adapter on together and s2l_eval compares on."""
     task: str = ""
-    """The composed task stage cat learns its weights on: a skill whose checks need the `skills` at once."""
+    """The composed task stage cat learns its weights on, and cat_eval compares on: a skill whose checks
+    need the `skills` at once."""
     skill_dirs: list[str] = field(default_factory=list)
     """Skill folders outside the package (each like skillweave/skills/<name>/), loaded at start-up."""
     domain_dirs: list[str] = field(default_factory=list)
@@ -533,6 +565,7 @@ class SkillweaveConfig:
     dev: DevConfig = field(default_factory=DevConfig)
     s2l: S2LConfig = field(default_factory=S2LConfig)
     cat: CATConfig = field(default_factory=CATConfig)
+    skill_eval: SkillEvalConfig = field(default_factory=SkillEvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     artifacts_root: str = "artifacts"
     """Root of the content-addressed artifact store (a shared filesystem on a cluster)."""

@@ -18,22 +18,24 @@ def _read_samples(path: Path) -> dict[int, dict]:
     return {r["doc_id"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
-def compare_with_base(rows: list[dict], samples: Path) -> None:
-    """Adds `vs_base[domain] = {delta, stderr, changed, n}` to every row with answers on base's docs.
+def compare_with(rows: list[dict], samples: Path, reference: str = "base") -> None:
+    """Adds `vs_<reference>[domain] = {delta, stderr, changed, n}` to every other row with answers on the
+    reference row's docs (samples/<name>-<domain>.jsonl).
 
     A paired comparison on the same documents (evaluation.paired_difference): `delta` is the mean
-    per-document score difference from base, `stderr` its standard error, `changed` the share of
-    answers that differ from base's. A gain "beyond the standard error" means delta > stderr; 2 x stderr is ~95%.
+    per-document score difference, row minus reference, `stderr` its standard error, `changed` the share
+    of answers that differ. A gain "beyond the standard error" means delta > stderr; 2 x stderr is ~95%.
     """
-    base = next((r for r in rows if r["name"] == "base"), None)
-    if base is None:
+    ref = next((r for r in rows if r["name"] == reference), None)
+    if ref is None:
         return
     for r in rows:
-        if r is base:
+        if r is ref:
             continue
         vs = {}
         for d in r["scores"]:
-            mine, theirs = _read_samples(samples / f"{r['name']}-{d}.jsonl"), _read_samples(samples / f"base-{d}.jsonl")
+            mine = _read_samples(samples / f"{r['name']}-{d}.jsonl")
+            theirs = _read_samples(samples / f"{reference}-{d}.jsonl")
             common = sorted(set(mine) & set(theirs))
             if not common:
                 continue
@@ -41,22 +43,25 @@ def compare_with_base(rows: list[dict], samples: Path) -> None:
             changed = sum(mine[i]["response"] != theirs[i]["response"] for i in common) / len(common)
             vs[d] = {"delta": delta, "stderr": stderr, "changed": changed, "n": len(common)}
         if vs:
-            r["vs_base"] = vs
+            r[f"vs_{reference}"] = vs
 
 
-def vs_base_table(results: dict) -> str:
-    """Markdown: each configuration's paired difference from base per domain (delta ± stderr, changed answers)."""
-    rows = [r for r in results["configurations"] if r.get("vs_base")]
+def paired_table(results: dict, reference: str = "base") -> str:
+    """Markdown: each configuration's paired difference from `reference` per domain (delta ± stderr,
+    answers changed); "" when no row was compared with it."""
+    key = f"vs_{reference}"
+    rows = [r for r in results["configurations"] if r.get(key)]
     if not rows:
         return ""
     domains = list(results["tasks"])
-    head = "\nPaired with base on the same documents: score difference in points ± its standard error (answers changed)\n\n"
+    head = (f"\nPaired with {reference} on the same documents: score difference in points (row minus {reference}) "
+            "± its standard error (answers changed)\n\n")
     head += "| configuration | " + " | ".join(domains) + " |\n|" + "---|" * (len(domains) + 1) + "\n"
     lines = []
     for r in rows:
         cells = []
         for d in domains:
-            v = r["vs_base"].get(d)
+            v = r[key].get(d)
             cells.append("" if v is None else f"{100 * v['delta']:+.1f} ± {100 * v['stderr']:.1f} ({100 * v['changed']:.0f}%)")
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"

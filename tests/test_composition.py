@@ -107,6 +107,26 @@ def test_learned_weights_recover_a_known_per_module_mixture():
     assert metrics["curve"][0] > metrics["curve"][-1] and len(metrics["curve"]) == 10
 
 
+def test_shared_weights_recover_a_global_mixture_with_k_numbers():
+    model = tiny_model()
+    skills = [random_skill(model, "s1", 1), random_skill(model, "s2", 2)]
+    true = torch.tensor([0.3, 0.7])
+    ids = ids_of(4)
+    attach_composition(model, skills, true)
+    target = logits(model, ids)
+    detach_composition(model)
+    batches = [{"input_ids": ids[i : i + 8], "target_logits": target[i : i + 8]} for i in range(0, 32, 8)]
+    composition = attach_composition(model, skills, per_module=False)
+    assert len(composition.parameters()) == 1 and len(composition.alpha) == len(block_linear_names(model))
+    train_alphas(model, composition, batches, RECOVERY_STEPS, lr=0.05, seed=0)
+    learned = composition.alphas()
+    assert all(torch.equal(a, learned[next(iter(learned))]) for a in learned.values())  # still one pair
+    assert (next(iter(learned.values())) - true).abs().max().item() < RECOVERY_TOL
+    with pytest.raises(ValueError, match="the same for all"):
+        detach_composition(model)
+        attach_composition(model, skills, {m: torch.rand(2) for m in learned}, per_module=False)
+
+
 def test_training_is_deterministic_and_moves_only_the_alphas():
     model = tiny_model()
     assert all(p.requires_grad for p in model.parameters())
@@ -420,3 +440,59 @@ def test_load_refuses_another_backbone_and_missing_or_changed_parts(saved, tmp_p
         with pytest.raises(ArtifactError) as e:
             load_composition(bad, skills)
         assert "is not a readable composition" in one_line(e)
+
+
+# ---- LoRA machinery: a planted delta is recovered; PEFT's "cat" merge is the uniform sum
+
+
+def test_a_lora_recovers_a_planted_low_rank_delta(tmp_path):
+    """The LoRA S2L trains (peft_config of lora.*), fitted to a model that differs from the base by a planted
+    rank-2 delta on every down_proj, reads back (lora_dense_delta, the skillpack view) as that delta."""
+    from peft import get_peft_model
+
+    from skillweave.config import LoRAConfig
+    from skillweave.lora_io import peft_config
+
+    model = tiny_model()
+    g = torch.Generator().manual_seed(5)
+    planted = {}
+    for i in range(2):
+        w = model.get_submodule(f"model.layers.{i}.mlp.down_proj").weight
+        planted[f"model.layers.{i}.mlp.down_proj.weight"] = (torch.randn(w.shape[0], 2, generator=g) @ torch.randn(2, w.shape[1], generator=g)) * 0.1
+    teacher = add_delta(copy.deepcopy(model), planted)
+    ids = torch.randint(0, 128, (32, 12), generator=g)
+    with torch.no_grad():
+        target = teacher(input_ids=ids).logits
+    student = get_peft_model(copy.deepcopy(model), peft_config(LoRAConfig(rank=2, alpha=2, dropout=0.0, target_modules=["down_proj"])))
+    params = [p for n, p in student.named_parameters() if "lora_" in n]
+    optimizer = torch.optim.Adam(params, lr=0.01)
+    torch.manual_seed(0)
+    for _ in range(400):
+        loss = torch.nn.functional.mse_loss(student(input_ids=ids).logits, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    student.save_pretrained(str(tmp_path))
+    got = lora_dense_delta(tmp_path)
+    assert set(got) == set(planted)
+    errors = {k: ((got[k] - planted[k]).norm() / planted[k].norm()).item() for k in planted}
+    assert max(errors.values()) < 0.01, errors
+
+
+def test_peft_cat_merge_is_the_uniform_composition(tmp_path):
+    """cat_eval's cross-check: PEFT add_weighted_adapter(cat, weights 1) serves what the plain sum serves."""
+    from peft import PeftModel
+
+    model = tiny_model()
+    a, b = peft_adapter(model, tmp_path / "a", seed=1), peft_adapter(model, tmp_path / "b", seed=2)
+    ids = ids_of(12, n=2)
+    base = logits(model, ids)
+    attach_composition(model, [from_peft_adapter(a), from_peft_adapter(b)], 1.0)
+    want = logits(model, ids)
+    detach_composition(model)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(a), adapter_name="a")
+    peft_model.load_adapter(str(b), adapter_name="b")
+    peft_model.add_weighted_adapter(["a", "b"], [1.0, 1.0], "merged", combination_type="cat")
+    peft_model.set_adapter("merged")
+    got = logits(peft_model.eval(), ids)
+    assert ((got - want).norm() / (want - base).norm()).item() < 1e-5

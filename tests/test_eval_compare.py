@@ -8,7 +8,7 @@ import math
 import pytest
 
 from skillweave.evaluation import paired_difference
-from skillweave.reports import compare_with_base, vs_base_table
+from skillweave.reports import compare_with, paired_table
 
 
 def _write(path, scores, responses):
@@ -30,14 +30,14 @@ def test_every_row_is_paired_with_base_on_the_documents_both_answered(tmp_path):
     _write(tmp_path / "dpo-math.jsonl", [1, 1, 1, 0], ["a", "B", "c", "d"])
     rows = [{"name": "base", "scores": {"math": 0.5}}, {"name": "dpo", "scores": {"math": 0.75}},
             {"name": "skillweave_routed", "scores": {"math": 0.5}}]  # no answers kept: not paired
-    compare_with_base(rows, tmp_path)
+    compare_with(rows, tmp_path)
     assert "vs_base" not in rows[0] and "vs_base" not in rows[2]
     assert rows[1]["vs_base"]["math"] == pytest.approx({"delta": 0.25, "stderr": 0.25, "changed": 0.25, "n": 4})
-    table = vs_base_table({"tasks": {"math": "skillweave_math"}, "configurations": rows})
+    table = paired_table({"tasks": {"math": "skillweave_math"}, "configurations": rows})
     assert "| dpo | +25.0 ± 25.0 (25%) |" in table
 
 
 def test_without_base_nothing_is_paired(tmp_path):
     rows = [{"name": "dpo", "scores": {"math": 0.75}}]
-    compare_with_base(rows, tmp_path)
-    assert rows == [{"name": "dpo", "scores": {"math": 0.75}}] and vs_base_table({"tasks": {}, "configurations": rows}) == ""
+    compare_with(rows, tmp_path)
+    assert rows == [{"name": "dpo", "scores": {"math": 0.75}}] and paired_table({"tasks": {}, "configurations": rows}) == ""

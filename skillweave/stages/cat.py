@@ -2,7 +2,7 @@
 
 The S2L skillpacks (LoRA adapters) of `skills` are attached together beside the frozen backbone as
 W + sum_k alpha_k A_k B_k (skillweave.composition: one alpha per skillpack and module, the paper's
-per-layer weights) and only the alphas are trained, from `cat.alpha_init` (1: the plain sum), on
+per-layer weights, or with `cat.weights=per_skillpack` one per skillpack) and only the alphas are trained, from `cat.alpha_init` (1: the plain sum), on
 `cat.examples` examples of the composed task `task` (a skill whose checks need the others at once): its
 train inputs without any skill text and its reference answers, the loss on the answer tokens. The
 artifact is the composition (its alphas and the identity of every part, refused on another backbone
@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from ..composition import attach_composition, from_peft_adapter, save_composition, train_alphas
+from ..config import CATWeights
 from ..core.artifacts import ArtifactRef
 from ..core.engine import Context, Need, Pulls, Stage, register_stage
 from ..core.errors import ConfigError
@@ -68,7 +69,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     c, task = ctx.cfg.cat, _task(ctx)
     model, tok = load_model(ctx.model_dir), load_tokenizer(ctx.model_dir)
     parts = [from_peft_adapter(inputs[f"s2l_{name}"].file("adapter"), name=name) for name in ctx.cfg.skills]
-    composition = attach_composition(model, parts, alpha_init=c.alpha_init, expected_fingerprint=ctx.base_fingerprint)
+    composition = attach_composition(model, parts, alpha_init=c.alpha_init, expected_fingerprint=ctx.base_fingerprint,
+                                     per_module=c.weights == CATWeights.per_module)
     batches = training_batches(task, tok, c.examples, c.seed, c.batch_size, c.max_length)
     metrics = train_alphas(model, composition, batches, c.steps, c.learning_rate, seed=c.seed)
     alphas = torch.stack(list(composition.alphas().values()))  # modules x skills

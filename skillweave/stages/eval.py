@@ -34,10 +34,10 @@ from ..plots import domain_bars, frontier_plot
 from ..reports import (
     apply_budget,
     budget_note,
-    compare_with_base,
+    compare_with,
     log_results,
+    paired_table,
     results_table,
-    vs_base_table,
 )
 
 log = logging.getLogger("skillweave")
@@ -114,7 +114,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         rows.append(json.loads((row.path / "row.json").read_text()) | {"row": str(row)})
         for f in sorted((row.path / "samples").glob("*.jsonl")):
             shutil.copyfile(f, ref.path / "samples" / f"{name}-{f.name}")
-    compare_with_base(rows, ref.path / "samples")
+    compare_with(rows, ref.path / "samples")
     base_bytes = next((r["bytes"] for r in rows if r["name"] == "base"), rows[0]["bytes"])
     for r in rows:
         r["relative_bytes"] = round(r["bytes"] / base_bytes, 4)
@@ -129,7 +129,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "configurations": rows,
     }
     atomic_write_json(ref.file("results"), results)
-    table = results_table(results) + vs_base_table(results) + budget_note(ev.budget_bytes, excluded)
+    table = results_table(results) + paired_table(results) + budget_note(ev.budget_bytes, excluded)
     atomic_write_text(ref.file("table"), table)
     frontier_plot(results, ref.path / "frontier.png")
     domain_bars(results, ref.path / "domains.png")

@@ -27,8 +27,16 @@ from ..config import LengthBalance, PairStrategy
 from ..core.artifacts import ArtifactRef, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from ..core.engine import Context, Need, Stage, register_stage
 from ..core.errors import DataError
+from ..pairs import (
+    can_be_chosen,
+    check_references,
+    make_pairs,
+    pair_report,
+    reference_rows,
+    rule_set_path,
+    score_sample,
+)
 from ..rules import load_rule_set
-from ..pairs import can_be_chosen, check_references, make_pairs, pair_report, reference_rows, rule_set_path, score_sample
 
 
 def check(ctx: Context, domain: Optional[str]) -> None:

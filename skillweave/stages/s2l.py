@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from ..config import SamplingConfig, S2LTraining
+from ..config import S2LTraining, SamplingConfig
 from ..core.artifacts import ArtifactRef, write_jsonl
 from ..core.engine import Context, Stage, register_stage
 from ..core.errors import ConfigError, DataError

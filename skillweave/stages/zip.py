@@ -50,9 +50,15 @@ def plan(ctx: Context, domain: Optional[str]):
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..zip import block_linear_names, compress_residual, save_skillpack, skillpack_nbytes
+    from ..zip import (
+        EMBEDDING,
+        block_linear_names,
+        calibrate_act_scales,
+        compress_residual,
+        save_skillpack,
+        skillpack_nbytes,
+    )
     from ..zip.fidelity import skillpack_fidelity
-    from ..zip import EMBEDDING, calibrate_act_scales
     from ..zip.smoothing import collect_channel_stats
 
     cfg = ctx.for_domain(domain).zip

@@ -1,0 +1,150 @@
+"""Configurations scored on skills' held-out tasks: the rows of the S2L and CAT comparisons.
+
+A row is a model (the backbone, with adapters or a composition) scored on each skill's lm-eval task,
+with or without the SKILL.md in the prompt: pass rate (every check passes) with its standard error,
+each check's own rate, the prompt tokens per request (what the skill text costs) and the bytes held.
+Every row is its own artifact (`<root>/skill_eval_rows/<name>-<key>/`, keyed by its inputs and
+settings alone), so a killed comparison resumes at its first unfinished row and two comparisons share
+the rows they have in common. The report pairs rows on the same tasks (reports.compare_with).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .core.artifacts import (
+    ArtifactRef,
+    artifact_lock,
+    atomic_write_json,
+    atomic_write_text,
+    make_ref,
+    write_jsonl,
+    write_manifest,
+)
+from .core.engine import Context
+from .eval_tasks import task_digest
+from .evaluation import evaluate
+from .reports import compare_with, paired_table
+from .skill import eval_task_name
+
+log = logging.getLogger("skillweave")
+
+ROWS = "skill_eval_rows"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration: `build(inputs)` -> (model, bytes held, details), made once per row; `select(model,
+    skill)` readies it for one skill (e.g. switches to that skill's adapter)."""
+
+    name: str
+    needs: tuple[str, ...]
+    """The comparison's inputs this row reads (its key covers exactly these)."""
+    build: Callable[[dict[str, ArtifactRef]], tuple[Any, int, dict]]
+    with_skill_text: bool = False
+    select: Callable[[Any, str], None] = lambda model, skill: None
+    settings: dict = field(default_factory=dict)
+    """What else its scores depend on (e.g. a merge's density), hashed into its key."""
+
+
+def row_ref(ctx: Context, row: Row, skills: Sequence[str], inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+    tasks = {s: eval_task_name(s, row.with_skill_text) for s in skills}
+    se = ctx.cfg.skill_eval
+    config = {"configuration": row.name, "skill_eval": {"n": se.n, "max_gen_toks": se.max_gen_toks, "batch_size": se.batch_size},
+              "tasks": tasks, "task_files": task_digest(list(tasks.values())), "model": ctx.base_fingerprint,
+              "settings": row.settings}
+    return make_ref(ctx.root, ROWS, row.name, config, {k: inputs[k] for k in row.needs})
+
+
+def score(model, tok, skill: str, with_skill_text: bool, ctx: Context) -> dict:
+    """The row's cell for one skill: pass rate, stderr, n, each check's rate, prompt tokens per request, samples."""
+    se = ctx.cfg.skill_eval
+    task = eval_task_name(skill, with_skill_text)
+    r = evaluate(model, tok, [task], limit=se.n, max_gen_toks=se.max_gen_toks, batch_size=se.batch_size)[task]
+    samples = r["samples"]
+    tokens = [len(tok(s["prompt"], add_special_tokens=False)["input_ids"]) for s in samples]
+    checks = {c: sum(s["also"][c] for s in samples) / len(samples) for c in samples[0].get("also", {})}
+    return {"task": task, "score": r["score"], "stderr": r["stderr"], "n": r["n"], "checks": checks,
+            "prompt_tokens": sum(tokens) / len(tokens), "samples": samples}
+
+
+def run_rows(ctx: Context, ref: ArtifactRef, rows: Sequence[Row], skills: Sequence[str], inputs: dict[str, ArtifactRef],
+             references: Sequence[str], title: str) -> dict:
+    """Score every row on every skill (reusing complete row artifacts), pair them with each of `references`,
+    and write results.json, results.md and the samples into `ref`; returns the results."""
+    from .models import load_tokenizer
+
+    tok = load_tokenizer(ctx.model_dir)
+    samples_dir = ref.path / "samples"
+    samples_dir.mkdir(exist_ok=True)
+    results = []
+    for row in rows:
+        out = row_ref(ctx, row, skills, inputs)
+        with artifact_lock(out):
+            if not out.complete:
+                started = time.time()
+                model, nbytes, details = row.build(inputs)
+                cells = {}
+                for skill in skills:
+                    row.select(model, skill)
+                    cell = score(model, tok, skill, row.with_skill_text, ctx)
+                    write_jsonl(out.path / f"{skill}.jsonl", cell.pop("samples"))
+                    cells[skill] = cell
+                    log.info("%s on %s: %.3f ± %.3f", row.name, skill, cell["score"], cell["stderr"])
+                del model
+                result = {"name": row.name, "bytes": nbytes, "with_skill_text": row.with_skill_text,
+                          "scores": {s: c["score"] for s, c in cells.items()},
+                          "stderr": {s: c["stderr"] for s, c in cells.items()},
+                          "n": {s: c["n"] for s, c in cells.items()},
+                          "tasks": {s: c["task"] for s, c in cells.items()},
+                          "checks": {s: c["checks"] for s, c in cells.items()},
+                          "prompt_tokens": {s: c["prompt_tokens"] for s, c in cells.items()},
+                          "average": sum(c["score"] for c in cells.values()) / len(cells),
+                          "details": details}
+                atomic_write_json(out.path / "row.json", result)
+                write_manifest(out, {"average": result["average"]}, started)
+            else:
+                log.info("skill eval row %s is complete: reused", out)
+        results.append(json.loads((out.path / "row.json").read_text()) | {"row": str(out)})
+        for skill in skills:
+            shutil.copyfile(out.path / f"{skill}.jsonl", samples_dir / f"{row.name}-{skill}.jsonl")
+    for reference in references:
+        compare_with(results, samples_dir, reference)
+    base_bytes = next((r["bytes"] for r in results if r["name"] == "base"), results[0]["bytes"])
+    for r in results:
+        r["relative_bytes"] = round(r["bytes"] / base_bytes, 4)
+    report = {"title": title, "tasks": {s: eval_task_name(s, False) for s in skills}, "n": ctx.cfg.skill_eval.n,
+              "max_gen_toks": ctx.cfg.skill_eval.max_gen_toks, "references": list(references), "configurations": results}
+    atomic_write_json(ref.file("results"), report)
+    table = skill_table(report) + "".join(paired_table(report, r) for r in references)
+    atomic_write_text(ref.file("table"), table)
+    print(table)
+    return report
+
+
+def skill_table(report: dict) -> str:
+    """Markdown: pass rate ± stderr per skill, prompt tokens per request, MiB held and relative bytes."""
+    skills = list(report["tasks"])
+    head = f"## {report['title']}\n\nPass rate (%) on {report['n']} held-out tasks per skill ± standard error; " \
+           "prompt tokens per request in brackets\n\n"
+    head += "| configuration | skill text | " + " | ".join(skills) + " | average | MiB | rel. bytes |\n"
+    head += "|" + "---|" * (len(skills) + 5) + "\n"
+    lines = []
+    for r in report["configurations"]:
+        cells = [f"{100 * r['scores'][s]:.1f} ± {100 * r['stderr'][s]:.1f} [{r['prompt_tokens'][s]:.0f}]" for s in skills]
+        lines.append(f"| {r['name']} | {'yes' if r['with_skill_text'] else 'no'} | " + " | ".join(cells)
+                     + f" | {100 * r['average']:.1f} | {r['bytes'] / 2**20:.2f} | {r['relative_bytes']:.3f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def adapter_nbytes(adapter_dir: Path) -> int:
+    from .lora_io import adapter_tensors
+
+    return sum(t.numel() * t.element_size() for t in adapter_tensors(adapter_dir).values())
