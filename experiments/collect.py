@@ -1,4 +1,5 @@
-"""Copy an eval artifact's report into an experiment folder, with the manifests of everything it read.
+"""Copy an eval (or s2l_eval, cat_eval) artifact's report into an experiment folder, with the manifests of
+everything it read.
 
     python experiments/collect.py artifacts/eval/all-<key> experiments/<name> [artifacts/dev/<label>-<key> ...]
 
@@ -37,7 +38,8 @@ def collect(eval_dir: Path, out: Path, extra: tuple[Path, ...] = ()) -> None:
         todo += [by_key[k] for k in config["inputs"].values() if k in by_key]
     out.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "results.md", "frontier.png", "domains.png") if is_eval else ():
-        shutil.copy2(eval_dir / name, out / name)
+        if (eval_dir / name).is_file():  # an s2l_eval or cat_eval report has no plots
+            shutil.copy2(eval_dir / name, out / name)
     (out / "manifests.json").write_text(json.dumps(dict(sorted(manifests.items())), indent=1, sort_keys=True) + "\n")
 
 

@@ -131,7 +131,7 @@ def test_bytes_are_what_each_row_holds(skill_evals):
 def test_s2l_eval_compares_per_skill_shared_and_in_context(skill_evals):
     report, _ = results(skill_evals[3])
     by = rows(report)
-    assert list(by) == ["base", "base_in_context", "s2l", "s2l_in_context", "shared"]
+    assert list(by) == ["base", "base_in_context", "s2l", "s2l_in_context", "s2l_int8", "shared"]
     skills = ["ev_first", "ev_second"]
     for s in skills:
         text = len(SKILLS.get(s).text)  # the SKILL.md costs tokens on every request
@@ -143,6 +143,10 @@ def test_s2l_eval_compares_per_skill_shared_and_in_context(skill_evals):
     per_skill = by["s2l"]["details"]["adapter_bytes"]
     assert by["s2l"]["bytes"] == by["base"]["bytes"] + sum(per_skill.values())
     assert by["shared"]["bytes"] == by["base"]["bytes"] + by["shared"]["details"]["adapter_bytes"]
+    int8 = by["s2l_int8"]["details"]
+    for s in skills:  # an exactly rank-r delta: only quantization error; a quarter of the fp32 bytes, plus scales
+        assert int8["max_layer_rel_error"][s] < 0.02
+        assert per_skill[s] / 4 < int8["skillpack_bytes"][s] < per_skill[s] / 2
     table = (results(skill_evals[3])[1].file("table")).read_text()
     assert "Paired with base_in_context" in table and "| s2l | no |" in table
 
@@ -151,7 +155,7 @@ def test_rows_are_artifacts_a_rerun_reuses_and_a_lost_one_is_redone(skill_evals)
     root, ov, _, _ = skill_evals
     rows_dir = root / "artifacts" / "skill_eval_rows"
     before = {p.name: p.joinpath("manifest.json").stat().st_mtime_ns for p in rows_dir.iterdir()}
-    assert len(before) == 10 + 5 - 0  # cat_eval's rows and s2l_eval's (on other tasks: none shared)
+    assert len(before) == 10 + 6  # cat_eval's rows and s2l_eval's (on other tasks: none shared)
     lost = next(p for p in rows_dir.iterdir() if p.name.startswith("shared-"))
     (lost / "manifest.json").unlink()
     _, ref = results(skill_evals[3])

@@ -5,6 +5,7 @@ Rows, each scored on every skill in `skills` (pass rate by the skill's checks, g
   base_in_context   the backbone with the whole SKILL.md before the task (the in-context baseline)
   s2l               the backbone + that skill's S2L LoRA, the task alone (the paper's method)
   s2l_in_context    the same LoRA with the SKILL.md in context as well
+  s2l_int8          each LoRA as an INT8 SkillZip skillpack (exact rank r, quantized), on the eval's path
   shared            one LoRA trained on every skill's kept examples together (stage s2l_shared), the task
                     alone: per-skill vs shared adapters is the paper's interference claim (with 2+ skills)
 Paired on the same tasks with base, base_in_context and s2l; prompt tokens per request measure what the
@@ -22,10 +23,18 @@ from ..core.engine import Context, Need, Pulls, Stage, register_stage
 from ..core.errors import ConfigError
 from ..deltas import param_bytes
 from ..eval_tasks import EVAL_TASKS, task_digest
-from ..lora_io import load_lora
+from ..lora_io import load_lora, lora_dense_delta
 from ..models import load_model
 from ..skill import SKILLS, eval_task_name
 from ..skill_eval import Row, adapter_nbytes, run_rows
+from ..zip import (
+    attach_skillpack,
+    attached_domain,
+    block_linear_names,
+    compress_residual,
+    detach_skillpack,
+    skillpack_nbytes,
+)
 
 
 def the_skills(ctx: Context) -> list[str]:
@@ -80,6 +89,31 @@ def _shared(ctx: Context):
     return build
 
 
+def _int8(ctx: Context, skills: list[str]) -> Row:
+    """Each skill's LoRA as an INT8 SkillZip skillpack (its dense delta, exactly rank r, factored at rank r and
+    quantized), served beside the backbone on the eval's path (`eval.integer_path`): the bytes comparable
+    with SkillWeave's skillpacks."""
+    packs = {}
+
+    def build(inputs):
+        model = load_model(ctx.model_dir)
+        linears = block_linear_names(model)
+        for name in skills:
+            delta = lora_dense_delta(inputs[f"s2l_{name}"].file("adapter"))
+            packs[name] = compress_residual(delta, linears, ctx.cfg.lora.rank, 8, name, ctx.base_fingerprint)
+        sizes = {name: skillpack_nbytes(sp) for name, sp in packs.items()}
+        errors = {name: max(sp.meta["layer_rel_error"].values()) for name, sp in packs.items()}
+        return model, param_bytes(model) + sum(sizes.values()), {"skillpack_bytes": sizes, "max_layer_rel_error": errors}
+
+    def select(model, skill: str) -> None:
+        if attached_domain(model) is not None:
+            detach_skillpack(model)
+        attach_skillpack(model, packs[skill], expected_fingerprint=ctx.base_fingerprint, int_mm=ctx.cfg.eval.integer_path)
+
+    return Row("s2l_int8", tuple(f"s2l_{name}" for name in skills), build, select=select,
+               settings={"bits": 8, "rank": ctx.cfg.lora.rank, "integer_path": ctx.cfg.eval.integer_path})
+
+
 def rows(ctx: Context, skills: list[str]) -> list[Row]:
     adapters = tuple(f"s2l_{name}" for name in skills)
     per_skill = _per_skill_adapters(ctx, skills)
@@ -88,6 +122,7 @@ def rows(ctx: Context, skills: list[str]) -> list[Row]:
         Row("base_in_context", (), _backbone(ctx), with_skill_text=True),
         Row("s2l", adapters, per_skill, select=lambda model, skill: model.set_adapter(skill)),
         Row("s2l_in_context", adapters, per_skill, with_skill_text=True, select=lambda model, skill: model.set_adapter(skill)),
+        _int8(ctx, skills),
     ]
     if len(skills) > 1:
         out.append(Row("shared", ("shared",), _shared(ctx)))
