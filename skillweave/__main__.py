@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import register_configs, to_config
-from .core.compose import CONF_DIR, composer, replayable
+from .core.compose import CONF_DIR, composer, domain_overrides, replayable
 from .core.errors import SkillweaveError
 
 log = logging.getLogger("skillweave")
@@ -30,9 +30,14 @@ def _hydra_main(dcfg: DictConfig) -> None:
     given = HydraConfig.get().overrides
     # Replayed for every domain the run composes: the user's overrides, and the search path that may hold
     # a domain's YAML (Hydra files it among its own overrides).
-    overrides = replayable([*given.task, *(o for o in given.hydra if o.startswith("hydra.searchpath="))])
+    searchpath = [o for o in given.hydra if o.startswith("hydra.searchpath=")]
+    overrides = replayable([*given.task, *searchpath])
     try:
-        run(to_config(dcfg), overrides, composer())
+        compose = composer()
+        cfg = to_config(dcfg)
+        if domain_overrides(cfg):  # this domain's own settings go under the command line's
+            cfg = compose([*given.task, *searchpath])
+        run(cfg, overrides, compose)
     except SkillweaveError as e:
         if os.environ.get("SKILLWEAVE_DEBUG"):
             raise

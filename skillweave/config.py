@@ -554,6 +554,13 @@ class SkillweaveConfig:
     """Domain folders outside the package (each like skillweave/domains/<name>/: an __init__.py that
     registers its prompt source, verifiers and eval tasks), loaded at start-up; their conf/domain YAMLs
     come from `hydra.searchpath`."""
+    domain_overrides: dict[str, list[str]] = field(default_factory=dict)
+    """Per domain, overrides applied whenever the run is composed for that domain, before the command
+    line's (which win): one multi-domain run with each domain's own recipe, e.g.
+    `{arith: [dpo.nll_weight=1.0], code: [filter.strategy=reference_vs_fail]}` in a recipe, or
+    `+domain_overrides.arith=['dpo.nll_weight=1.0']` on the command line. A stage's artifact key
+    sees the settings, not where they came from, so a domain trained alone with the same values shares
+    its artifacts."""
     filter: FilterConfig = field(default_factory=FilterConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     dpo_multitask: DPOMultitaskConfig = field(default_factory=DPOMultitaskConfig)

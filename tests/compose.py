@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 
-from skillweave.config import register_configs, to_config
-from skillweave.core.compose import CONF_DIR
+from skillweave.config import register_configs
+from skillweave.core.compose import CONF_DIR, composer
 
 
 @contextmanager
@@ -18,4 +18,5 @@ def hydra_context():
 
 
 def compose_config(overrides: list[str]):
-    return to_config(compose(config_name="config", overrides=overrides))
+    """As the CLI composes: a domain's `domain_overrides` under the given overrides."""
+    return composer()(overrides)

@@ -33,6 +33,8 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
         (["zip.smoothing=smoothquant2"], "skillweave: error: zip.smoothing=smoothquant2: unknown zip smoothing 'smoothquant2'. Did you mean 'smoothquant'?"),
         (["domain.prompt_source.name=math_reasoning"], "skillweave: error: domain.prompt_source.name=math_reasoning: unknown prompt source 'math_reasoning'. Did you mean 'math_reasoning_gym'?"),
         (["domain.rules=mth"], "rules/mth.yaml: no rule set for domain 'math'"),
+        # the run's own domain is composed with its domain_overrides (the others when the context composes them)
+        (["domains=[math]", "+domain_overrides.math=['dpo.beta=-5']"], "skillweave: error: dpo.beta"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, line):

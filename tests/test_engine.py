@@ -69,3 +69,48 @@ def test_a_stage_that_pulls_everything_makes_its_inputs_once(tmp_path, tiny_mode
         refs = run_stage(ctx_for(ov), "prompt_stats", "math")
     assert [ref.stage for ref in refs.values()] == ["generate", "prompt_stats"]
     assert sum(line.startswith("running ") for line in caplog.messages) == 2
+
+
+# ---- domain_overrides: one multi-domain run, each domain with its own recipe
+
+
+def test_domain_overrides_apply_to_their_domain_under_the_command_line(tmp_path):
+    # on the command line a new key of the mapping takes Hydra's "+" (a recipe YAML sets it plainly)
+    per = ["+domain_overrides.math=['dpo.learning_rate=0.5','domain.sampling.num_prompts=7']", "+domain_overrides.code=['dpo.beta=0.3']"]
+    with hydra_context():
+        math = compose_config(["domains=[math,code]", *per])
+        assert (math.dpo.learning_rate, math.domain.sampling.num_prompts, math.dpo.beta) == (0.5, 7, 0.1)
+        code = compose_config(["domains=[math,code]", *per, "domain=code"])
+        plain = compose_config(["domains=[math,code]", "domain=code"])
+        assert (code.dpo.learning_rate, code.dpo.beta) == (plain.dpo.learning_rate, 0.3) and plain.dpo.learning_rate != 0.5
+        assert compose_config(["domains=[math,code]", *per, "dpo.learning_rate=0.25"]).dpo.learning_rate == 0.25
+        ov = [f"artifacts_root={tmp_path}", "domains=[math,code]", *per, "domain=code"]
+        ctx = Context(cfg=compose_config(ov), overrides=replayable(ov), composer=compose_config)
+        assert ctx.for_domain("math").dpo.learning_rate == 0.5 and ctx.for_domain("code").dpo.beta == 0.3
+
+
+def test_a_domain_override_keys_artifacts_as_the_same_setting_given_directly(tmp_path, tiny_model_dir):
+    base = overrides(tmp_path, tiny_model_dir)
+
+    def key(extra):
+        ov = [*base, *extra]
+        with hydra_context():
+            ctx = Context(cfg=compose_config(ov), overrides=replayable(ov), composer=compose_config)
+            return ref_for(ctx, "dpo", "math").key
+
+    direct = key(["dpo.learning_rate=0.5"])
+    assert key(["+domain_overrides.math=['dpo.learning_rate=0.5']"]) == direct
+    assert key(["+domain_overrides.code=['dpo.learning_rate=0.5']"]) != direct
+
+
+@pytest.mark.parametrize("per, words", [
+    ("+domain_overrides.poetry=['dpo.beta=0.3']", "domain_overrides.poetry: poetry is not among domains"),
+    ("+domain_overrides.math=['domain=code']", "is not a setting override for one domain"),
+    ("+domain_overrides.math=['dpo.beta']", "is not a setting override for one domain"),
+    ("+domain_overrides.math=['+domain_overrides.code=[]']", "is not a setting override for one domain"),
+])
+def test_bad_domain_overrides_are_one_line(per, words):
+    from skillweave.core.errors import ConfigError
+
+    with hydra_context(), pytest.raises(ConfigError, match=words):
+        compose_config([per])

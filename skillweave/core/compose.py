@@ -33,11 +33,31 @@ def domain_choices() -> list[str]:
 
 
 def composer() -> Composer:
-    """A function overrides -> typed config; call inside Hydra's context (`hydra.main` or `initialize_config_dir`)."""
+    """A function overrides -> typed config, with the `domain_overrides` of the domain it composes applied
+    first; call inside Hydra's context (`hydra.main` or `initialize_config_dir`)."""
     from hydra import compose
 
     register_configs()
-    return lambda extra: to_config(compose(config_name="config", overrides=list(extra)))
+
+    def compose_run(extra: list[str]) -> SkillweaveConfig:
+        cfg = to_config(compose(config_name="config", overrides=list(extra)))
+        own = domain_overrides(cfg)
+        return to_config(compose(config_name="config", overrides=[*own, *extra])) if own else cfg
+
+    return compose_run
+
+
+def domain_overrides(cfg: SkillweaveConfig) -> list[str]:
+    """`cfg.domain_overrides` of its domain; ConfigError for one that names a domain outside `domains` or
+    sets what it cannot (the domain or stage it is for, or domain_overrides itself)."""
+    for domain, overrides in cfg.domain_overrides.items():
+        if domain not in cfg.domains:
+            raise ConfigError(f"domain_overrides.{domain}: {domain} is not among domains={list(cfg.domains)}: add it there or drop its overrides")
+        for o in overrides:
+            key = o.lstrip("+~").split("=", 1)[0]
+            if key in (*RESERVED, "domains") or key.split(".", 1)[0] == "domain_overrides" or "=" not in o:
+                raise ConfigError(f"domain_overrides.{domain}: {o!r} is not a setting override for one domain; give key=value pairs other than {', '.join((*RESERVED, 'domains', 'domain_overrides'))}")
+    return list(cfg.domain_overrides.get(cfg.domain.name, []))
 
 
 def choose(name: str, valid: Iterable[str], what: str, setting: str) -> None:
