@@ -102,6 +102,13 @@ class DomainConfig:
     """The lm-eval task (a registered EvalTask, skillweave/domains/<domain>/) that measures this domain."""
     contamination_ngram: Optional[int] = 13
     """Drop training prompts sharing a word n-gram of this size with any eval set (null: keep all)."""
+    eval_limit: Optional[int] = None
+    """Documents of its eval task to score (a seeded subset) instead of `eval.limit`: per-domain sizes in one
+    comparison (e.g. all 500 arithmetic problems beside 300 of IFEval's 541), set with `domain_overrides`."""
+
+    def __post_init__(self) -> None:
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ConfigError(f"domain.eval_limit must be >= 1 (or null: eval.limit), got {self.eval_limit}")
 
 
 class LengthBalance(StrEnum):

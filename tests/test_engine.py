@@ -114,3 +114,24 @@ def test_bad_domain_overrides_are_one_line(per, words):
 
     with hydra_context(), pytest.raises(ConfigError, match=words):
         compose_config([per])
+
+
+def test_a_domain_eval_limit_sizes_its_task_and_keys_only_rows_that_use_it(tmp_path, tiny_model_dir):
+    from skillweave.app import load_plugins
+    from skillweave.core.configurations import eval_limits
+    from skillweave.stages.eval import row_ref
+
+    load_plugins()
+    base = [*overrides(tmp_path, tiny_model_dir), "domains=[math,code]"]
+
+    def ctx_of(extra):
+        ov = [*base, *extra]
+        return Context(cfg=compose_config(ov), overrides=replayable(ov), composer=compose_config)
+
+    with hydra_context():
+        plain, sized = ctx_of([]), ctx_of(["+domain_overrides.math=['domain.eval_limit=5']"])
+        assert eval_limits(plain) == {"math": plain.cfg.eval.limit, "code": plain.cfg.eval.limit}
+        assert eval_limits(sized) == {"math": 5, "code": plain.cfg.eval.limit}
+        assert row_ref(plain, "base", {}).key != row_ref(sized, "base", {}).key
+        # a limit equal to eval.limit given per domain is still a per-domain setting: a new key, said so
+        assert "limits" in row_ref(sized, "base", {}).config and "limits" not in row_ref(plain, "base", {}).config

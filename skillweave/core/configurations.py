@@ -48,3 +48,16 @@ def eval_needs(ctx: Context) -> dict[str, Need]:
 def eval_tasks(ctx: Context) -> dict[str, str]:
     """{domain: its lm-eval task} for every domain of the run."""
     return {d: ctx.for_domain(d).domain.eval_task for d in ctx.cfg.domains}
+
+
+def eval_limits(ctx: Context) -> dict[str, int | None]:
+    """{domain: documents scored on its task}: its `domain.eval_limit`, else `eval.limit` (None: all)."""
+    return {d: ctx.for_domain(d).domain.eval_limit or ctx.cfg.eval.limit for d in ctx.cfg.domains}
+
+
+def limits_key(ctx: Context) -> dict:
+    """What an eval row's key adds for per-domain limits: nothing unless a domain sets one (keys made before
+    `domain.eval_limit` existed stay)."""
+    if all(ctx.for_domain(d).domain.eval_limit is None for d in ctx.cfg.domains):
+        return {}
+    return {"limits": eval_limits(ctx)}

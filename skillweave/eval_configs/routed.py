@@ -17,7 +17,7 @@
                      Bytes: backbone + K fp16 factor sets + router. Details: the routing weights used,
                      averaged per true domain, and how often their top-1 is the true domain.
 The router reads the eval prompts as lm-eval's doc_to_text, wrapped in the chat template, on the same
-seeded subset (`eval.limit`) every other configuration is scored on.
+seeded subset (`eval.limit`, or the domain's `domain.eval_limit`) every other configuration is scored on.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import statistics
 
 import torch
 
-from ..evaluation import eval_prompts, evaluate
-from ..models import load_model, load_tokenizer, model_fingerprint
 from ..core.compressors import COMPRESSORS, CompressContext
-from ..core.configurations import Configuration, Scorer, eval_tasks, register_configuration
+from ..core.configurations import Configuration, Scorer, eval_limits, eval_tasks, register_configuration
 from ..core.engine import Context, Need, per_domain_needs
 from ..core.errors import ConfigError
 from ..deltas import load_delta, param_bytes
+from ..evaluation import eval_prompts, evaluate
+from ..models import load_model, load_tokenizer, model_fingerprint
 from ..router import Router, TwinMerging, confusion_matrix, load_router, prompt_features, router_nbytes, stack_exclusive
 from ..zip import attach_skillpack, block_linear_names, detach_skillpack, load_skillpack, skillpack_nbytes
 
@@ -75,7 +75,8 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
     skillpacks = {d: load_skillpack(refs[f"zip_{d}"].file("skillpack"), expected_fingerprint=fp) for d in domains}
 
     # Route every eval doc from its prompt on the bare backbone (the features the router learned).
-    docs = {d: eval_prompts(tasks[d], limit=ev.limit) for d in domains}
+    limits = eval_limits(ctx)
+    docs = {d: eval_prompts(tasks[d], limit=limits[d]) for d in domains}
     rc = ctx.cfg.router
     routed: dict[str, list[int]] = {}
     for d in domains:
@@ -93,7 +94,7 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
         attach_skillpack(model, skillpacks[target], expected_fingerprint=fp, int_mm=ev.integer_path)
         try:
             res = evaluate(
-                model, tok, list(group), limit=ev.limit, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size, doc_ids=group
+                model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size, doc_ids=group
             )
         finally:
             detach_skillpack(model)

@@ -26,7 +26,7 @@ from ..core.artifacts import (
     write_jsonl,
     write_manifest,
 )
-from ..core.configurations import CONFIGURATIONS, Scorer, eval_needs, eval_tasks
+from ..core.configurations import CONFIGURATIONS, Scorer, eval_limits, eval_needs, eval_tasks, limits_key
 from ..core.engine import Context, Stage, register_stage
 from ..eval_tasks import task_digest
 from ..evaluation import evaluate
@@ -44,7 +44,8 @@ log = logging.getLogger("skillweave")
 
 
 def plan(ctx: Context, domain: Optional[str]):
-    config = {"eval": asdict(ctx.cfg.eval), "tasks": eval_tasks(ctx), "model": ctx.base_fingerprint, "task_files": task_digest(list(eval_tasks(ctx).values()))}
+    config = {"eval": asdict(ctx.cfg.eval), "tasks": eval_tasks(ctx), "model": ctx.base_fingerprint,
+              "task_files": task_digest(list(eval_tasks(ctx).values()))} | limits_key(ctx)
     settings = {name: CONFIGURATIONS.get(name).settings(ctx) for name in ctx.cfg.eval.configurations}
     config["settings"] = {name: s for name, s in settings.items() if s}
     return config, eval_needs(ctx)
@@ -67,18 +68,18 @@ def row_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef]) -> Artifact
         "model": ctx.base_fingerprint,
         "task_files": task_digest(list(eval_tasks(ctx).values())),
         "settings": conf.settings(ctx),
-    }
+    } | limits_key(ctx)
     mine = {k: inputs[k] for k in conf.needs(ctx)}
     return make_ref(ctx.root, ROWS, name, config, mine)
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
-    ev, tasks = ctx.cfg.eval, eval_tasks(ctx)
+    ev, tasks, limits = ctx.cfg.eval, eval_tasks(ctx), eval_limits(ctx)
     (ref.path / "samples").mkdir(exist_ok=True)
 
     def scorer(row: ArtifactRef) -> Scorer:
         def score(model, tok, d: str) -> dict:
-            res = evaluate(model, tok, [tasks[d]], limit=ev.limit, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size)
+            res = evaluate(model, tok, [tasks[d]], limit=limits[d], max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size)
             r = res[tasks[d]]
             # Every answer is kept: which ones a skillpack changed is as telling as the score.
             write_jsonl(row.path / "samples" / f"{d}.jsonl", r["samples"])
@@ -123,6 +124,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     results = {
         "tasks": tasks,
         "limit": ev.limit,
+        "limits": limits,
         "max_gen_toks": ev.max_gen_toks,
         "budget_bytes": ev.budget_bytes,
         "excluded": excluded,
