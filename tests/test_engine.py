@@ -135,3 +135,19 @@ def test_a_domain_eval_limit_sizes_its_task_and_keys_only_rows_that_use_it(tmp_p
         assert row_ref(plain, "base", {}).key != row_ref(sized, "base", {}).key
         # a limit equal to eval.limit given per domain is still a per-domain setting: a new key, said so
         assert "limits" in row_ref(sized, "base", {}).config and "limits" not in row_ref(plain, "base", {}).config
+
+
+def test_the_paper_table_recipe_plans_each_domain_with_its_own_gain_recipe(tmp_path, tiny_model_dir):
+    from skillweave.core.flow import plan_all
+
+    ov = ["recipe=paper_table", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path}"]
+    with hydra_context():
+        ctx = context(compose_config(ov), replayable(ov), compose_config)
+        plan_all(ctx)  # every artifact of stage=all, every configuration's inputs: planned, nothing run
+        got = {d: (ctx.for_domain(d).domain.eval_task, ctx.for_domain(d).filter.strategy, ctx.for_domain(d).dpo.nll_weight,
+                   ctx.for_domain(d).domain.eval_limit) for d in ctx.cfg.domains}
+    assert got == {"arith": ("skillweave_arith", "all_pass_fail", 1.0, 500),
+                   "code": ("skillweave_codetasks", "reference_vs_fail", 1.0, None),
+                   "instructions": ("skillweave_ifeval", "all_pass_fail", 0.0, None),
+                   "dialogue": ("skillweave_dialogue", "all_pass_fail", 0.0, 200)}
+    assert len(ctx.cfg.eval.configurations) == 12 and ctx.cfg.dpo.nll_weight == 0.0
