@@ -54,8 +54,9 @@ def test_auto_plans_the_keys_of_the_dtype_it_resolves_to(monkeypatch, tmp_path, 
 
 
 def record_autocast(monkeypatch, trainer_name: str, seen: dict) -> None:
-    """Make trl's `trainer_name` record, per run name, the (output dtype, weight dtype) of its model's first
-    linear in every training forward: bf16 outputs of fp32 weights are autocast at work."""
+    """Make trl's `trainer_name` record, per run name, its model's attention implementation and the (output
+    dtype, weight dtype) of its first linear in every training forward: bf16 outputs of fp32 weights are
+    autocast at work."""
     import trl
 
     base = getattr(trl, trainer_name)
@@ -63,7 +64,7 @@ def record_autocast(monkeypatch, trainer_name: str, seen: dict) -> None:
     class Recording(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)  # the reference log-probs are computed in here, before the hook
-            dtypes = seen.setdefault(self.args.run_name.split("-")[0], set())
+            dtypes = seen.setdefault(self.args.run_name.split("-")[0], {self.model.config._attn_implementation})
             linear = next(m for m in self.model.modules() if isinstance(m, torch.nn.Linear))
             linear.register_forward_hook(lambda m, i, out: dtypes.add((out.dtype, m.weight.dtype)))
 
@@ -89,8 +90,9 @@ def runs(tmp_path_factory, tiny_model_dir):
 def test_bf16_dpo_autocasts_and_keeps_an_fp32_delta(runs, tiny_model_dir):
     fp32, bf16, seen = runs
     a, b = fp32["dpo/math"], bf16["dpo/math"]
-    assert seen["dpo_fp32"] == {(torch.float32, torch.float32)}
-    assert seen["dpo"] == {(torch.bfloat16, torch.float32)}  # bf16 matmuls, fp32 weights
+    assert seen["dpo_fp32"] == {"sdpa", (torch.float32, torch.float32)}
+    # bf16 matmuls, fp32 weights; eager attention on a CPU (training.bf16_attention)
+    assert seen["dpo"] == {"eager", (torch.bfloat16, torch.float32)}
     assert a.manifest()["metrics"]["precision"] == a.config["dpo"]["precision"] == "float32"
     assert b.manifest()["metrics"]["precision"] == b.config["dpo"]["precision"] == "bfloat16"
     assert a.key != b.key
@@ -115,7 +117,7 @@ def test_bf16_dpo_autocasts_and_keeps_an_fp32_delta(runs, tiny_model_dir):
 @needs_bf16
 def test_bf16_baselines_record_their_precision(runs):
     _, bf16, seen = runs
-    assert seen["lora"] == seen["dpo_multitask"] == {(torch.bfloat16, torch.float32)}
+    assert seen["lora"] == seen["dpo_multitask"] == {"eager", (torch.bfloat16, torch.float32)}
     lora, multitask = bf16["lora/math"], bf16["dpo_multitask"]
     for ref in (lora, multitask):
         assert ref.manifest()["metrics"]["precision"] == ref.config["dpo"]["precision"] == "bfloat16"
@@ -136,6 +138,6 @@ def test_bf16_s2l_sft_autocasts_and_is_keyed_by_it(tmp_path, tiny_model_dir, mon
           "s2l.max_new_tokens=24", "s2l.steps=2", "s2l.per_device_batch_size=2", "lora.rank=4", "s2l.teacher=reference",
           "dpo.precision=bfloat16"]
     (ref,) = run_overrides(ov).values()
-    assert seen["s2l"] == {(torch.bfloat16, torch.float32)}
+    assert seen["s2l"] == {"eager", (torch.bfloat16, torch.float32)}
     assert ref.manifest()["metrics"]["precision"] == ref.config["precision"] == "bfloat16"
     assert {t.dtype for t in adapter_tensors(ref.file("adapter")).values()} == {torch.float32}
