@@ -32,32 +32,44 @@ def dpo_settings(d: DPOSettings, drop: tuple[str, ...] = ()) -> dict:
     computes (a merge job composed without dpo.deepspeed must find the same delta), and how many rounds
     follow does not change a round; nll_weight is left out at 0 so plain-DPO artifacts made before it
     existed keep their keys; precision is the dtype `auto` resolves to (as generate's dtype). A
-    dpo.deepspeed that names no config, or dpo.precision=bfloat16 without bf16 units, fails here, when the
-    stage is planned."""
+    dpo.deepspeed that names no config fails here, when the stage is planned."""
     deepspeed_config(d)
     settings = {k: v for k, v in asdict(d).items() if k not in ("deepspeed", "rounds", *drop)}
     if not d.nll_weight:
         settings.pop("nll_weight", None)
-    settings["precision"] = training_precision(d.precision)
+    settings["precision"] = resolved_precision(d.precision)
     return settings
 
 
+def resolved_precision(setting: Precision) -> str:
+    """`dpo.precision` as the dtype it names, what training artifacts are keyed by: `auto` is bfloat16 where
+    the hardware has bf16 units, float32 elsewhere."""
+    if setting == Precision.auto:
+        return "bfloat16" if native_bf16() else "float32"
+    return str(setting)
+
+
 def training_precision(setting: Precision) -> str:
-    """`dpo.precision` as the dtype training computes in: `auto` is bfloat16 where the hardware has bf16 units.
+    """`dpo.precision` as the dtype training computes in on this machine.
 
     Raises:
         ConfigError: bfloat16 on hardware without bf16 units, where it is emulated and slower than fp32.
     """
-    if setting == Precision.float32:
-        return "float32"
-    if native_bf16():
-        return "bfloat16"
-    if setting == Precision.auto:
-        return "float32"
-    raise ConfigError(
-        "dpo.precision=bfloat16 needs bf16 units (a GPU with bf16, or a CPU with AVX512-BF16 or AMX) and this machine "
-        "has none (bf16 would be emulated, slower than fp32): use dpo.precision=auto (bf16 where native) or float32"
-    )
+    precision = resolved_precision(setting)
+    if precision == "bfloat16" and not native_bf16():
+        raise ConfigError(
+            "dpo.precision=bfloat16 needs bf16 units (a GPU with bf16, or a CPU with AVX512-BF16 or AMX) and this "
+            "machine has none (bf16 would be emulated, slower than fp32): use dpo.precision=auto (bf16 where native) "
+            "or float32"
+        )
+    return precision
+
+
+def check_precision(ctx: Context, domain: Optional[str]) -> None:
+    """The start-up check of the training stages (dpo, lora, dpo_multitask, s2l), run for an artifact about
+    to be trained, never for a complete one: a bf16 delta trained on a GPU is still read on a CPU without
+    bf16 units. `skillweave-cluster` runs it on the submitting machine: use dpo.precision=auto there."""
+    training_precision((ctx.for_domain(domain) if domain else ctx.cfg).dpo.precision)
 
 
 def load_pairs(filter_ref: ArtifactRef, scratch: Path):

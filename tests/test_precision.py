@@ -83,12 +83,12 @@ def runs(tmp_path_factory, tiny_model_dir):
         seen["dpo_fp32"] = seen.pop("dpo")
         bf16 = run_overrides([*ov, "pipeline=[generate,filter,dpo,lora]", "dpo.precision=bfloat16"])
         (bf16["dpo_multitask"],) = run_overrides([*ov, "stage=dpo_multitask", "dpo.precision=bfloat16"]).values()
-    return fp32, bf16, seen
+    return fp32, bf16, seen, ov
 
 
 @needs_bf16
 def test_bf16_dpo_autocasts_and_keeps_an_fp32_delta(runs, tiny_model_dir):
-    fp32, bf16, seen = runs
+    fp32, bf16, seen, _ = runs
     a, b = fp32["dpo/math"], bf16["dpo/math"]
     assert seen["dpo_fp32"] == {"sdpa", (torch.float32, torch.float32)}
     # bf16 matmuls, fp32 weights; eager attention on a CPU (training.bf16_attention)
@@ -116,7 +116,7 @@ def test_bf16_dpo_autocasts_and_keeps_an_fp32_delta(runs, tiny_model_dir):
 
 @needs_bf16
 def test_bf16_baselines_record_their_precision(runs):
-    _, bf16, seen = runs
+    _, bf16, seen, _ = runs
     assert seen["lora"] == seen["dpo_multitask"] == {"eager", (torch.bfloat16, torch.float32)}
     lora, multitask = bf16["lora/math"], bf16["dpo_multitask"]
     for ref in (lora, multitask):
@@ -126,15 +126,27 @@ def test_bf16_baselines_record_their_precision(runs):
 
 
 @needs_bf16
+def test_a_complete_bf16_artifact_is_read_where_bf16_is_not_native(runs, monkeypatch):
+    """The refusal is a start-up check of artifacts about to be trained: a bf16 delta trained on a GPU is
+    still merged or evaluated on a CPU without bf16 units; training another one there is refused."""
+    _, bf16, _, ov = runs
+    monkeypatch.setattr(training, "native_bf16", lambda: False)
+    (again,) = run_overrides([*ov, "stage=dpo", "domain=math", "dpo.precision=bfloat16"]).values()
+    assert again == bf16["dpo/math"]
+    with pytest.raises(ConfigError, match="dpo.precision=bfloat16 needs bf16 units"):
+        run_overrides([*ov, "stage=dpo", "domain=math", "dpo.precision=bfloat16", "dpo.max_steps=3"])
+
+
+@needs_bf16
 def test_bf16_s2l_sft_autocasts_and_is_keyed_by_it(tmp_path, tiny_model_dir, monkeypatch):
-    folder = tmp_path / "say_twice"
+    folder = tmp_path / "say_twice_bf16"  # test_s2l's skill under another name: skills register once per process
     folder.mkdir()
-    (folder / "SKILL.md").write_text(SKILL_MD)
-    (folder / "__init__.py").write_text(INIT)
+    (folder / "SKILL.md").write_text(SKILL_MD.replace("say_twice", "say_twice_bf16"))
+    (folder / "__init__.py").write_text(INIT.replace("say_twice", "say_twice_bf16"))
     seen: dict = {}
     record_autocast(monkeypatch, "SFTTrainer", seen)
     ov = ["recipe=tiny", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path / 'artifacts'}",
-          f"skill_dirs=[{folder}]", "skill=say_twice", "stage=s2l", "s2l.inputs=4", "s2l.samples_per_input=4",
+          f"skill_dirs=[{folder}]", "skill=say_twice_bf16", "stage=s2l", "s2l.inputs=4", "s2l.samples_per_input=4",
           "s2l.max_new_tokens=24", "s2l.steps=2", "s2l.per_device_batch_size=2", "lora.rank=4", "s2l.teacher=reference",
           "dpo.precision=bfloat16"]
     (ref,) = run_overrides(ov).values()

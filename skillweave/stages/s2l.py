@@ -36,7 +36,7 @@ from ..lora_io import adapter_tensors, peft_config, save_adapter
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_dir
 from ..sampling import sample_batch
 from ..skill import SKILLS, Skill, skill_prompt
-from ..training import load_for_training, train_dpo, train_sft, training_precision
+from ..training import check_precision, load_for_training, resolved_precision, train_dpo, train_sft, training_precision
 
 
 def the_skill(ctx: Context) -> Skill:
@@ -63,7 +63,7 @@ def plan(ctx: Context, domain: Optional[str]):
               "lora": asdict(ctx.cfg.lora), "model": ctx.base_fingerprint}
     if ctx.cfg.s2l.training == S2LTraining.dpo:
         config["dpo"] = {"beta": ctx.cfg.dpo.beta, "max_length": ctx.cfg.dpo.max_length}
-    precision = training_precision(ctx.cfg.dpo.precision)
+    precision = resolved_precision(ctx.cfg.dpo.precision)
     if precision != "float32":  # left out at float32: the keys s2l artifacts had before it read dpo.precision
         config["precision"] = precision
     return config, {}
@@ -169,5 +169,5 @@ def _pairs(skill: Skill, answers: list[dict], kept: list[dict], by_id: dict):
 
 register_stage(Stage(
     "s2l", per_domain=False, plan=plan, run=run, outputs={"adapter": "adapter", "train": "train.jsonl"},
-    label=lambda ctx: ctx.cfg.skill or "none",
+    label=lambda ctx: ctx.cfg.skill or "none", check=check_precision,
 ))
