@@ -31,8 +31,14 @@ class PairStrategy(StrEnum):
 
 
 class Precision(StrEnum):
+    """The dtype training computes in (`dpo.precision`)."""
+
     float32 = "float32"
     bfloat16 = "bfloat16"
+    """bf16 autocast over fp32 master weights: matmuls in bf16, weights, optimizer state and the saved delta
+    in fp32. Refused where the hardware has no bf16 units (emulated, far slower than fp32)."""
+    auto = "auto"
+    """bfloat16 where the hardware computes it natively (as GenerationPrecision.auto), float32 elsewhere."""
 
 
 class GenerationPrecision(StrEnum):
@@ -159,7 +165,10 @@ class DPOConfig:
     """Linear warm-up over this fraction of the steps (< 1)."""
     gradient_checkpointing: bool = True
     precision: Precision = Precision.float32
-    """Training dtype; bf16 needs a GPU (mixed precision), float32 is the CPU path."""
+    """Compute dtype of the training of stages dpo, lora, dpo_multitask and s2l: float32 | bfloat16 (autocast,
+    fp32 master weights, so the delta stays fp32) | auto (bfloat16 where native). bfloat16 needs bf16 units:
+    a GPU with bf16, or a CPU with AVX512-BF16 or AMX (where a DPO step takes about half fp32's time:
+    bench/dpo_step.py); elsewhere it fails at start-up. Artifacts are keyed by the dtype `auto` resolves to."""
     save_steps: int = 50
     """Checkpoint interval: a killed run resumes from the last checkpoint."""
     seed: int = 0

@@ -115,7 +115,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
 def native_bf16(cuda: bool | None = None) -> bool:
     """Whether bf16 matmuls run on hardware units here rather than emulated (far slower than fp32)."""
     if torch.cuda.is_available() if cuda is None else cuda:
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # pre-Ampere GPUs only emulate it
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own capability checks
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 

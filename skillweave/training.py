@@ -1,12 +1,18 @@
 """The DPO trainer set-up (trl) shared by the dpo, dpo_multitask and lora stages, and writing the delta
-it trained from rank 0 (fp32 master weights under DeepSpeed)."""
+it trained from rank 0 (fp32 master weights under DeepSpeed).
+
+Precision (`dpo.precision`): bfloat16 is the Trainer's `bf16=True`, which accelerate turns into
+`torch.autocast(bfloat16)` around the model's forward (on CPU too, with `use_cpu`) and fp32 outputs; the
+parameters, gradients and AdamW state stay fp32, so theta - theta_0 is an fp32 difference of fp32 weights.
+Under DeepSpeed, its bf16 engine holds bf16 module weights and fp32 master weights, which the delta is read from.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -16,7 +22,7 @@ from .core.artifacts import ArtifactRef
 from .core.engine import Context, Need
 from .core.errors import ConfigError, DataError
 from .deltas import add_delta_gathered, delta_stats, save_delta
-from .models import load_model, load_state_dict, load_tokenizer
+from .models import load_model, load_state_dict, load_tokenizer, native_bf16
 from .resources import resource_path
 from .tracking import close_wandb, scoped_env, wandb_env
 
@@ -25,12 +31,45 @@ def dpo_settings(d: DPOSettings, drop: tuple[str, ...] = ()) -> dict:
     """The dpo settings a training artifact's key hashes. DeepSpeed is how a run executes, not what it
     computes (a merge job composed without dpo.deepspeed must find the same delta), and how many rounds
     follow does not change a round; nll_weight is left out at 0 so plain-DPO artifacts made before it
-    existed keep their keys. A dpo.deepspeed that names no config fails here, when the stage is planned."""
+    existed keep their keys; precision is the dtype `auto` resolves to (as generate's dtype). A
+    dpo.deepspeed that names no config fails here, when the stage is planned."""
     deepspeed_config(d)
     settings = {k: v for k, v in asdict(d).items() if k not in ("deepspeed", "rounds", *drop)}
     if not d.nll_weight:
         settings.pop("nll_weight", None)
+    settings["precision"] = resolved_precision(d.precision)
     return settings
+
+
+def resolved_precision(setting: Precision) -> str:
+    """`dpo.precision` as the dtype it names, what training artifacts are keyed by: `auto` is bfloat16 where
+    the hardware has bf16 units, float32 elsewhere."""
+    if setting == Precision.auto:
+        return "bfloat16" if native_bf16() else "float32"
+    return str(setting)
+
+
+def training_precision(setting: Precision) -> str:
+    """`dpo.precision` as the dtype training computes in on this machine.
+
+    Raises:
+        ConfigError: bfloat16 on hardware without bf16 units, where it is emulated and slower than fp32.
+    """
+    precision = resolved_precision(setting)
+    if precision == "bfloat16" and not native_bf16():
+        raise ConfigError(
+            "dpo.precision=bfloat16 needs bf16 units (a GPU with bf16, or a CPU with AVX512-BF16 or AMX) and this "
+            "machine has none (bf16 would be emulated, slower than fp32): use dpo.precision=auto (bf16 where native) "
+            "or float32"
+        )
+    return precision
+
+
+def check_precision(ctx: Context, domain: Optional[str]) -> None:
+    """The start-up check of the training stages (dpo, lora, dpo_multitask, s2l), run for an artifact about
+    to be trained, never for a complete one: a bf16 delta trained on a GPU is still read on a CPU without
+    bf16 units. `skillweave-cluster` runs it on the submitting machine: use dpo.precision=auto there."""
+    training_precision((ctx.for_domain(domain) if domain else ctx.cfg).dpo.precision)
 
 
 def load_pairs(filter_ref: ArtifactRef, scratch: Path):
@@ -73,6 +112,7 @@ def train_dpo(
     max_steps: Optional[int] = None,
     peft_config=None,
     initial_delta: Optional[dict[str, torch.Tensor]] = None,
+    callbacks: Sequence = (),
 ):
     """DPO of the model in `model_dir` on `pairs` with `cfg.dpo`'s settings, reference = that model.
 
@@ -84,11 +124,12 @@ def train_dpo(
         peft_config: a `peft.PeftConfig`: train that adapter on the frozen model (the reference is
             then the model with the adapter disabled) instead of every weight.
         initial_delta: start from (and refer to) the model plus this delta (online DPO round r > 0).
+        callbacks: `transformers.TrainerCallback`s added to the trainer's (bench/dpo_step.py times steps).
     Returns:
-        (the trainer after training, metrics: pairs, steps, processes, deepspeed, first and last
-        loss, last reward accuracy).
+        (the trainer after training, metrics: pairs, steps, processes, deepspeed, precision, first and
+        last loss, last reward accuracy).
     Raises:
-        ConfigError: dpo.precision=bfloat16 without a GPU; a dpo.deepspeed that is not found.
+        ConfigError: dpo.precision=bfloat16 without bf16 units; a dpo.deepspeed that is not found.
     """
     from trl import DPOConfig, DPOTrainer
 
@@ -96,8 +137,7 @@ def train_dpo(
     if len(pairs) == 0:
         raise DataError("DPO has no pairs to train on: the filter artifacts it reads are empty; sample more (domain.sampling.*)")
     cuda = torch.cuda.is_available()
-    if d.precision == Precision.bfloat16 and not cuda:
-        raise ConfigError("dpo.precision=bfloat16 needs a GPU (mixed precision); use dpo.precision=float32 on CPU")
+    precision = training_precision(d.precision)
     wandb = wandb_env(cfg)
     with scoped_env(wandb):  # read by wandb.init in the Trainer's callback (rank 0 only)
         # Made before the model: with ZeRO-3 the DPOConfig makes from_pretrained load the weights partitioned.
@@ -113,7 +153,7 @@ def train_dpo(
             max_length=d.max_length,
             warmup_steps=d.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
             gradient_checkpointing=d.gradient_checkpointing,
-            bf16=d.precision == Precision.bfloat16,
+            bf16=precision == "bfloat16",  # autocast over fp32 weights (module docstring)
             use_cpu=not cuda,
             save_steps=d.save_steps,
             save_total_limit=1,
@@ -125,12 +165,14 @@ def train_dpo(
             deepspeed=deepspeed_config(d),
         )
         model = load_model(model_dir, dtype=torch.float32)
+        bf16_attention(model, precision)
         if initial_delta is not None:
             # Before the trainer exists: trl computes the reference log-probs from this model at construction.
             add_delta_gathered(model, initial_delta)
         tok = load_tokenizer(model_dir)
         trainer = DPOTrainer(
-            model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok, peft_config=peft_config
+            model=model, ref_model=None, args=args, train_dataset=pairs, processing_class=tok, peft_config=peft_config,
+            callbacks=list(callbacks),
         )
         last = last_complete_checkpoint(ckpt_dir)
         trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -143,6 +185,7 @@ def train_dpo(
         "steps": trainer.state.global_step,
         "processes": trainer.args.world_size,
         "deepspeed": d.deepspeed,
+        "precision": precision,
         "first_loss": logs[0]["loss"] if logs else None,
         "last_loss": logs[-1]["loss"] if logs else None,
         "last_reward_accuracy": logs[-1].get("rewards/accuracies") if logs else None,
@@ -163,6 +206,15 @@ def write_delta(ctx: Context, trainer, path: Path, domain: Optional[str], scratc
     delta = {k: (trained[k].detach().float().cpu() - v).contiguous() for k, v in base.items()}
     save_delta(path, delta, backbone_fingerprint=ctx.base_fingerprint, domain=domain)
     return delta_stats(delta, base)
+
+
+def bf16_attention(model, precision: str) -> None:
+    """Eager attention for bf16 training on a CPU. torch 2.13's SDPA kernel for CPU gains nothing from
+    bf16 (its backward is slower than in fp32), while eager attention's matmuls run on the bf16 units:
+    0.9x the bf16 step on SmolLM2-135M, 384-token pairs (bench/README.md). fp32 keeps SDPA (eager is
+    slower there), and GPUs keep their fused kernels."""
+    if precision == "bfloat16" and not torch.cuda.is_available():
+        model.set_attn_implementation("eager")
 
 
 def deepspeed_config(d: DPOSettings) -> Optional[str]:
@@ -245,17 +297,22 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     return None
 
 
-def load_for_training(model_dir: Path, qlora: bool):
+def load_for_training(model_dir: Path, qlora: bool, precision: str):
     """The model an adapter is trained on, and how: 4-bit (QLoRA) where asked and bitsandbytes runs on a
-    GPU, else the fp32 weights (CPU: plain LoRA). Returns (model, "4-bit QLoRA" | "none (plain LoRA)")."""
+    GPU, else the fp32 weights (CPU: plain LoRA).
+
+    Returns:
+        (model, "4-bit QLoRA" | "none (plain LoRA)", the dtype it trains in: bfloat16 for QLoRA, whose
+        layers compute in bf16 (bnb_4bit_compute_dtype) whatever dpo.precision says, else `precision`).
+    """
     if qlora and torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
         from peft import prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=quant)
-        return prepare_model_for_kbit_training(model), "4-bit QLoRA"
-    return load_model(model_dir, dtype=torch.float32), "none (plain LoRA)"
+        return prepare_model_for_kbit_training(model), "4-bit QLoRA", "bfloat16"
+    return load_model(model_dir, dtype=torch.float32), "none (plain LoRA)", precision
 
 
 def train_sft(
@@ -271,12 +328,15 @@ def train_sft(
     per_device_batch_size: int,
     max_length: int,
     peft_config,
+    precision: str,
 ):
     """Supervised fine-tuning of an adapter on `rows` ({"prompt", "completion"}; the loss covers the
     completion only), checkpointed every `dpo.save_steps` and resumed from the last complete checkpoint.
+    `precision` (float32 | bfloat16, as `training_precision` resolves it) is set explicitly: trl's SFTConfig
+    would otherwise default to bf16 autocast, on CPUs without bf16 units too.
 
     Returns:
-        (the trainer after training, metrics: examples, steps, first and last loss).
+        (the trainer after training, metrics: examples, steps, precision, first and last loss).
     Raises:
         DataError: no rows.
     """
@@ -290,9 +350,11 @@ def train_sft(
         for r in rows
     ])
     cuda = torch.cuda.is_available()
+    bf16_attention(model, precision)
     args = SFTConfig(
         output_dir=str(ckpt_dir), learning_rate=learning_rate, max_steps=max_steps,
         per_device_train_batch_size=per_device_batch_size, max_length=max_length, use_cpu=not cuda,
+        bf16=precision == "bfloat16",
         save_steps=cfg.dpo.save_steps, save_total_limit=1, logging_steps=1, seed=cfg.dpo.seed, report_to="none",
         run_name=run_name, gradient_checkpointing=False,
     )
@@ -304,6 +366,7 @@ def train_sft(
     return trainer, {
         "examples": len(rows),
         "steps": trainer.state.global_step,
+        "precision": precision,
         "first_loss": logs[0]["loss"] if logs else None,
         "last_loss": logs[-1]["loss"] if logs else None,
     }

@@ -130,3 +130,15 @@ def test_an_artifacts_root_that_cannot_hold_artifacts_is_one_line(tmp_path, tiny
                             lambda self, data: (_ for _ in ()).throw(OSError(30, "Read-only file system")) if ".write-probe" in self.name else real(self, data))
     message = failure(tmp_path, tiny_model_dir, f"artifacts_root={root}")
     assert f"artifacts_root={root}: cannot write there" in message and "choose a writable directory" in message
+
+
+def test_bf16_training_without_bf16_units_is_one_line(tmp_path, tiny_model_dir, monkeypatch):
+    """A machine with neither a GPU nor a CPU with AVX512-BF16 or AMX: bf16 would be emulated there."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    message = failure(tmp_path, tiny_model_dir, "dpo.precision=bfloat16")
+    assert message.startswith("dpo.precision=bfloat16 needs bf16 units") and "\n" not in message
+    assert "use dpo.precision=auto (bf16 where native) or float32" in message

@@ -1,4 +1,5 @@
-"""bench/skillzip.py and bench/generate.py: a quick run writes complete, consistent rows; what they time is the library's own code."""
+"""bench/skillzip.py, bench/generate.py and bench/dpo_step.py: a quick run writes complete, consistent rows; what they
+time is the library's own code."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from skillweave.models import native_bf16
 from skillweave.zip.compress import compress_factors
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "skillzip.py"
@@ -117,3 +119,45 @@ def test_generate_bench_times_the_stage_sampler():
     from skillweave.sampling import sample_batch
 
     assert load_generate_bench().sample_batch is sample_batch
+
+
+DPO_STEP_BENCH = Path(__file__).resolve().parents[1] / "bench" / "dpo_step.py"
+
+
+@pytest.mark.skipif(not native_bf16(), reason="no bf16 units here: the benchmark refuses to time emulated bf16")
+def test_dpo_step_bench_quick_run_times_both_precisions_on_the_same_pairs(tmp_path):
+    out = tmp_path / "results" / "dpo_step.json"
+    # two worker processes, each importing trl and training a tiny model for 3 steps: ~30 s on a quiet box
+    proc = subprocess.run([sys.executable, str(DPO_STEP_BENCH), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(out.parent.iterdir()) == [out]  # written to a temp file and renamed
+    data = json.loads(out.read_text())
+    assert (data["threads"], data["rounds"], data["warmup_steps"], data["settings"]["pairs"]) == (1, 2, 1, 12)
+    fp32, bf16 = data["rows"]
+    assert (fp32["precision"], bf16["precision"]) == ("float32", "bfloat16")
+    for r in data["rows"]:
+        assert r["precision_recorded"] == r["precision"]  # train_dpo's own manifest metric
+        assert len(r["step_s"]) == 2 and all(t > 0 for t in r["step_s"])
+        # the roofline's arithmetic: 8 x parameters x tokens (gradient checkpointing), this CPU's peak per thread
+        assert r["gflop_per_step"] == pytest.approx(8 * data["parameters"] * r["tokens_per_step"] / 1e9, abs=0.06)
+        assert r["peak_gflops"] == {"float32": 270.0, "bfloat16": 500.0}[r["precision"]]
+    assert fp32["ratio_vs_fp32"] == 1.0 and bf16["ratio_vs_fp32"] > 0
+    assert fp32["tokens_per_step"] == bf16["tokens_per_step"] > 0  # the same pairs, in the same order
+    delta = data["delta"]
+    assert delta["delta_dtypes"] == ["float32"]
+    # measured on the tiny model: relative difference 0.013, cosine 0.9999
+    assert 0 < delta["relative_diff"] < 0.1 and delta["cosine"] > 0.99
+    g = delta["greedy"]
+    assert g["prompts"] == 2 and 0 <= g["differ_fp32_vs_bf16"] <= 2
+    assert "| bfloat16 |" in proc.stdout and "greedy (2 prompts" in proc.stdout
+
+
+def test_dpo_step_bench_times_the_stages_trainer():
+    """The benchmark must time the training of stages dpo, lora and dpo_multitask, not a copy of it."""
+    from skillweave.training import train_dpo
+
+    spec = importlib.util.spec_from_file_location("dpo_step_bench", DPO_STEP_BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.train_dpo is train_dpo

@@ -75,6 +75,8 @@ def test_the_teacher_writes_with_the_skill_text_and_the_checks_keep_what_follows
     assert set(metrics["rejected_by"]) <= {"truncated", "say_twice_even_words"}
     assert all(a["passed"] == (not a["truncated"] and all(r["passed"] for r in a["rules"].values())) for a in answers)
     assert metrics["quantization"] == "none (plain LoRA)" and metrics["steps"] == 3  # CPU: no bitsandbytes
+    # dpo.precision's default, float32 (trl's SFTConfig alone would autocast to bf16), left out of the key
+    assert metrics["precision"] == "float32" and "precision" not in ref.config
 
 
 def test_the_student_trains_on_the_inputs_alone(skill_run):

@@ -10,7 +10,7 @@
 2. Context distillation: a LoRA (`lora.*`, rank 16 by default) is trained on the frozen base with the
    inputs alone, without the skill text (train.jsonl), by SFT on the kept answers or (`s2l.training=dpo`)
    by DPO of a kept answer against a failing one of the same input. 4-bit QLoRA where bitsandbytes runs
-   on a GPU, plain LoRA on a CPU; the manifest says which.
+   on a GPU (computing in bf16), plain LoRA elsewhere in `dpo.precision`; the manifest says which, and the dtype.
 
 Our choices where the paper is silent: one teacher for both of the paper's writer models; the kept set
 is every distinct passing answer (several per input when several pass); the adapter covers the block
@@ -36,7 +36,7 @@ from ..lora_io import adapter_tensors, peft_config, save_adapter
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_dir
 from ..sampling import sample_batch
 from ..skill import SKILLS, Skill, skill_prompt
-from ..training import load_for_training, train_dpo, train_sft
+from ..training import check_precision, load_for_training, resolved_precision, train_dpo, train_sft, training_precision
 
 
 def the_skill(ctx: Context) -> Skill:
@@ -63,6 +63,9 @@ def plan(ctx: Context, domain: Optional[str]):
               "lora": asdict(ctx.cfg.lora), "model": ctx.base_fingerprint}
     if ctx.cfg.s2l.training == S2LTraining.dpo:
         config["dpo"] = {"beta": ctx.cfg.dpo.beta, "max_length": ctx.cfg.dpo.max_length}
+    precision = resolved_precision(ctx.cfg.dpo.precision)
+    if precision != "float32":  # left out at float32: the keys s2l artifacts had before it read dpo.precision
+        config["precision"] = precision
     return config, {}
 
 
@@ -128,11 +131,12 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     ckpt_dir = ref.path / "checkpoints"
     lora = peft_config(ctx.cfg.lora)
     if s.training == S2LTraining.sft:
-        model, quantization = load_for_training(ctx.model_dir, s.qlora)
+        precision = training_precision(ctx.cfg.dpo.precision)
+        model, quantization, precision = load_for_training(ctx.model_dir, s.qlora, precision)
         trainer, metrics = train_sft(ctx.cfg, model, ctx.model_dir, train_rows, ckpt_dir, f"s2l-{skill.name}-{ref.key}",
-                                     learning_rate=s.learning_rate, max_steps=s.steps,
+                                     learning_rate=s.learning_rate, max_steps=s.steps, precision=precision,
                                      per_device_batch_size=s.per_device_batch_size, max_length=s.max_length, peft_config=lora)
-    else:  # trl's DPO set-up of the LoRA baseline: fp32 weights
+    else:  # trl's DPO set-up of the LoRA baseline: fp32 weights, dpo.precision
         quantization = "none (plain LoRA)"
         trainer, metrics = train_dpo(ctx.cfg, ctx.model_dir, _pairs(skill, answers, kept, by_id), ckpt_dir,
                                      f"s2l-{skill.name}-{ref.key}", learning_rate=s.learning_rate, max_steps=s.steps,
@@ -165,5 +169,5 @@ def _pairs(skill: Skill, answers: list[dict], kept: list[dict], by_id: dict):
 
 register_stage(Stage(
     "s2l", per_domain=False, plan=plan, run=run, outputs={"adapter": "adapter", "train": "train.jsonl"},
-    label=lambda ctx: ctx.cfg.skill or "none",
+    label=lambda ctx: ctx.cfg.skill or "none", check=check_precision,
 ))
