@@ -49,6 +49,18 @@ class GenerationPrecision(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class CompiledDecode(StrEnum):
+    """Whether generation compiles its decode step (skillweave.decoding): it changes speed, not tokens."""
+
+    auto = "auto"
+    """Compile where inductor can build and a call site decodes enough steps to pay for the compile
+    (skillweave.decoding.AUTO_MIN_STEPS)."""
+    on = "on"
+    """Compile wherever inductor can build (else one warning, and eager decoding)."""
+    off = "off"
+    """Always decode eagerly (transformers' dynamic cache)."""
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -58,8 +70,22 @@ class ModelConfig:
     generation_dtype: GenerationPrecision = GenerationPrecision.auto
     """dtype of the sampling copy; bf16 is ~1.8x faster on AVX512-BF16 CPUs and on GPUs, and far slower
     on CPUs without bf16 units, hence `auto`. Artifacts are keyed by the dtype `auto` resolves to."""
+    compiled_decode: Any = CompiledDecode.auto
+    """auto | on | off: decode with a static KV cache and a torch.compile'd decode step (generate, dev
+    and eval; skillweave.decoding). Greedy tokens equal the eager path's (logits agree to ~1e-5), so
+    no artifact key holds it. Typed loosely so that YAML's bare `on`/`off` (booleans there) and a
+    wrong value reach the one-line check below instead of OmegaConf's error."""
 
     def __post_init__(self) -> None:
+        value = self.compiled_decode
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        try:
+            self.compiled_decode = CompiledDecode(value)
+        except ValueError:
+            raise ConfigError(
+                f"model.compiled_decode={self.compiled_decode}: not one of {', '.join(CompiledDecode)}"
+            ) from None
         if not self.path:
             raise ConfigError("model.path is empty: give model.path=/abs/path/to/an/hf/model (model=hf_dir) or model=smollm2")
 

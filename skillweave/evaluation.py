@@ -13,6 +13,7 @@ import math
 import random
 from typing import Any
 
+from . import decoding
 from .eval_tasks import EVAL_TASKS, include_paths
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def evaluate(
     seed: int = 1234,
     apply_chat_template: bool = True,
     doc_ids: dict[str, list[int]] | None = None,
+    compiled_decode: str = "off",
 ) -> dict[str, dict]:
     """Greedy generation + scoring of `model` on `tasks` with lm-eval.
 
@@ -50,6 +52,8 @@ def evaluate(
         apply_chat_template: False, or a tokenizer without a chat template, sends the plain prompt.
         doc_ids: {task: doc indices} evaluates exactly those docs of a task instead of its seeded
             subset (routed evaluation sends each skillpack the docs routed to it); other tasks keep `limit`.
+        compiled_decode: model.compiled_decode (auto | on | off); `auto` counts the decode steps of the
+            docs asked for (batches x max_gen_toks, skillweave.decoding.use_compiled_decode).
 
     Returns:
         {task: {"metric", "score", "stderr" (nan for a single doc), "n",
@@ -86,7 +90,10 @@ def evaluate(
         if max(ids) >= len(loaded[name].eval_docs):
             raise ValueError(f"doc_ids[{name!r}] has {max(ids)}; the task has {len(loaded[name].eval_docs)} docs")
         samples[name] = sorted(ids)  # lm-eval maps results back by position in this list, in doc order
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    n_docs = [len(samples[name]) if name in samples else len(task.eval_docs) for name, task in loaded.items()]
+    steps = sum(math.ceil(n / batch_size) for n in n_docs) * max_gen_toks
+    compiled = decoding.use_compiled_decode(compiled_decode, model.device, steps)
+    lm = (compiled_hflm() if compiled else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(loaded.values()),
@@ -102,6 +109,26 @@ def evaluate(
         confirm_run_unsafe_code=True,
     )
     return {name: _task_result(name, out) for name in tasks}
+
+
+def compiled_hflm():
+    """lm-eval's HFLM whose generation decodes compiled (skillweave.decoding): every batch padded to
+    the full batch size and a bucketed static cache, so one graph serves the whole eval (lm-eval
+    sorts requests longest first: the first batch sets the cache length)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class CompiledHFLM(HFLM):
+        def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+            inputs = {"input_ids": context, "attention_mask": generation_kwargs.pop("attention_mask")}
+            return decoding.generate(
+                lambda padded, **extra: HFLM._model_generate(
+                    self, padded["input_ids"], max_length, stop, attention_mask=padded["attention_mask"],
+                    **generation_kwargs, **extra,
+                ),
+                inputs, compiled=True, rows=self.batch_size, total_length=max_length,
+            )
+
+    return CompiledHFLM
 
 
 def eval_prompts(task: str, *, limit: int | None, seed: int = 1234) -> list[tuple[int, str]]:

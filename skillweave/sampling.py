@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from . import decoding
 from .config import SamplingConfig
 from .models import chat_prompt
 
@@ -19,21 +20,33 @@ def batch_seed(seed: int, dpo_round: int, batch: int) -> int:
 
 
 @torch.no_grad()
-def sample_batch(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int, greedy: bool = False) -> list[dict]:
+def sample_batch(
+    model, tok, batch: list[dict], sampling: SamplingConfig, seed: int, greedy: bool = False,
+    compiled: bool = False, rows: Optional[int] = None,
+) -> list[dict]:
     """`samples_per_prompt` sampled answers to each prompt (greedy: one greedy answer each), with token
-    counts and truncation flags."""
+    counts and truncation flags.
+
+    `compiled` decodes with a static cache and a compiled decode step (skillweave.decoding), the batch
+    padded to `rows` prompts (the call site's batch size, so that its short last batch reuses the
+    graph; default len(batch)).
+    """
     texts = [chat_prompt(tok, row["prompt"]) for row in batch]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     torch.manual_seed(seed)
     per = 1 if greedy else sampling.samples_per_prompt
-    decoding = {"do_sample": False} if greedy else {
+    settings = {"do_sample": False} if greedy else {
         "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
-    out = model.generate(
-        **enc,
-        **decoding,
-        max_new_tokens=sampling.max_new_tokens,
-        num_return_sequences=per,
-        pad_token_id=tok.pad_token_id,
+    out = decoding.generate(
+        lambda inputs, **extra: model.generate(
+            **inputs, **settings, max_new_tokens=sampling.max_new_tokens, num_return_sequences=per,
+            pad_token_id=tok.pad_token_id, **extra,
+        ),
+        dict(enc),
+        compiled=compiled,
+        rows=rows or len(batch),
+        total_length=enc["input_ids"].shape[1] + sampling.max_new_tokens,
+        sequences_per_row=per,
     )
     gen = out[:, enc["input_ids"].shape[1] :].cpu()
     stop_ids = _stop_ids(model, tok)

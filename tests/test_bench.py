@@ -161,3 +161,55 @@ def test_dpo_step_bench_times_the_stages_trainer():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.train_dpo is train_dpo
+
+
+DECODE_BENCH = Path(__file__).resolve().parents[1] / "bench" / "decode.py"
+
+
+def load_decode_bench():
+    spec = importlib.util.spec_from_file_location("decode_bench", DECODE_BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys):
+    """--quick on the tiny random Llama. Dynamo's `eager` backend stands in for inductor so that the
+    run takes seconds, not a compile per variant and batch size (tests/test_decoding.py compiles)."""
+    from transformers import CompileConfig
+
+    from skillweave import decoding
+
+    def config():
+        c = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
+        c._compile_all_devices = True
+        return c
+
+    monkeypatch.setattr(decoding, "compile_config", config)
+    bench = load_decode_bench()
+    assert bench.decoding is decoding  # it times the library's own compiled path
+    out = tmp_path / "results" / "decode.json"
+    threads = torch.get_num_threads()
+    try:  # main() sets torch's thread count for the whole process: give the session its own back
+        bench.main(["--quick", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert list(out.parent.iterdir()) == [out]  # written to a temp file and renamed
+    data = json.loads(out.read_text())
+    assert (data["threads"], data["new_tokens"], data["repeats"]) == (1, 8, 2)
+    assert data["command"] == f"python bench/decode.py --quick --out {out}"
+    assert len(data["load_average_1min"]) == 2 and all(b > 0 for b in data["bandwidth_gb_s"])
+    rows = data["rows"]
+    assert [(r["batch"], r["variant"]) for r in rows] == [(b, v) for b in (1, 2) for v in bench.DEFAULT_VARIANTS]
+    for r in rows:
+        assert math.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0 and len(r["step_ms_rounds"]) == 2
+        assert r["tokens_per_s"] == pytest.approx(1e3 * r["batch"] / r["ms_per_step"], rel=1e-2)
+        assert r["ratio"] > 0 and r["ratio_vs_backbone"] > 0 and r["floor_ms"] > 0
+        # the same path divides by its own backbone; compiled variants decode the eager twin's tokens
+        assert r["ratio_vs"] == {"compiled_int": "compiled", "compiled_fp": "compiled"}.get(r["variant"], "backbone")
+        assert r["greedy_equal_eager"] is (True if r["path"] == "compiled" else None)
+    assert {r["ratio"] for r in rows if r["variant"] == "backbone"} == {1.0}
+    # a skillpack adds bytes to read: the floor moves with it
+    floor = {(r["batch"], r["variant"]): r["floor_ms"] for r in rows}
+    assert floor[(1, "int")] > floor[(1, "backbone")] and floor[(1, "bf16")] < floor[(1, "backbone")]
+    assert "| 2 | compiled_int |" in capsys.readouterr().out

@@ -372,3 +372,26 @@ def test_eval_prompts_are_the_evaluated_subset(docs):
     assert docs["skillweave_humaneval"][doc_id]["prompt"] in text
     with pytest.raises(ValueError, match="unknown"):
         eval_prompts("skillweave_gsm8k", limit=1)
+
+
+def test_evaluate_compiled_answers_as_eager(tiny_model, tokenizer, monkeypatch):
+    """compiled_decode=on: lm-eval's batches (2 docs, then 1 padded to 2) share one static-cache graph,
+    and every greedy answer is the eager one. Dynamo's `eager` backend stands in for inductor (whose
+    compile takes ~40 s; tests/test_decoding.py runs it) so that this checks the wiring quickly."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    from skillweave import decoding
+
+    def config():
+        c = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
+        c._compile_all_devices = True
+        return c
+
+    monkeypatch.setattr(decoding, "compile_config", config)
+    eager = evaluate(tiny_model, tokenizer, ["skillweave_math"], limit=3, max_gen_toks=8, batch_size=2)
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = evaluate(tiny_model, tokenizer, ["skillweave_math"], limit=3, max_gen_toks=8, batch_size=2,
+                        compiled_decode="on")
+    assert decoding.unavailable(torch.device("cpu")) is None and counters["stats"]["unique_graphs"] - graphs == 1
+    assert compiled["skillweave_math"]["samples"] == eager["skillweave_math"]["samples"]

@@ -94,7 +94,8 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
         attach_skillpack(model, skillpacks[target], expected_fingerprint=fp, int_mm=ev.integer_path)
         try:
             res = evaluate(
-                model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size, doc_ids=group
+                model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size, doc_ids=group,
+                compiled_decode=ctx.cfg.model.compiled_decode,
             )
         finally:
             detach_skillpack(model)

@@ -17,6 +17,7 @@ policy's answers are their own artifact (`dev/<domain>-start-<key>`), shared by 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from ..config import SamplingConfig
 from ..core.artifacts import ArtifactRef, artifact_lock, content_key, make_ref, read_jsonl, write_jsonl, write_manifest
 from ..core.engine import Context, Need, Pulls, Stage, ref_for, register_stage
+from ..decoding import use_compiled_decode
 from ..core.errors import DataError
 from ..deltas import add_delta, load_delta
 from ..evaluation import paired_difference
@@ -111,8 +113,10 @@ def answer(ctx: Context, domain: str, prompts: list[dict], delta_path: Optional[
     tok.padding_side = "left"
     sampling = SamplingConfig(max_new_tokens=cfg.dev.max_new_tokens or cfg.domain.sampling.max_new_tokens)
     rows, b = [], cfg.dev.batch_size
+    steps = math.ceil(len(prompts) / b) * sampling.max_new_tokens
+    compiled = use_compiled_decode(cfg.model.compiled_decode, model.device, steps)
     for i in tqdm(range(0, len(prompts), b), desc=desc, unit="batch"):
-        rows += sample_batch(model, tok, prompts[i : i + b], sampling, seed=0, greedy=True)
+        rows += sample_batch(model, tok, prompts[i : i + b], sampling, seed=0, greedy=True, compiled=compiled, rows=b)
     return rows
 
 

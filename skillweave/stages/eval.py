@@ -79,7 +79,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
     def scorer(row: ArtifactRef) -> Scorer:
         def score(model, tok, d: str) -> dict:
-            res = evaluate(model, tok, [tasks[d]], limit=limits[d], max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size)
+            res = evaluate(model, tok, [tasks[d]], limit=limits[d], max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size,
+                           compiled_decode=ctx.cfg.model.compiled_decode)
             r = res[tasks[d]]
             # Every answer is kept: which ones a skillpack changed is as telling as the score.
             write_jsonl(row.path / "samples" / f"{d}.jsonl", r["samples"])

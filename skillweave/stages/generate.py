@@ -26,6 +26,7 @@ from ..core.distributed import process_rank
 from ..core.engine import Context, Need, Stage, register_stage
 from ..core.errors import DataError
 from ..deltas import add_delta, previous_delta
+from ..decoding import use_compiled_decode
 from ..models import generation_dtype, load_model, load_tokenizer
 from ..prompts import PROMPT_SOURCES, SOURCE_VERSIONS, check_source
 from ..sampling import batch_seed, sample_batch
@@ -117,12 +118,14 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     # Under a multi-process launch (torchrun, accelerate, srun) rank r samples batches r, r+world, ...;
     # per-batch seeds make the result identical for any number of processes.
     mine = [(i, b) for i, b in enumerate(batches) if i % world == rank]
+    compiled = use_compiled_decode(cfg.model.compiled_decode, model.device, len(mine) * sampling.max_new_tokens)
     for i, batch in tqdm(mine, desc=f"generate[{domain}]", unit="batch", disable=rank != 0):
         shard = shards / f"{i:05d}.jsonl"
         if shard.exists():
             continue
         t0 = time.perf_counter()
-        rows = sample_batch(model, tok, batch, sampling, seed=batch_seed(sampling.seed, ctx.dpo_round, i))
+        rows = sample_batch(model, tok, batch, sampling, seed=batch_seed(sampling.seed, ctx.dpo_round, i),
+                            compiled=compiled, rows=sampling.batch_size)
         seconds += time.perf_counter() - t0
         new_tokens += sum(r["n_tokens"] for r in rows)
         write_jsonl(shard, rows)
