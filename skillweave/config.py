@@ -498,6 +498,10 @@ class S2LConfig:
     max_length: int = 512
     qlora: bool = True
     """4-bit QLoRA where bitsandbytes runs (CUDA); plain LoRA elsewhere. The manifest says which ran."""
+    precision: Precision = Precision.auto
+    """Compute dtype of the adapter's training (stages s2l, s2l_shared), as `dpo.precision`: auto is bf16
+    autocast over fp32 weights where the hardware has bf16 units (what trl's SFT did by default before
+    this setting existed), float32 elsewhere."""
 
     def __post_init__(self) -> None:
         if min(self.inputs, self.batch_size, self.max_new_tokens, self.steps, self.per_device_batch_size, self.max_length) < 1:

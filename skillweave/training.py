@@ -49,8 +49,8 @@ def resolved_precision(setting: Precision) -> str:
     return str(setting)
 
 
-def training_precision(setting: Precision) -> str:
-    """`dpo.precision` as the dtype training computes in on this machine.
+def training_precision(setting: Precision, name: str = "dpo.precision") -> str:
+    """`setting` (the option `name`) as the dtype training computes in on this machine.
 
     Raises:
         ConfigError: bfloat16 on hardware without bf16 units, where it is emulated and slower than fp32.
@@ -58,8 +58,8 @@ def training_precision(setting: Precision) -> str:
     precision = resolved_precision(setting)
     if precision == "bfloat16" and not native_bf16():
         raise ConfigError(
-            "dpo.precision=bfloat16 needs bf16 units (a GPU with bf16, or a CPU with AVX512-BF16 or AMX) and this "
-            "machine has none (bf16 would be emulated, slower than fp32): use dpo.precision=auto (bf16 where native) "
+            f"{name}=bfloat16 needs bf16 units (a GPU with bf16, or a CPU with AVX512-BF16 or AMX) and this "
+            f"machine has none (bf16 would be emulated, slower than fp32): use {name}=auto (bf16 where native) "
             "or float32"
         )
     return precision

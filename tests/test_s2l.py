@@ -75,8 +75,12 @@ def test_the_teacher_writes_with_the_skill_text_and_the_checks_keep_what_follows
     assert set(metrics["rejected_by"]) <= {"truncated", "say_twice_even_words"}
     assert all(a["passed"] == (not a["truncated"] and all(r["passed"] for r in a["rules"].values())) for a in answers)
     assert metrics["quantization"] == "none (plain LoRA)" and metrics["steps"] == 3  # CPU: no bitsandbytes
-    # dpo.precision's default, float32 (trl's SFTConfig alone would autocast to bf16), left out of the key
-    assert metrics["precision"] == "float32" and "precision" not in ref.config
+    # s2l.precision=auto: bf16 autocast where native, keyed only when it is not (keys made before the setting were bf16)
+    from skillweave.models import native_bf16
+
+    native = native_bf16()
+    assert metrics["precision"] == ("bfloat16" if native else "float32")
+    assert ref.config.get("precision") == (None if native else "float32")
 
 
 def test_the_student_trains_on_the_inputs_alone(skill_run):
@@ -139,3 +143,24 @@ def test_the_reference_teacher_writes_the_skills_own_answers(skill_run):
     assert metrics["written"] == metrics["kept"] == 6 and metrics["rejected_by"] == {}
     rows = [json.loads(line) for line in ref.file("train").read_text().splitlines()]
     assert all(r["completion"] == " ".join([r["prompt"].split()[1]] * 2) for r in rows)  # "say w and w" -> "w w"
+
+
+def test_s2l_precision_keys_and_refusal(skill_run, monkeypatch):
+    from compose import compose_config, hydra_context
+
+    from skillweave import models, training
+    from skillweave.config import Precision
+    from skillweave.core.engine import Context, ref_for
+
+    _, ov, _ = skill_run
+    with hydra_context():
+        fp32 = ref_for(Context(cfg=compose_config([*ov, "s2l.precision=float32"])), "s2l", None)
+        auto = ref_for(Context(cfg=compose_config(ov)), "s2l", None)
+    assert fp32.config["precision"] == "float32"
+    if models.native_bf16():  # auto is bf16 here: the key it had before the setting existed
+        assert fp32.key != auto.key and "precision" not in auto.config
+    else:
+        assert fp32.key == auto.key
+    monkeypatch.setattr(training, "native_bf16", lambda: False)
+    with pytest.raises(SkillweaveError, match="s2l.precision=bfloat16 needs bf16 units"):
+        training.training_precision(Precision.bfloat16, "s2l.precision")

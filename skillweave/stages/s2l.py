@@ -10,7 +10,7 @@
 2. Context distillation: a LoRA (`lora.*`, rank 16 by default) is trained on the frozen base with the
    inputs alone, without the skill text (train.jsonl), by SFT on the kept answers or (`s2l.training=dpo`)
    by DPO of a kept answer against a failing one of the same input. 4-bit QLoRA where bitsandbytes runs
-   on a GPU (computing in bf16), plain LoRA elsewhere in `dpo.precision`; the manifest says which, and the dtype.
+   on a GPU (computing in bf16), plain LoRA elsewhere in `s2l.precision`; the manifest says which, and the dtype.
 
 Our choices where the paper is silent: one teacher for both of the paper's writer models; the kept set
 is every distinct passing answer (several per input when several pass); the adapter covers the block
@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import torch
 
-from ..config import S2LTraining, SamplingConfig
+from ..config import S2LConfig, S2LTraining, SamplingConfig
 from ..core.artifacts import ArtifactRef, write_jsonl
 from ..core.engine import Context, Stage, register_stage
 from ..core.errors import ConfigError, DataError
@@ -36,7 +36,7 @@ from ..lora_io import adapter_tensors, peft_config, save_adapter
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_dir
 from ..sampling import sample_batch
 from ..skill import SKILLS, Skill, skill_prompt
-from ..training import check_precision, load_for_training, resolved_precision, train_dpo, train_sft, training_precision
+from ..training import load_for_training, resolved_precision, train_dpo, train_sft, training_precision
 
 
 def the_skill(ctx: Context) -> Skill:
@@ -51,6 +51,16 @@ def _teacher_dir(ctx: Context):
     return ctx.model_dir if s.teacher in ("backbone", "reference") else resolve_model_dir(s.teacher, "s2l.teacher")
 
 
+def s2l_settings(s: S2LConfig) -> dict:
+    """The s2l settings a key hashes; precision goes in resolved (see plan), not as set."""
+    return {k: v for k, v in asdict(s).items() if k != "precision"}
+
+
+def check_s2l_precision(ctx: Context, domain: Optional[str]) -> None:
+    """Start-up check for an adapter about to be trained: s2l.precision=bfloat16 where bf16 is emulated."""
+    training_precision(ctx.cfg.s2l.precision, "s2l.precision")
+
+
 def plan(ctx: Context, domain: Optional[str]):
     skill = the_skill(ctx)
     digest = hashlib.sha256()
@@ -59,12 +69,12 @@ def plan(ctx: Context, domain: Optional[str]):
     teacher = ctx.cfg.s2l.teacher
     if teacher not in ("backbone", "reference"):
         teacher = model_fingerprint(_teacher_dir(ctx))
-    config = {"skill": skill.name, "skill_files": digest.hexdigest()[:16], "s2l": asdict(ctx.cfg.s2l) | {"teacher": teacher},
+    config = {"skill": skill.name, "skill_files": digest.hexdigest()[:16], "s2l": s2l_settings(ctx.cfg.s2l) | {"teacher": teacher},
               "lora": asdict(ctx.cfg.lora), "model": ctx.base_fingerprint}
     if ctx.cfg.s2l.training == S2LTraining.dpo:
         config["dpo"] = {"beta": ctx.cfg.dpo.beta, "max_length": ctx.cfg.dpo.max_length}
-    precision = resolved_precision(ctx.cfg.dpo.precision)
-    if precision != "float32":  # left out at float32: the keys s2l artifacts had before it read dpo.precision
+    precision = resolved_precision(ctx.cfg.s2l.precision)
+    if precision != "bfloat16":  # an s2l key without it was trained in bf16 autocast (trl's default before the setting)
         config["precision"] = precision
     return config, {}
 
@@ -131,14 +141,15 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     ckpt_dir = ref.path / "checkpoints"
     lora = peft_config(ctx.cfg.lora)
     if s.training == S2LTraining.sft:
-        precision = training_precision(ctx.cfg.dpo.precision)
+        precision = training_precision(s.precision, "s2l.precision")
         model, quantization, precision = load_for_training(ctx.model_dir, s.qlora, precision)
         trainer, metrics = train_sft(ctx.cfg, model, ctx.model_dir, train_rows, ckpt_dir, f"s2l-{skill.name}-{ref.key}",
                                      learning_rate=s.learning_rate, max_steps=s.steps, precision=precision,
                                      per_device_batch_size=s.per_device_batch_size, max_length=s.max_length, peft_config=lora)
-    else:  # trl's DPO set-up of the LoRA baseline: fp32 weights, dpo.precision
+    else:  # trl's DPO set-up of the LoRA baseline: fp32 weights, computing in s2l.precision
         quantization = "none (plain LoRA)"
-        trainer, metrics = train_dpo(ctx.cfg, ctx.model_dir, _pairs(skill, answers, kept, by_id), ckpt_dir,
+        cfg = replace(ctx.cfg, dpo=replace(ctx.cfg.dpo, precision=s.precision))
+        trainer, metrics = train_dpo(cfg, ctx.model_dir, _pairs(skill, answers, kept, by_id), ckpt_dir,
                                      f"s2l-{skill.name}-{ref.key}", learning_rate=s.learning_rate, max_steps=s.steps,
                                      peft_config=lora)
     stamp = {"kind": "s2l", "backbone_fingerprint": ctx.base_fingerprint, "skill": skill.name, "lora": asdict(ctx.cfg.lora),
@@ -169,5 +180,5 @@ def _pairs(skill: Skill, answers: list[dict], kept: list[dict], by_id: dict):
 
 register_stage(Stage(
     "s2l", per_domain=False, plan=plan, run=run, outputs={"adapter": "adapter", "train": "train.jsonl"},
-    label=lambda ctx: ctx.cfg.skill or "none", check=check_precision,
+    label=lambda ctx: ctx.cfg.skill or "none", check=check_s2l_precision,
 ))

@@ -21,7 +21,7 @@ from ..core.engine import Context, Need, Pulls, Stage, register_stage
 from ..core.errors import ConfigError
 from ..lora_io import adapter_tensors, peft_config, save_adapter
 from ..skill import SKILLS
-from ..training import load_for_training, train_sft
+from ..training import load_for_training, resolved_precision, train_sft, training_precision
 
 
 def the_skills(ctx: Context) -> list[str]:
@@ -41,7 +41,12 @@ def plan(ctx: Context, domain: Optional[str]):
             "has no shared form here: set s2l.training=sft"
         )
     needs = {f"s2l_{name}": Need(ctx.variant(f"skill={name}"), "s2l") for name in skills}
-    return {"skills": skills, "s2l": asdict(ctx.cfg.s2l), "lora": asdict(ctx.cfg.lora), "model": ctx.base_fingerprint}, needs
+    config = {"skills": skills, "s2l": {k: v for k, v in asdict(ctx.cfg.s2l).items() if k != "precision"},
+              "lora": asdict(ctx.cfg.lora), "model": ctx.base_fingerprint}
+    precision = resolved_precision(ctx.cfg.s2l.precision)
+    if precision != "bfloat16":  # as s2l's keys: without it, bf16 autocast
+        config["precision"] = precision
+    return config, needs
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
@@ -50,8 +55,9 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     random.Random(s.seed).shuffle(rows)  # the trainer shuffles too; this only fixes what a seed means
     ckpt_dir = ref.path / "checkpoints"
     steps = s.steps * len(skills)
-    model, quantization = load_for_training(ctx.model_dir, s.qlora)
-    trainer, metrics = train_sft(ctx.cfg, model, ctx.model_dir, rows, ckpt_dir, f"s2l-shared-{ref.key}",
+    precision = training_precision(s.precision, "s2l.precision")
+    model, quantization, precision = load_for_training(ctx.model_dir, s.qlora, precision)
+    trainer, metrics = train_sft(ctx.cfg, model, ctx.model_dir, rows, ckpt_dir, f"s2l-shared-{ref.key}", precision=precision,
                                  learning_rate=s.learning_rate, max_steps=steps, per_device_batch_size=s.per_device_batch_size,
                                  max_length=s.max_length, peft_config=peft_config(ctx.cfg.lora))
     stamp = {"kind": "s2l_shared", "backbone_fingerprint": ctx.base_fingerprint, "skills": skills,
@@ -67,4 +73,5 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 register_stage(Stage(
     "s2l_shared", per_domain=False, plan=plan, run=run, outputs={"adapter": "adapter"}, pulls=Pulls.everything,
     label=lambda ctx: "+".join(ctx.cfg.skills) or "none",
+    check=lambda ctx, domain: training_precision(ctx.cfg.s2l.precision, "s2l.precision"),
 ))
