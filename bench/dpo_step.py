@@ -18,7 +18,7 @@ Roofline: FLOPs per step ~ 8 N T with gradient checkpointing (6 N T: forward and
 recomputed forward), N the parameters, T the tokens of the step's chosen and rejected sequences
 (padding excluded, so a lower bound); against the peak of the hardware (STACK.md: this CPU's, per thread).
 
-    python bench/dpo_step.py                          # embedded SmolLM2-135M, 5 rounds, 1 thread (~5 min)
+    python bench/dpo_step.py                          # embedded SmolLM2-135M, 4 rounds, 1 thread (~5 min idle)
     python bench/dpo_step.py --quick                  # a tiny random model, seconds
     python bench/dpo_step.py --device cuda --model smollm2-random   # SmolLM2-135M's shape, random weights
 """
@@ -50,7 +50,7 @@ from skillweave.sampling import sample_batch
 from skillweave.training import train_dpo, trained_state_dict
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "dpo_step.json"
-GRID = {"rounds": 5, "warmup": 1, "answer_tokens": 160, "greedy_prompts": 16, "greedy_tokens": 48}
+GRID = {"rounds": 4, "warmup": 1, "answer_tokens": 128, "greedy_prompts": 16, "greedy_tokens": 48}
 QUICK = {"rounds": 2, "warmup": 1, "answer_tokens": 24, "greedy_prompts": 2, "greedy_tokens": 8}
 PRECISIONS = ("float32", "bfloat16")
 PEAK_GFLOPS = {

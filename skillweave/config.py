@@ -193,8 +193,9 @@ class DPOConfig:
     precision: Precision = Precision.float32
     """Compute dtype of the training of stages dpo, lora, dpo_multitask and s2l: float32 | bfloat16 (autocast,
     fp32 master weights, so the delta stays fp32) | auto (bfloat16 where native). bfloat16 needs bf16 units:
-    a GPU with bf16, or a CPU with AVX512-BF16 or AMX (where a DPO step takes about half fp32's time:
-    bench/dpo_step.py); elsewhere it fails at start-up. Artifacts are keyed by the dtype `auto` resolves to."""
+    a GPU with bf16, or a CPU with AVX512-BF16 or AMX (there a SmolLM2-135M DPO step took 0.65x fp32's time,
+    bench/README.md); elsewhere training fails at start-up. Artifacts are keyed by the dtype `auto` resolves
+    to; a bf16 run is a nearby but different trajectory from the fp32 one (1 of 16 greedy answers differed)."""
     save_steps: int = 50
     """Checkpoint interval: a killed run resumes from the last checkpoint."""
     seed: int = 0
