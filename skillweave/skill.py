@@ -331,15 +331,14 @@ def register_skill_eval_tasks(skill: Skill) -> None:
             raise ConfigError(
                 f"{path}: missing; a skill's eval tasks are lm-eval YAMLs in its folder (as in skills/iso_dates)"
             )
-    metrics = [
-        m.get("metric")
-        for m in (yaml.load(base.read_text(encoding="utf-8"), Loader=yaml.BaseLoader) or {}).get("metric_list", [])
-    ]
+    spec = yaml.load(base.read_text(encoding="utf-8"), Loader=yaml.BaseLoader) or {}
+    metrics = [m.get("metric") for m in spec.get("metric_list", [])]
     if metrics != ["pass", *skill.checks]:
         raise ConfigError(f"{base}: metric_list is {metrics}; list pass, then the checks {', '.join(skill.checks)}")
+    n = int((spec.get("metadata") or {}).get("n", EVAL_POOL))  # the docs the task scores (a small eval split says fewer)
 
     def texts() -> list[str]:
-        return [task["prompt"] for task in skill.tasks(EVAL_POOL, EVAL_SEED, "eval")]
+        return [task["prompt"] for task in skill.tasks(n, EVAL_SEED, "eval")]
 
     for with_text in (False, True):
         name = eval_task_name(skill.name, with_text)

@@ -186,3 +186,12 @@ def test_bad_skill_eval_input_is_one_line(skill_evals, extra, words):
     with pytest.raises(SkillweaveError, match=words.replace("[", r"\[")) as e:
         run_overrides([*ov, *extra])
     assert "\n" not in str(e.value)
+
+
+def test_a_skill_eval_tasks_texts_are_the_docs_it_scores(skill_evals):
+    """The contamination check reads every registered eval task's texts: a skill whose eval split holds
+    fewer than 200 tasks says so in its YAML (n: 20), and only those are read."""
+    from skillweave.eval_tasks import EVAL_TASKS
+
+    texts = EVAL_TASKS.get("skillweave_skill_ev_both").eval_texts()
+    assert len(texts) == 20 == len(set(texts))
