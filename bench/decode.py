@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from skillzip import random_factors  # noqa: E402  (bench/skillzip.py: the layer benchmark's own factors)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decode.json"
-GRID = {"batch_sizes": [1, 8, 32], "new_tokens": 32, "prompt_tokens": 64, "repeats": 5}
+GRID = {"batch_sizes": [1, 8, 32], "new_tokens": 12, "prompt_tokens": 32, "repeats": 7}
 QUICK = {"batch_sizes": [1, 2], "new_tokens": 8, "prompt_tokens": 16, "repeats": 2}
 VARIANTS = {
     # name: (model, compiled, reference variant of the ratio)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -32,15 +33,19 @@ from .models import cache_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_BUCKET = 256
-"""Static cache lengths are multiples of this many tokens: fewer distinct graphs, at the price of
-attention over up to this many empty cache slots per step."""
-AUTO_MIN_STEPS = 4096
-"""`auto` compiles when a call site will decode at least this many steps (batches x new tokens).
-Measured on SmolLM2-135M, 1 thread (bench/README.md, decode.py): a compile costs ~40-110 s per model
-and shape from a cold inductor cache and 5-15 s from a warm one, and saves ~5% of a step for the fp32
-backbone and ~30% with a skillpack's integer path (~2-20 ms of ~40-70 ms): below a few thousand
-steps the compile is not paid back."""
+CACHE_BUCKET = 64
+"""Static cache lengths are multiples of this many tokens. A compiled step attends over the whole
+static cache, empty slots included: at batch 32 on SmolLM2 attention over 256 slots costs ~3 ms a
+layer against ~0.8 over 96 (~75 ms of a ~290 ms step), so the buckets are kept small; transformers
+keeps the longest cache a model has used, so a run meets only a few of them."""
+AUTO_MIN_STEPS = 8192
+"""`auto` compiles when a call site plans at least this many decode steps (batches x new tokens).
+Measured on SmolLM2-135M, 1 thread, a contended 2-core CPU (bench/README.md, decode.py): one
+compile costs 40-160 s per model and shape from a cold inductor cache and 10-35 s from a warm one;
+it saves ~30 ms a step (25-30%) with a skillpack's integer path attached, 10-20% for the bf16
+backbone at batch 1-8, and 3-7% (3-6 ms) for the fp32 backbone alone. At 8192 steps the first two
+repay even a cold compile; the fp32 backbone breaks even cold and gains warm. The default eval (20
+docs a task, batch 8, 256 tokens: 768 steps) stays eager; a 300-doc task (~9.7k steps) compiles."""
 RECOMPILE_LIMIT = 64
 """torch._dynamo's limit of graphs per function (default 8) is raised to this: an eval compiles one
 graph per model, attached skillpack and batch shape, and past the limit dynamo decodes eagerly
@@ -148,13 +153,37 @@ def generate(
         n = next(iter(inputs.values())).shape[0]
         rng = torch.get_rng_state()
         try:
-            out = run(pad_rows(inputs, rows), **static_cache_kwargs(total_length))
+            with _gqa_in_sdpa():
+                out = run(pad_rows(inputs, rows), **static_cache_kwargs(total_length))
             return out[: n * sequences_per_row]
         except _compile_errors() as e:
             _failure = f"compiled decoding failed ({_cause(e)})"
             _warn_once(_failure)
             torch.set_rng_state(rng)
     return run(inputs)
+
+
+@contextmanager
+def _gqa_in_sdpa():
+    """Grouped-query attention inside SDPA (`enable_gqa`) while the compiled decode runs.
+
+    transformers' sdpa_attention_forward decodes eagerly without repeating the KV heads, but when
+    dynamo traces it, it repeats them (`repeat_kv`) unless TRANSFORMERS_SDPA_FORCE_GQA is set: over a
+    static cache that copies every layer's whole cache each step. SmolLM2 (3 KV heads, 9 query heads),
+    batch 32, 256 cache slots: 35 ms per layer against 3.3 with enable_gqa (same values), which made
+    the compiled batch-32 step 2.1x the eager one. Scoped to the compiled call so that eager decoding
+    elsewhere in the process keeps transformers' own choice.
+    """
+    key = "TRANSFORMERS_SDPA_FORCE_GQA"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
 
 
 def _compile_errors() -> tuple[type[BaseException], ...]:
