@@ -30,7 +30,7 @@ The roofline line: a step must at least read every weight once (and the KV cache
 eager, the static cache's bucketed length compiled); `floor ms` is those bytes over the memory
 bandwidth measured here by reading a 512 MiB tensor, `x floor` the measured step over it.
 
-    python bench/decode.py                  # SmolLM2-135M, batch 1 8 32 (minutes; compiles included)
+    python bench/decode.py                  # SmolLM2-135M, batch 1 8 32: ~10 min with a warm inductor cache
     python bench/decode.py --quick          # a tiny random Llama, batch 1 and 2: about a minute
     python bench/decode.py --batch-sizes 1 --variants backbone compiled compiled_int --repeats 9
 """

@@ -41,11 +41,12 @@ keeps the longest cache a model has used, so a run meets only a few of them."""
 AUTO_MIN_STEPS = 8192
 """`auto` compiles when a call site plans at least this many decode steps (batches x new tokens).
 Measured on SmolLM2-135M, 1 thread, a contended 2-core CPU (bench/README.md, decode.py): one
-compile costs 40-160 s per model and shape from a cold inductor cache and 10-35 s from a warm one;
-it saves ~30 ms a step (25-30%) with a skillpack's integer path attached, 10-20% for the bf16
-backbone at batch 1-8, and 3-7% (3-6 ms) for the fp32 backbone alone. At 8192 steps the first two
-repay even a cold compile; the fp32 backbone breaks even cold and gains warm. The default eval (20
-docs a task, batch 8, 256 tokens: 768 steps) stays eager; a 300-doc task (~9.7k steps) compiles."""
+compile costs 40-160 s per model and shape from a cold inductor cache and 5-50 s from a warm one
+(trace and cache load); it saves 17-29% of a step (20-45 ms) with a skillpack's integer path
+attached, 10-20% for the bf16 backbone at batch 1-8, and 2-10% (1-6 ms) for the fp32 backbone
+alone. At 8192 steps the first two repay even a cold compile; the fp32 backbone breaks even cold and
+gains warm. The default eval (20 docs a task, batch 8, 256 tokens: 768 steps) stays eager; a 300-doc
+task (~9.7k steps) compiles."""
 RECOMPILE_LIMIT = 64
 """torch._dynamo's limit of graphs per function (default 8) is raised to this: an eval compiles one
 graph per model, attached skillpack and batch shape, and past the limit dynamo decodes eagerly
@@ -58,6 +59,19 @@ _failure: str | None = None
 def inductor_cache_dir() -> Path:
     """Where compiled kernels are kept between runs unless TORCHINDUCTOR_CACHE_DIR says otherwise."""
     return cache_dir() / "inductor"
+
+
+def use_inductor_cache_dir() -> None:
+    """Point inductor's caches at `inductor_cache_dir()` unless TORCHINDUCTOR_CACHE_DIR was chosen.
+
+    Importing a transformers model already makes torch fill the variable in with its default
+    (/tmp/torchinductor_<user>, which a reboot empties); that default is replaced too. Inductor reads
+    the variable whenever it looks a compiled graph or kernel up, so this holds for every later compile.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
 
 
 def unavailable(device: torch.device) -> str | None:
@@ -120,7 +134,7 @@ def compile_config():
 def static_cache_kwargs(total_length: int) -> dict:
     """generate() kwargs that decode compiled with a static cache of at least `total_length` tokens
     (prompt + new tokens), rounded up to a multiple of CACHE_BUCKET."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+    use_inductor_cache_dir()
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -151,7 +165,7 @@ def generate(
     global _failure
     if compiled and _failure is None:
         n = next(iter(inputs.values())).shape[0]
-        rng = torch.get_rng_state()
+        rng = _rng_state()
         try:
             with _gqa_in_sdpa():
                 out = run(pad_rows(inputs, rows), **static_cache_kwargs(total_length))
@@ -159,8 +173,20 @@ def generate(
         except _compile_errors() as e:
             _failure = f"compiled decoding failed ({_cause(e)})"
             _warn_once(_failure)
-            torch.set_rng_state(rng)
+            _set_rng_state(rng)
     return run(inputs)
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @contextmanager
