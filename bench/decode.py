@@ -229,7 +229,7 @@ def bench_batch_size(models: dict[str, nn.Module], variants: list[str], batch: i
             "ratio_vs": ref,
             "ratio": round(ratio, 3) if ratio is not None else None,
             "ratio_vs_backbone": round(base, 3) if base is not None else None,
-            "floor_ms": round(floor_ms, 2),
+            "floor_ms": round(floor_ms, 4),
             "x_floor": round(ms / floor_ms, 2),
             "first_call_s": round(first_s[name], 1),
             "greedy_equal_eager": bool(torch.equal(tokens[name], tokens[eager_twin]))
