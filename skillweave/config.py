@@ -67,8 +67,8 @@ class ModelConfig:
     compiled_decode: Any = CompiledDecode.auto
     """auto | on | off: decode with a static KV cache and a torch.compile'd decode step (generate, dev
     and eval; skillweave.decoding; compiled kernels cached in ~/.cache/skillweave/inductor). It changes
-    speed, not results: greedy tokens equal the eager path's (logits agree to ~1e-5), so no artifact
-    key holds it; sampling keeps its seeds, though a padded last batch draws more random numbers.
+    speed, not results: greedy and sampled tokens equal the eager path's (same seeds; logits agree to
+    ~1e-5), so no artifact key holds it.
     Typed loosely so that YAML's bare `on`/`off` (booleans there) and a wrong value reach the one-line
     check below instead of OmegaConf's error."""
 

@@ -190,3 +190,23 @@ def test_compiled_greedy_equals_eager_with_an_int_path_skillpack(tiny_model_dir,
     assert decoding.unavailable(CPU) is None  # it did compile
     assert counters["stats"]["unique_graphs"] - graphs == 1
     assert any(a.strip() for a in eager)  # the tiny model answers something
+
+
+def test_a_short_sampled_batch_keeps_its_samples(monkeypatch, tiny_model_dir, one_thread):
+    """Sampling is not padded (padding rows would draw random numbers too): compiled, a short batch
+    samples what eager decoding samples. Dynamo's `eager` backend stands in for inductor here."""
+    from transformers import CompileConfig
+
+    def config():
+        c = CompileConfig(backend="eager", fullgraph=True, dynamic=False, mode=None)
+        c._compile_all_devices = True
+        return c
+
+    monkeypatch.setattr(decoding, "compile_config", config)
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    tok.padding_side = "left"
+    sampling = SamplingConfig(max_new_tokens=8, samples_per_prompt=3)
+    eager = sample_batch(model, tok, PROMPTS[:3], sampling, seed=5)
+    compiled = sample_batch(model, tok, PROMPTS[:3], sampling, seed=5, compiled=True, rows=4)
+    assert decoding.unavailable(CPU) is None and len(compiled) == 9
+    assert compiled == eager

@@ -25,8 +25,8 @@ from ..core.artifacts import ArtifactRef, atomic_write_json, read_jsonl, write_j
 from ..core.distributed import process_rank
 from ..core.engine import Context, Need, Stage, register_stage
 from ..core.errors import DataError
-from ..deltas import add_delta, previous_delta
 from ..decoding import use_compiled_decode
+from ..deltas import add_delta, previous_delta
 from ..models import generation_dtype, load_model, load_tokenizer
 from ..prompts import PROMPT_SOURCES, SOURCE_VERSIONS, check_source
 from ..sampling import batch_seed, sample_batch
