@@ -7,11 +7,12 @@ on CPU only with `_compile_all_devices`); its prefill stays eager. Inductor fuse
 quantize ops into a few C++ loops around the `_int_mm` calls (bench/README.md, "decode.py").
 
 A compiled graph is specialised to its shapes (`dynamic=False`: symbolic shapes cost speed and add
-guards), so callers keep them few: a short last batch is padded to the full batch (`pad_rows`), and
-the static cache's length is rounded up to a multiple of `CACHE_BUCKET` (transformers then keeps the
-longest cache a model has used, so later shorter batches reuse it). One run compiles once per
-(model, rows, bucket); inductor's on-disk cache (`TORCHINDUCTOR_CACHE_DIR`, by default
-`inductor_cache_dir()`) turns the next process's compile of the same graph into seconds.
+guards), so callers keep them few: a short last greedy batch is padded to the full batch (`pad_rows`;
+sampling is not padded, as padding rows would draw random numbers too), and the static cache's length
+is rounded up to a multiple of `CACHE_BUCKET` (transformers then keeps the longest cache a model has
+used, so later shorter batches reuse it). One run compiles once per (model, rows, bucket);
+inductor's on-disk cache (`TORCHINDUCTOR_CACHE_DIR`, by default `inductor_cache_dir()`) turns the
+next process's compile of the same graph into seconds.
 
 Where inductor cannot build (no C++ compiler, an op it does not lower) the first compiled call raises;
 `generate` logs one line and decodes that call, and every later one in the process, eagerly.
@@ -35,9 +36,9 @@ log = logging.getLogger(__name__)
 
 CACHE_BUCKET = 64
 """Static cache lengths are multiples of this many tokens. A compiled step attends over the whole
-static cache, empty slots included: at batch 32 on SmolLM2 attention over 256 slots costs ~3 ms a
-layer against ~0.8 over 96 (~75 ms of a ~290 ms step), so the buckets are kept small; transformers
-keeps the longest cache a model has used, so a run meets only a few of them."""
+static cache, empty slots included: at batch 32 on SmolLM2 (contended, 1 thread) attention over 256
+slots took 3.3 ms a layer against 1.3 over 96, ~60 ms of a ~290 ms step, so the buckets are kept
+small; transformers keeps the longest cache a model has used, so a run meets only a few of them."""
 AUTO_MIN_STEPS = 8192
 """`auto` compiles when a call site plans at least this many decode steps (batches x new tokens).
 Measured on SmolLM2-135M, 1 thread, a contended 2-core CPU (bench/README.md, decode.py): one
