@@ -30,7 +30,7 @@ The roofline line: a step must at least read every weight once (and the KV cache
 eager, the static cache's bucketed length compiled); `floor ms` is those bytes over the memory
 bandwidth measured here by reading a 512 MiB tensor, `x floor` the measured step over it.
 
-    python bench/decode.py                  # SmolLM2-135M, batch 1 8 32 (minutes; compiles included)
+    python bench/decode.py                  # SmolLM2-135M, batch 1 8 32: ~10 min with a warm inductor cache
     python bench/decode.py --quick          # a tiny random Llama, batch 1 and 2: about a minute
     python bench/decode.py --batch-sizes 1 --variants backbone compiled compiled_int --repeats 9
 """
@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from skillzip import random_factors  # noqa: E402  (bench/skillzip.py: the layer benchmark's own factors)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decode.json"
-GRID = {"batch_sizes": [1, 8, 32], "new_tokens": 32, "prompt_tokens": 64, "repeats": 5}
+GRID = {"batch_sizes": [1, 8, 32], "new_tokens": 12, "prompt_tokens": 32, "repeats": 7}
 QUICK = {"batch_sizes": [1, 2], "new_tokens": 8, "prompt_tokens": 16, "repeats": 2}
 VARIANTS = {
     # name: (model, compiled, reference variant of the ratio)
@@ -229,7 +229,7 @@ def bench_batch_size(models: dict[str, nn.Module], variants: list[str], batch: i
             "ratio_vs": ref,
             "ratio": round(ratio, 3) if ratio is not None else None,
             "ratio_vs_backbone": round(base, 3) if base is not None else None,
-            "floor_ms": round(floor_ms, 2),
+            "floor_ms": round(floor_ms, 4),
             "x_floor": round(ms / floor_ms, 2),
             "first_call_s": round(first_s[name], 1),
             "greedy_equal_eager": bool(torch.equal(tokens[name], tokens[eager_twin]))

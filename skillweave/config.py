@@ -72,9 +72,11 @@ class ModelConfig:
     on CPUs without bf16 units, hence `auto`. Artifacts are keyed by the dtype `auto` resolves to."""
     compiled_decode: Any = CompiledDecode.auto
     """auto | on | off: decode with a static KV cache and a torch.compile'd decode step (generate, dev
-    and eval; skillweave.decoding). Greedy tokens equal the eager path's (logits agree to ~1e-5), so
-    no artifact key holds it. Typed loosely so that YAML's bare `on`/`off` (booleans there) and a
-    wrong value reach the one-line check below instead of OmegaConf's error."""
+    and eval; skillweave.decoding; compiled kernels cached in ~/.cache/skillweave/inductor). It changes
+    speed, not results: greedy and sampled tokens equal the eager path's (same seeds; logits agree to
+    ~1e-5), so no artifact key holds it.
+    Typed loosely so that YAML's bare `on`/`off` (booleans there) and a wrong value reach the one-line
+    check below instead of OmegaConf's error."""
 
     def __post_init__(self) -> None:
         value = self.compiled_decode
@@ -421,7 +423,12 @@ class EvalConfig:
     configurations: list[str] = field(default_factory=lambda: ["base", "dpo", "merged", "skillweave"])
     """Which configurations to compare (the plugins in skillweave/eval_configs/)."""
     integer_path: bool = True
-    """Run skillpacks as integer GEMMs (quantized activations, as deployed); false: dequantized fp factors."""
+    """Run skillpacks as integer GEMMs (quantized activations, as deployed); false: dequantized fp factors.
+    Kept true by measurement (bench/README.md, decode.py; SmolLM2-135M, 1 thread): where eval time
+    matters, long evals that `model.compiled_decode=auto` compiles, the two paths decode within noise
+    of each other (1.01-1.09x vs 1.03-1.06x the compiled backbone at eval's batch 8). Eager, in short
+    evals, the integer path is slower (1.20-1.42x vs 1.05-1.12x the backbone at batch 1-32): false saves
+    ~13% of the skillpack rows' decoding there, and changes their scores slightly and every row's key."""
     external_model: Optional[str] = None
     """An HF model directory evaluated as configuration `external` (e.g. the 32B monolith on a cluster)."""
     budget_bytes: Optional[int] = None

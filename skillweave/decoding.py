@@ -7,11 +7,12 @@ on CPU only with `_compile_all_devices`); its prefill stays eager. Inductor fuse
 quantize ops into a few C++ loops around the `_int_mm` calls (bench/README.md, "decode.py").
 
 A compiled graph is specialised to its shapes (`dynamic=False`: symbolic shapes cost speed and add
-guards), so callers keep them few: a short last batch is padded to the full batch (`pad_rows`), and
-the static cache's length is rounded up to a multiple of `CACHE_BUCKET` (transformers then keeps the
-longest cache a model has used, so later shorter batches reuse it). One run compiles once per
-(model, rows, bucket); inductor's on-disk cache (`TORCHINDUCTOR_CACHE_DIR`, by default
-`inductor_cache_dir()`) turns the next process's compile of the same graph into seconds.
+guards), so callers keep them few: a short last greedy batch is padded to the full batch (`pad_rows`;
+sampling is not padded, as padding rows would draw random numbers too), and the static cache's length
+is rounded up to a multiple of `CACHE_BUCKET` (transformers then keeps the longest cache a model has
+used, so later shorter batches reuse it). One run compiles once per (model, rows, bucket);
+inductor's on-disk cache (`TORCHINDUCTOR_CACHE_DIR`, by default `inductor_cache_dir()`) turns the
+next process's compile of the same graph into seconds.
 
 Where inductor cannot build (no C++ compiler, an op it does not lower) the first compiled call raises;
 `generate` logs one line and decodes that call, and every later one in the process, eagerly.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -32,15 +34,20 @@ from .models import cache_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_BUCKET = 256
-"""Static cache lengths are multiples of this many tokens: fewer distinct graphs, at the price of
-attention over up to this many empty cache slots per step."""
-AUTO_MIN_STEPS = 4096
-"""`auto` compiles when a call site will decode at least this many steps (batches x new tokens).
-Measured on SmolLM2-135M, 1 thread (bench/README.md, decode.py): a compile costs ~40-110 s per model
-and shape from a cold inductor cache and 5-15 s from a warm one, and saves ~5% of a step for the fp32
-backbone and ~30% with a skillpack's integer path (~2-20 ms of ~40-70 ms): below a few thousand
-steps the compile is not paid back."""
+CACHE_BUCKET = 64
+"""Static cache lengths are multiples of this many tokens. A compiled step attends over the whole
+static cache, empty slots included: at batch 32 on SmolLM2 (contended, 1 thread) attention over 256
+slots took 3.3 ms a layer against 1.3 over 96, ~60 ms of a ~290 ms step, so the buckets are kept
+small; transformers keeps the longest cache a model has used, so a run meets only a few of them."""
+AUTO_MIN_STEPS = 8192
+"""`auto` compiles when a call site plans at least this many decode steps (batches x new tokens).
+Measured on SmolLM2-135M, 1 thread, a contended 2-core CPU (bench/README.md, decode.py): one
+compile costs 40-160 s per model and shape from a cold inductor cache and 5-50 s from a warm one
+(trace and cache load); it saves 17-29% of a step (20-45 ms) with a skillpack's integer path
+attached, 10-20% for the bf16 backbone at batch 1-8, and 2-10% (1-6 ms) for the fp32 backbone
+alone. At 8192 steps the first two repay even a cold compile; the fp32 backbone breaks even cold and
+gains warm. The default eval (20 docs a task, batch 8, 256 tokens: 768 steps) stays eager; a 300-doc
+task (~9.7k steps) compiles."""
 RECOMPILE_LIMIT = 64
 """torch._dynamo's limit of graphs per function (default 8) is raised to this: an eval compiles one
 graph per model, attached skillpack and batch shape, and past the limit dynamo decodes eagerly
@@ -53,6 +60,19 @@ _failure: str | None = None
 def inductor_cache_dir() -> Path:
     """Where compiled kernels are kept between runs unless TORCHINDUCTOR_CACHE_DIR says otherwise."""
     return cache_dir() / "inductor"
+
+
+def use_inductor_cache_dir() -> None:
+    """Point inductor's caches at `inductor_cache_dir()` unless TORCHINDUCTOR_CACHE_DIR was chosen.
+
+    Importing a transformers model already makes torch fill the variable in with its default
+    (/tmp/torchinductor_<user>, which a reboot empties); that default is replaced too. Inductor reads
+    the variable whenever it looks a compiled graph or kernel up, so this holds for every later compile.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
 
 
 def unavailable(device: torch.device) -> str | None:
@@ -115,7 +135,7 @@ def compile_config():
 def static_cache_kwargs(total_length: int) -> dict:
     """generate() kwargs that decode compiled with a static cache of at least `total_length` tokens
     (prompt + new tokens), rounded up to a multiple of CACHE_BUCKET."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+    use_inductor_cache_dir()
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -146,15 +166,51 @@ def generate(
     global _failure
     if compiled and _failure is None:
         n = next(iter(inputs.values())).shape[0]
-        rng = torch.get_rng_state()
+        rng = _rng_state()
         try:
-            out = run(pad_rows(inputs, rows), **static_cache_kwargs(total_length))
+            with _gqa_in_sdpa():
+                out = run(pad_rows(inputs, rows), **static_cache_kwargs(total_length))
             return out[: n * sequences_per_row]
         except _compile_errors() as e:
             _failure = f"compiled decoding failed ({_cause(e)})"
             _warn_once(_failure)
-            torch.set_rng_state(rng)
+            _set_rng_state(rng)
     return run(inputs)
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@contextmanager
+def _gqa_in_sdpa():
+    """Grouped-query attention inside SDPA (`enable_gqa`) while the compiled decode runs.
+
+    transformers' sdpa_attention_forward decodes eagerly without repeating the KV heads, but when
+    dynamo traces it, it repeats them (`repeat_kv`) unless TRANSFORMERS_SDPA_FORCE_GQA is set: over a
+    static cache that copies every layer's whole cache each step. SmolLM2 (3 KV heads, 9 query heads),
+    batch 32, 256 cache slots: 35 ms per layer against 3.3 with enable_gqa (same values), which made
+    the compiled batch-32 step 2.1x the eager one. Scoped to the compiled call so that eager decoding
+    elsewhere in the process keeps transformers' own choice.
+    """
+    key = "TRANSFORMERS_SDPA_FORCE_GQA"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
 
 
 def _compile_errors() -> tuple[type[BaseException], ...]:

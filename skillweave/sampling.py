@@ -27,9 +27,10 @@ def sample_batch(
     """`samples_per_prompt` sampled answers to each prompt (greedy: one greedy answer each), with token
     counts and truncation flags.
 
-    `compiled` decodes with a static cache and a compiled decode step (skillweave.decoding), the batch
-    padded to `rows` prompts (the call site's batch size, so that its short last batch reuses the
-    graph; default len(batch)).
+    `compiled` decodes with a static cache and a compiled decode step (skillweave.decoding); a greedy
+    batch is padded to `rows` prompts (the call site's batch size, so that its short last batch reuses
+    the graph; default len(batch)). A sampled batch is not: padding rows would draw random numbers too
+    and change the samples, so a short last batch compiles a graph of its own instead.
     """
     texts = [chat_prompt(tok, row["prompt"]) for row in batch]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -44,7 +45,7 @@ def sample_batch(
         ),
         dict(enc),
         compiled=compiled,
-        rows=rows or len(batch),
+        rows=(rows or len(batch)) if greedy else len(batch),
         total_length=enc["input_ids"].shape[1] + sampling.max_new_tokens,
         sequences_per_row=per,
     )

@@ -57,6 +57,7 @@ CASES = [
     ("+dpo.lr=1", "dpo.lr: not a setting"),
     ("+zip.rnk=4", "zip.rnk (did you mean zip.rank?): not a setting"),
     ("model.path=", "model.path is empty"),
+    ("model.compiled_decode=maybe", "model.compiled_decode=maybe: not one of auto, on, off"),
     # registry-backed names, checked at start-up with did-you-mean
     ("stage=dpoo", "stage=dpoo: unknown stage 'dpoo'. Did you mean 'dpo'?"),
     ("pipeline=[generate,filtr]", "pipeline=filtr: unknown stage 'filtr'. Did you mean 'filter'?"),

@@ -181,7 +181,7 @@ def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys):
     from skillweave import decoding
 
     def config():
-        c = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
+        c = CompileConfig(backend="eager", fullgraph=True, dynamic=False, mode=None)
         c._compile_all_devices = True
         return c
 

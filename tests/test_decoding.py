@@ -12,6 +12,7 @@ from skillweave import decoding
 from skillweave.config import CompiledDecode, ModelConfig, SamplingConfig
 from skillweave.core.errors import ConfigError
 from skillweave.models import load_model, load_tokenizer
+from skillweave.sampling import sample_batch
 
 CPU = torch.device("cpu")
 PROMPTS = [{"id": i, "prompt": p, "meta": {}} for i, p in enumerate(
@@ -105,20 +106,29 @@ def test_pad_rows_repeats_the_last_row():
     assert decoding.pad_rows({"input_ids": ids}, 2)["input_ids"] is ids  # a full batch is left as is
 
 
-@pytest.mark.parametrize("length, cache", [(1, 256), (256, 256), (257, 512), (700, 768)])
-def test_static_cache_lengths_are_bucketed(monkeypatch, tmp_path, length, cache):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    monkeypatch.setenv("SKILLWEAVE_CACHE", str(tmp_path))
+@pytest.mark.parametrize("length, cache", [(1, 64), (64, 64), (65, 128), (700, 704)])
+def test_static_cache_lengths_are_bucketed(length, cache):
     kwargs = decoding.static_cache_kwargs(length)
     assert kwargs["max_cache_len"] == cache and kwargs["cache_implementation"] == "static"
     assert (kwargs["compile_config"].dynamic, kwargs["compile_config"]._compile_all_devices) == (False, True)
-    # compiled kernels are kept in the user cache unless TORCHINDUCTOR_CACHE_DIR says otherwise
-    assert decoding.os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+
+
+@pytest.mark.parametrize("before, chosen", [(None, False), ("torch's default", False), ("/my/cache", True)])
+def test_compiled_kernels_are_kept_in_the_user_cache(monkeypatch, tmp_path, before, chosen):
+    """Unless TORCHINDUCTOR_CACHE_DIR was chosen: torch sets it to its /tmp default on import."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("SKILLWEAVE_CACHE", str(tmp_path))
+    value = {None: None, "torch's default": default_cache_dir()}.get(before, before)
+    if value is None:
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", value)
+    decoding.use_inductor_cache_dir()
+    assert decoding.os.environ["TORCHINDUCTOR_CACHE_DIR"] == (value if chosen else str(tmp_path / "inductor"))
 
 
 def greedy(model, tok, compiled: bool, rows: int = 2) -> list[str]:
-    from skillweave.sampling import sample_batch
-
     sampling = SamplingConfig(max_new_tokens=12)
     out = []
     for i in range(0, len(PROMPTS), rows):
@@ -144,10 +154,14 @@ def test_a_failing_compile_falls_back_to_eager_with_one_line(monkeypatch, caplog
     monkeypatch.setattr(decoding, "compile_config", config)
     model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     tok.padding_side = "left"
+    sampling = SamplingConfig(max_new_tokens=8)
+    eager_sampled = sample_batch(model, tok, PROMPTS[:2], sampling, seed=3)
     eager = greedy(model, tok, compiled=False)
     with caplog.at_level(logging.WARNING, logger="skillweave.decoding"):
-        assert greedy(model, tok, compiled=True) == eager  # both batches answered, eagerly
-    assert len(calls) == 1  # the second batch did not try again
+        # redone eagerly from the random state the call started with: the same samples
+        assert sample_batch(model, tok, PROMPTS[:2], sampling, seed=3, compiled=True) == eager_sampled
+        assert greedy(model, tok, compiled=True) == eager  # later batches answered eagerly too
+    assert len(calls) == 1  # and did not try to compile again
     assert [r.getMessage() for r in caplog.records] == [
         "compiled decoding failed (RuntimeError: no C++ compiler): decoding eagerly "
         "(model.compiled_decode=off silences this)"
@@ -176,3 +190,23 @@ def test_compiled_greedy_equals_eager_with_an_int_path_skillpack(tiny_model_dir,
     assert decoding.unavailable(CPU) is None  # it did compile
     assert counters["stats"]["unique_graphs"] - graphs == 1
     assert any(a.strip() for a in eager)  # the tiny model answers something
+
+
+def test_a_short_sampled_batch_keeps_its_samples(monkeypatch, tiny_model_dir, one_thread):
+    """Sampling is not padded (padding rows would draw random numbers too): compiled, a short batch
+    samples what eager decoding samples. Dynamo's `eager` backend stands in for inductor here."""
+    from transformers import CompileConfig
+
+    def config():
+        c = CompileConfig(backend="eager", fullgraph=True, dynamic=False, mode=None)
+        c._compile_all_devices = True
+        return c
+
+    monkeypatch.setattr(decoding, "compile_config", config)
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    tok.padding_side = "left"
+    sampling = SamplingConfig(max_new_tokens=8, samples_per_prompt=3)
+    eager = sample_batch(model, tok, PROMPTS[:3], sampling, seed=5)
+    compiled = sample_batch(model, tok, PROMPTS[:3], sampling, seed=5, compiled=True, rows=4)
+    assert decoding.unavailable(CPU) is None and len(compiled) == 9
+    assert compiled == eager

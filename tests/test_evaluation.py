@@ -384,7 +384,7 @@ def test_evaluate_compiled_answers_as_eager(tiny_model, tokenizer, monkeypatch):
     from skillweave import decoding
 
     def config():
-        c = CompileConfig(backend="eager", fullgraph=True, dynamic=False)
+        c = CompileConfig(backend="eager", fullgraph=True, dynamic=False, mode=None)
         c._compile_all_devices = True
         return c
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from ..config import SamplingConfig
 from ..core.artifacts import ArtifactRef, artifact_lock, content_key, make_ref, read_jsonl, write_jsonl, write_manifest
 from ..core.engine import Context, Need, Pulls, Stage, ref_for, register_stage
-from ..decoding import use_compiled_decode
 from ..core.errors import DataError
+from ..decoding import use_compiled_decode
 from ..deltas import add_delta, load_delta
 from ..evaluation import paired_difference
 from ..models import load_model, load_tokenizer

@@ -25,8 +25,8 @@ from ..core.artifacts import ArtifactRef, atomic_write_json, read_jsonl, write_j
 from ..core.distributed import process_rank
 from ..core.engine import Context, Need, Stage, register_stage
 from ..core.errors import DataError
-from ..deltas import add_delta, previous_delta
 from ..decoding import use_compiled_decode
+from ..deltas import add_delta, previous_delta
 from ..models import generation_dtype, load_model, load_tokenizer
 from ..prompts import PROMPT_SOURCES, SOURCE_VERSIONS, check_source
 from ..sampling import batch_seed, sample_batch
@@ -118,7 +118,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     # Under a multi-process launch (torchrun, accelerate, srun) rank r samples batches r, r+world, ...;
     # per-batch seeds make the result identical for any number of processes.
     mine = [(i, b) for i, b in enumerate(batches) if i % world == rank]
-    compiled = use_compiled_decode(cfg.model.compiled_decode, model.device, len(mine) * sampling.max_new_tokens)
+    # Decided on the whole run's batches, not this rank's, so that every rank decodes the same way.
+    compiled = use_compiled_decode(cfg.model.compiled_decode, model.device, len(batches) * sampling.max_new_tokens)
     for i, batch in tqdm(mine, desc=f"generate[{domain}]", unit="batch", disable=rank != 0):
         shard = shards / f"{i:05d}.jsonl"
         if shard.exists():
