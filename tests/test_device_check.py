@@ -33,7 +33,7 @@ def test_device_check_runs_on_cpu_with_a_tiny_model(tmp_path):
     for precision in ("float32", "bfloat16"):
         assert dpo[precision]["precision_recorded"] == precision and dpo[precision]["steps"] == 2
         assert dpo[precision]["delta_dtypes"] == ["float32"]
-    assert 0 < dpo["relative_diff_bf16_vs_fp32"] < 0.1  # measured 0.016
+    assert 0 < dpo["relative_diff_bf16_vs_fp32"] < 0.1  # measured 0.015-0.016
     (cpu,) = result["skillpack_int_vs_fp"].values()
     # the int path's three INT8 roundings: ~1% per layer (tests/test_zip.py allows 3%), measured 0.99% / 0.81%
     assert cpu["kernels"] == ["int_mm"] and cpu["max_layer_rel_error"] < 0.03 and cpu["logits_change_rel_error"] < 0.03

@@ -107,8 +107,8 @@ def test_bf16_dpo_autocasts_and_keeps_an_fp32_delta(runs, tiny_model_dir):
         below += int(((d.abs() < half_step) & (d != 0)).sum())
         moved += int((d != 0).sum())
     assert moved > 0.99 * sum(d.numel() for d in db.values()) and below > 0.9 * moved
-    # The same two steps from the same seed: the deltas agree to a few percent (measured 2.9%, cosine
-    # 0.9996), without being equal (bf16 rounding changes the gradients).
+    # The same two steps from the same seed: the deltas agree to a few percent (measured 3.1%, cosine
+    # 0.9995), without being equal (bf16 rounding changes the gradients).
     diff = sum(float((da[k] - db[k]).double().pow(2).sum()) for k in da) ** 0.5
     norm = sum(float(t.double().pow(2).sum()) for t in da.values()) ** 0.5
     assert 0 < diff / norm < 0.1
