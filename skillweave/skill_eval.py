@@ -4,7 +4,7 @@ A row is a model (the backbone, with adapters or a composition) scored on each s
 with or without the SKILL.md in the prompt: pass rate (every check passes) with its standard error,
 each check's own rate, the prompt tokens per request (what the skill text costs) and the bytes held.
 Every row is its own artifact (`<root>/skill_eval_rows/<name>-<key>/`, keyed by its inputs and
-settings alone), so a killed comparison resumes at its first unfinished row and two comparisons share
+settings alone), so a killed comparison resumes at its first unscored cell (row and skill) and two comparisons share
 the rows they have in common. The report pairs rows on the same tasks (reports.compare_with).
 """
 
@@ -24,11 +24,12 @@ from .core.artifacts import (
     artifact_lock,
     atomic_write_json,
     atomic_write_text,
+    file_digest,
     make_ref,
     write_jsonl,
     write_manifest,
 )
-from .core.engine import Context
+from .core.engine import Context, Need
 from .eval_tasks import task_digest
 from .evaluation import evaluate
 from .reports import compare_with, paired_table
@@ -54,6 +55,23 @@ class Row:
     """What else its scores depend on (e.g. a merge's density), hashed into its key."""
 
 
+def adapter_needs(ctx: Context, skills: Sequence[str]) -> dict[str, Need]:
+    """Each skill's S2L adapter (stage s2l under `skill=<name>`), as the inputs `s2l_<name>`."""
+    return {f"s2l_{name}": Need(ctx.variant(f"skill={name}"), "s2l") for name in skills}
+
+
+def backbone(ctx: Context) -> Callable[[dict[str, ArtifactRef]], tuple[Any, int, dict]]:
+    """A row's build for the backbone alone."""
+    from .deltas import param_bytes
+    from .models import load_model
+
+    def build(inputs):
+        model = load_model(ctx.model_dir)
+        return model, param_bytes(model), {}
+
+    return build
+
+
 def row_ref(ctx: Context, row: Row, skills: Sequence[str], inputs: dict[str, ArtifactRef]) -> ArtifactRef:
     tasks = {s: eval_task_name(s, row.with_skill_text) for s in skills}
     se = ctx.cfg.skill_eval
@@ -63,11 +81,22 @@ def row_ref(ctx: Context, row: Row, skills: Sequence[str], inputs: dict[str, Art
     return make_ref(ctx.root, ROWS, row.name, config, {k: inputs[k] for k in row.needs})
 
 
+def finished_cell(out: ArtifactRef, skill: str) -> dict | None:
+    """A cell an unfinished row already scored (a killed in-context row loses one skill, not four), or None.
+    The cell file is written after its samples and names their sha256: samples that differ are not reused."""
+    cell_file, samples = out.path / f"{skill}.cell.json", out.path / f"{skill}.jsonl"
+    if not (cell_file.exists() and samples.exists()):
+        return None
+    cell = json.loads(cell_file.read_text())
+    return cell if cell.pop("sha256") == file_digest(samples) else None
+
+
 def score(model, tok, skill: str, with_skill_text: bool, ctx: Context) -> dict:
     """The row's cell for one skill: pass rate, stderr, n, each check's rate, prompt tokens per request, samples."""
     se = ctx.cfg.skill_eval
     task = eval_task_name(skill, with_skill_text)
-    r = evaluate(model, tok, [task], limit=se.n, max_gen_toks=se.max_gen_toks, batch_size=se.batch_size)[task]
+    r = evaluate(model, tok, [task], limit=se.n, max_gen_toks=se.max_gen_toks, batch_size=se.batch_size,
+                 compiled_decode=ctx.cfg.model.compiled_decode)[task]
     samples = r["samples"]
     tokens = [len(tok(s["prompt"], add_special_tokens=False)["input_ids"]) for s in samples]
     checks = {c: sum(s["also"][c] for s in samples) / len(samples) for c in samples[0].get("also", {})}
@@ -93,9 +122,14 @@ def run_rows(ctx: Context, ref: ArtifactRef, rows: Sequence[Row], skills: Sequen
                 model, nbytes, details = row.build(inputs)
                 cells = {}
                 for skill in skills:
+                    cells[skill] = finished_cell(out, skill)
+                    if cells[skill] is not None:
+                        log.info("%s on %s: %.3f, scored before: reused", row.name, skill, cells[skill]["score"])
+                        continue
                     row.select(model, skill)
                     cell = score(model, tok, skill, row.with_skill_text, ctx)
                     write_jsonl(out.path / f"{skill}.jsonl", cell.pop("samples"))
+                    atomic_write_json(out.path / f"{skill}.cell.json", cell | {"sha256": file_digest(out.path / f"{skill}.jsonl")})
                     cells[skill] = cell
                     log.info("%s on %s: %.3f ± %.3f", row.name, skill, cell["score"], cell["stderr"])
                 del model

@@ -166,6 +166,31 @@ def test_rows_are_artifacts_a_rerun_reuses_and_a_lost_one_is_redone(skill_evals)
     assert [n for n in before if after[n] != before[n]] == [lost.name]
 
 
+def test_a_killed_row_keeps_the_cells_it_scored(skill_evals, monkeypatch):
+    """A row killed after its first skill rescores only the rest; a cell whose samples changed is rescored."""
+    from skillweave import skill_eval
+
+    root, ov, _, s2l = skill_evals
+    stage = results(s2l)[1].path / "manifest.json"
+    (row,) = (root / "artifacts" / "skill_eval_rows").glob("s2l_in_context-*")
+    before = json.loads((row / "row.json").read_text())
+    for name in ("manifest.json", "row.json", "ev_second.cell.json"):
+        (row / name).unlink()  # killed while scoring ev_second
+    stage.unlink()
+    scored, score = [], skill_eval.score
+    monkeypatch.setattr(skill_eval, "score", lambda model, tok, skill, *a: scored.append(skill) or score(model, tok, skill, *a))
+    run_overrides([*ov, "stage=s2l_eval"])
+    assert scored == ["ev_second"]
+    assert json.loads((row / "row.json").read_text())["scores"] == before["scores"]
+    with (row / "ev_first.jsonl").open("a") as f:
+        f.write("\n")  # samples that no longer match their cell
+    (row / "manifest.json").unlink()
+    stage.unlink()
+    scored.clear()
+    run_overrides([*ov, "stage=s2l_eval"])
+    assert scored == ["ev_first"]
+
+
 def test_s2l_shared_trains_one_adapter_on_every_skills_examples(skill_evals):
     root = skill_evals[0]
     (shared,) = (root / "artifacts" / "s2l_shared").iterdir()

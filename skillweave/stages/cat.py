@@ -19,10 +19,11 @@ import torch
 from ..composition import attach_composition, from_peft_adapter, save_composition, train_alphas
 from ..config import CATWeights
 from ..core.artifacts import ArtifactRef
-from ..core.engine import Context, Need, Pulls, Stage, register_stage
+from ..core.engine import Context, Pulls, Stage, register_stage
 from ..core.errors import ConfigError
 from ..models import chat_prompt, load_model, load_tokenizer
 from ..skill import SKILLS, Skill, skill_prompt
+from ..skill_eval import adapter_needs
 
 
 def _task(ctx: Context) -> Skill:
@@ -37,7 +38,7 @@ def plan(ctx: Context, domain: Optional[str]):
         raise ConfigError(f"stage=cat composes two or more distinct skills: skills=[a,b], got skills={skills}")
     for name in skills:
         SKILLS.get(name, "skills")
-    needs = {f"s2l_{name}": Need(ctx.variant(f"skill={name}"), "s2l") for name in skills}
+    needs = adapter_needs(ctx, skills)
     return {"cat": asdict(ctx.cfg.cat), "task": task.name, "task_files": [f.name for f in task.files],
             "model": ctx.base_fingerprint}, needs
 

@@ -30,7 +30,7 @@ from ..eval_tasks import EVAL_TASKS, task_digest
 from ..lora_io import load_lora
 from ..models import load_model
 from ..skill import SKILLS, eval_task_name
-from ..skill_eval import Row, adapter_nbytes, run_rows
+from ..skill_eval import Row, adapter_nbytes, adapter_needs, backbone, run_rows
 
 PEFT_COMBINATIONS = ("linear", "cat", "ties")
 
@@ -52,18 +52,11 @@ def _check(ctx: Context) -> tuple[str, list[str]]:
 
 def plan(ctx: Context, domain: Optional[str]):
     task, skills = _check(ctx)
-    needs = {f"s2l_{name}": Need(ctx.variant(f"skill={name}"), "s2l") for name in skills}
+    needs = adapter_needs(ctx, skills)
     needs |= {"mixed": Need(ctx, "s2l_shared"), "cat": Need(ctx, "cat")}
     return {"skill_eval": asdict(ctx.cfg.skill_eval), "task": task, "skills": skills,
             "task_files": task_digest([eval_task_name(task, t) for t in (False, True)]), "model": ctx.base_fingerprint}, needs
 
-
-def _backbone(ctx: Context):
-    def build(inputs):
-        model = load_model(ctx.model_dir)
-        return model, param_bytes(model), {}
-
-    return build
 
 
 def _adapter(ctx: Context, name: str):
@@ -115,8 +108,8 @@ def _composed(ctx: Context, skills: list[str], learned: bool):
 def rows(ctx: Context, skills: list[str]) -> list[Row]:
     adapters = tuple(f"s2l_{s}" for s in skills)
     return [
-        Row("base", (), _backbone(ctx)),
-        Row("base_in_context", (), _backbone(ctx), with_skill_text=True),
+        Row("base", (), backbone(ctx)),
+        Row("base_in_context", (), backbone(ctx), with_skill_text=True),
         *(Row(f"single_{s}", (f"s2l_{s}",), _adapter(ctx, f"s2l_{s}")) for s in skills),
         Row("uniform", adapters, _composed(ctx, skills, learned=False)),
         *(Row(f"peft_{c}", adapters, _peft_merge(ctx, skills, c),

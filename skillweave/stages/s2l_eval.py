@@ -26,7 +26,7 @@ from ..eval_tasks import EVAL_TASKS, task_digest
 from ..lora_io import load_lora, lora_dense_delta
 from ..models import load_model
 from ..skill import SKILLS, eval_task_name
-from ..skill_eval import Row, adapter_nbytes, run_rows
+from ..skill_eval import Row, adapter_nbytes, adapter_needs, backbone, run_rows
 from ..zip import (
     attach_skillpack,
     attached_domain,
@@ -54,20 +54,13 @@ def the_skills(ctx: Context) -> list[str]:
 
 def plan(ctx: Context, domain: Optional[str]):
     skills = the_skills(ctx)
-    needs = {f"s2l_{name}": Need(ctx.variant(f"skill={name}"), "s2l") for name in skills}
+    needs = adapter_needs(ctx, skills)
     if len(skills) > 1:
         needs["shared"] = Need(ctx, "s2l_shared")
     tasks = [eval_task_name(s, t) for s in skills for t in (False, True)]
     return {"skill_eval": asdict(ctx.cfg.skill_eval), "skills": skills, "task_files": task_digest(tasks),
             "model": ctx.base_fingerprint}, needs
 
-
-def _backbone(ctx: Context):
-    def build(inputs):
-        model = load_model(ctx.model_dir)
-        return model, param_bytes(model), {}
-
-    return build
 
 
 def _per_skill_adapters(ctx: Context, skills: list[str]):
@@ -118,8 +111,8 @@ def rows(ctx: Context, skills: list[str]) -> list[Row]:
     adapters = tuple(f"s2l_{name}" for name in skills)
     per_skill = _per_skill_adapters(ctx, skills)
     out = [
-        Row("base", (), _backbone(ctx)),
-        Row("base_in_context", (), _backbone(ctx), with_skill_text=True),
+        Row("base", (), backbone(ctx)),
+        Row("base_in_context", (), backbone(ctx), with_skill_text=True),
         Row("s2l", adapters, per_skill, select=lambda model, skill: model.set_adapter(skill)),
         Row("s2l_in_context", adapters, per_skill, with_skill_text=True, select=lambda model, skill: model.set_adapter(skill)),
         _int8(ctx, skills),

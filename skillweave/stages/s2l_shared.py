@@ -17,10 +17,11 @@ from typing import Optional
 
 from ..config import S2LTraining
 from ..core.artifacts import ArtifactRef, read_jsonl
-from ..core.engine import Context, Need, Pulls, Stage, register_stage
+from ..core.engine import Context, Pulls, Stage, register_stage
 from ..core.errors import ConfigError
 from ..lora_io import adapter_tensors, peft_config, save_adapter
 from ..skill import SKILLS
+from ..skill_eval import adapter_needs
 from ..training import load_for_training, resolved_precision, train_sft, training_precision
 
 
@@ -40,7 +41,7 @@ def plan(ctx: Context, domain: Optional[str]):
             f"stage=s2l_shared trains by SFT on the skills' kept examples; s2l.training={ctx.cfg.s2l.training} "
             "has no shared form here: set s2l.training=sft"
         )
-    needs = {f"s2l_{name}": Need(ctx.variant(f"skill={name}"), "s2l") for name in skills}
+    needs = adapter_needs(ctx, skills)
     config = {"skills": skills, "s2l": {k: v for k, v in asdict(ctx.cfg.s2l).items() if k != "precision"},
               "lora": asdict(ctx.cfg.lora), "model": ctx.base_fingerprint}
     precision = resolved_precision(ctx.cfg.s2l.precision)
