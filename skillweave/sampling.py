@@ -22,10 +22,13 @@ def batch_seed(seed: int, dpo_round: int, batch: int) -> int:
 @torch.no_grad()
 def sample_batch(
     model, tok, batch: list[dict], sampling: SamplingConfig, seed: int, greedy: bool = False,
-    compiled: bool = False, rows: Optional[int] = None,
+    compiled: bool = False, rows: Optional[int] = None, engine=None,
 ) -> list[dict]:
     """`samples_per_prompt` sampled answers to each prompt (greedy: one greedy answer each), with token
     counts and truncation flags.
+
+    `engine` (a skillweave.engines.VLLMEngine) decodes instead of `model` (None then): the same prompt
+    tokens, stop tokens (of the engine's model's generation config) and accounting.
 
     `compiled` decodes with a static cache and a compiled decode step (skillweave.decoding); a greedy
     batch is padded to `rows` prompts (the call site's batch size, so that its short last batch reuses
@@ -33,30 +36,20 @@ def sample_batch(
     and change the samples, so a short last batch compiles a graph of its own instead.
     """
     texts = [chat_prompt(tok, row["prompt"]) for row in batch]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    torch.manual_seed(seed)
     per = 1 if greedy else sampling.samples_per_prompt
-    settings = {"do_sample": False} if greedy else {
-        "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
-    out = decoding.generate(
-        lambda inputs, **extra: model.generate(
-            **inputs, **settings, max_new_tokens=sampling.max_new_tokens, num_return_sequences=per,
-            pad_token_id=tok.pad_token_id, **extra,
-        ),
-        dict(enc),
-        compiled=compiled,
-        rows=(rows or len(batch)) if greedy else len(batch),
-        total_length=enc["input_ids"].shape[1] + sampling.max_new_tokens,
-        sequences_per_row=per,
-    )
-    gen = out[:, enc["input_ids"].shape[1] :].cpu()
-    stop_ids = _stop_ids(model, tok)
-    rows = []
-    for j, seq in enumerate(gen):
-        ids = seq.tolist()
-        end = next((k for k, t in enumerate(ids) if t in stop_ids), None)
+    stop_ids = _stop_ids((engine or model).generation_config, tok)
+    if engine is not None:
+        prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        outputs = engine.generate(prompts, n=per, greedy=greedy, temperature=sampling.temperature, top_p=sampling.top_p,
+                                  max_new_tokens=sampling.max_new_tokens, stop_token_ids=sorted(stop_ids), seed=seed)
+        gen = [(o.ids, o.stopped) for per_prompt in outputs for o in per_prompt]
+    else:
+        gen = [(ids, False) for ids in _hf_generate(model, tok, texts, sampling, seed, per, greedy, compiled, rows)]
+    out = []
+    for j, (ids, stopped) in enumerate(gen):
+        end = next((k for k, t in enumerate(ids) if t in stop_ids), len(ids) if stopped else None)
         row = batch[j // per]
-        rows.append(
+        out.append(
             {
                 "prompt_id": row["id"],
                 "prompt": row["prompt"],
@@ -68,12 +61,33 @@ def sample_batch(
                 "truncated": end is None,
             }
         )
-    return rows
+    return out
 
 
-def _stop_ids(model, tok) -> set[int]:
+def _hf_generate(model, tok, texts: list[str], sampling: SamplingConfig, seed: int, per: int, greedy: bool,
+                 compiled: bool, rows: Optional[int]) -> list[list[int]]:
+    """transformers' generate: each prompt's `per` answers' token ids (padding after a stop token included)."""
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    torch.manual_seed(seed)
+    settings = {"do_sample": False} if greedy else {
+        "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    out = decoding.generate(
+        lambda inputs, **extra: model.generate(
+            **inputs, **settings, max_new_tokens=sampling.max_new_tokens, num_return_sequences=per,
+            pad_token_id=tok.pad_token_id, **extra,
+        ),
+        dict(enc),
+        compiled=compiled,
+        rows=(rows or len(texts)) if greedy else len(texts),
+        total_length=enc["input_ids"].shape[1] + sampling.max_new_tokens,
+        sequences_per_row=per,
+    )
+    return out[:, enc["input_ids"].shape[1] :].cpu().tolist()
+
+
+def _stop_ids(generation_config, tok) -> set[int]:
     ids = {tok.eos_token_id}
-    eos = model.generation_config.eos_token_id
+    eos = generation_config.eos_token_id
     ids.update(eos if isinstance(eos, list) else [eos])
     return {i for i in ids if i is not None}
 

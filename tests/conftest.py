@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLCONFIGDIR", "/tmp/skillweave-mpl")
+# model.generation_backend=auto would pick a checkout's .venv-vllm: tests ask for vLLM where they test it
+os.environ["SKILLWEAVE_VLLM_PYTHON"] = ""
 
 import pytest
 import torch

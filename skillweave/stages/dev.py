@@ -17,7 +17,7 @@ policy's answers are their own artifact (`dev/<domain>-start-<key>`), shared by 
 from __future__ import annotations
 
 import logging
-import math
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,8 +32,9 @@ from ..core.engine import Context, Need, Pulls, Stage, ref_for, register_stage
 from ..core.errors import DataError
 from ..decoding import use_compiled_decode
 from ..deltas import add_delta, load_delta
+from ..engines import resolve_backend, vllm_engine
 from ..evaluation import paired_difference
-from ..models import load_model, load_tokenizer
+from ..models import cache_dir, chat_prompt, load_model, load_tokenizer
 from ..pairs import rule_set_path, score_sample
 from ..prompts import PROMPT_SOURCES
 from ..rules import load_rule_set
@@ -80,11 +81,14 @@ def dev_prompts(ctx: Context, domain: str) -> tuple[list[dict], int]:
 def _answer_settings(ctx: Context, domain: str) -> dict:
     cfg = ctx.for_domain(domain)
     prompts, _ = dev_prompts(ctx, domain)
-    return {
+    settings = {
         "prompts": content_key(sorted(r["id"] for r in prompts)),
         "max_new_tokens": cfg.dev.max_new_tokens or cfg.domain.sampling.max_new_tokens,
         "model": ctx.base_fingerprint,
     }
+    if resolve_backend(cfg.model.generation_backend, cfg.model.vllm_python) == "vllm":
+        settings["backend"] = "vllm"  # its fp32 kernels are not transformers': ties may break otherwise
+    return settings
 
 
 def plan(ctx: Context, domain: Optional[str]):
@@ -102,21 +106,31 @@ def start_ref(ctx: Context, domain: str) -> ArtifactRef:
 
 
 def answer(ctx: Context, domain: str, prompts: list[dict], delta_path: Optional[Path], desc: str) -> list[dict]:
-    """Greedy fp32 answers of theta_0 (+ the delta at `delta_path`) to `prompts`."""
+    """Greedy fp32 answers of theta_0 (+ the delta at `delta_path`) to `prompts`, by the generation backend."""
     cfg = ctx.for_domain(domain)
-    model = load_model(ctx.model_dir, dtype=torch.float32)
-    if delta_path is not None:
-        add_delta(model, load_delta(delta_path, backbone_fingerprint=ctx.base_fingerprint))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device).eval()
+    backend = resolve_backend(cfg.model.generation_backend, cfg.model.vllm_python)
     tok = load_tokenizer(ctx.model_dir)
     tok.padding_side = "left"
     sampling = SamplingConfig(max_new_tokens=cfg.dev.max_new_tokens or cfg.domain.sampling.max_new_tokens)
+    model = None
+    if backend == "hf" or delta_path is not None:
+        model = load_model(ctx.model_dir, dtype=torch.float32)
+        if delta_path is not None:
+            add_delta(model, load_delta(delta_path, backbone_fingerprint=ctx.base_fingerprint))
     rows, b = [], cfg.dev.batch_size
-    steps = math.ceil(len(prompts) / b) * sampling.max_new_tokens
-    compiled = use_compiled_decode(cfg.model.compiled_decode, model.device, steps)
-    for i in tqdm(range(0, len(prompts), b), desc=desc, unit="batch"):
-        rows += sample_batch(model, tok, prompts[i : i + b], sampling, seed=0, greedy=True, compiled=compiled, rows=b)
+    batches = [prompts[i : i + b] for i in range(0, len(prompts), b)]
+    if backend == "vllm":
+        longest = max(len(tok(chat_prompt(tok, p["prompt"]), add_special_tokens=False)["input_ids"]) for p in prompts)
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as work, \
+                vllm_engine(ctx, model, Path(work), dtype="float32", seed=0, max_model_len=longest + sampling.max_new_tokens) as engine:
+            for batch in tqdm(batches, desc=desc, unit="batch"):
+                rows += sample_batch(None, tok, batch, sampling, seed=0, greedy=True, engine=engine)
+        return rows
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    compiled = use_compiled_decode(cfg.model.compiled_decode, model.device, len(batches) * sampling.max_new_tokens)
+    for batch in tqdm(batches, desc=desc, unit="batch"):
+        rows += sample_batch(model, tok, batch, sampling, seed=0, greedy=True, compiled=compiled, rows=b)
     return rows
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Optional
 
@@ -27,7 +28,8 @@ from ..core.engine import Context, Need, Stage, register_stage
 from ..core.errors import DataError
 from ..decoding import use_compiled_decode
 from ..deltas import add_delta, previous_delta
-from ..models import generation_dtype, load_model, load_tokenizer
+from ..engines import resolve_backend, vllm_engine
+from ..models import chat_prompt, generation_dtype, load_model, load_tokenizer
 from ..prompts import PROMPT_SOURCES, SOURCE_VERSIONS, check_source
 from ..sampling import batch_seed, sample_batch
 
@@ -48,6 +50,8 @@ def plan(ctx: Context, domain: Optional[str]):
         "contamination_ngram": cfg.domain.contamination_ngram,
         "dtype": generation_dtype(cfg.model.generation_dtype),
     }
+    if resolve_backend(cfg.model.generation_backend, cfg.model.vllm_python) == "vllm":
+        config["backend"] = {"name": "vllm", "request_seed": cfg.model.vllm_request_seed}
     if cfg.domain.prompt_source.name in SOURCE_VERSIONS:
         config["prompt_source_version"] = SOURCE_VERSIONS[cfg.domain.prompt_source.name]
     if ctx.dpo_round == 0:
@@ -102,14 +106,23 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     rank, world = process_rank()
     dtype = getattr(torch, generation_dtype(cfg.model.generation_dtype))
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    model = load_model(ctx.model_dir, dtype=dtype)
-    delta = previous_delta(inputs, ctx.base_fingerprint)
-    if delta is not None:
-        add_delta(model, delta)  # theta_0 + Delta_{r-1}, in the sampling dtype
-        del delta
-    model = model.to(device)
+    backend = resolve_backend(cfg.model.generation_backend, cfg.model.vllm_python)
     tok = load_tokenizer(ctx.model_dir)
     tok.padding_side = "left"  # decoder-only batches pad on the left so generation continues the prompt
+    model = engine = None
+    if backend == "hf" or "policy" in inputs:
+        model = load_model(ctx.model_dir, dtype=dtype)
+        delta = previous_delta(inputs, ctx.base_fingerprint)
+        if delta is not None:
+            add_delta(model, delta)  # theta_0 + Delta_{r-1}, in the sampling dtype
+            del delta
+    if backend == "vllm":
+        longest = max(len(tok(chat_prompt(tok, p["prompt"]), add_special_tokens=False)["input_ids"]) for p in prompts)
+        engine = vllm_engine(ctx, model, ref.path, dtype=str(dtype).removeprefix("torch."),
+                             seed=batch_seed(sampling.seed, ctx.dpo_round, 0), max_model_len=longest + sampling.max_new_tokens)
+        model = None  # the engine holds the weights
+    else:
+        model = model.to(device)
 
     shards = ref.path / "shards"
     shards.mkdir(exist_ok=True)
@@ -119,17 +132,19 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     # per-batch seeds make the result identical for any number of processes.
     mine = [(i, b) for i, b in enumerate(batches) if i % world == rank]
     # Decided on the whole run's batches, not this rank's, so that every rank decodes the same way.
-    compiled = use_compiled_decode(cfg.model.compiled_decode, model.device, len(batches) * sampling.max_new_tokens)
-    for i, batch in tqdm(mine, desc=f"generate[{domain}]", unit="batch", disable=rank != 0):
-        shard = shards / f"{i:05d}.jsonl"
-        if shard.exists():
-            continue
-        t0 = time.perf_counter()
-        rows = sample_batch(model, tok, batch, sampling, seed=batch_seed(sampling.seed, ctx.dpo_round, i),
-                            compiled=compiled, rows=sampling.batch_size)
-        seconds += time.perf_counter() - t0
-        new_tokens += sum(r["n_tokens"] for r in rows)
-        write_jsonl(shard, rows)
+    compiled = engine is None and use_compiled_decode(cfg.model.compiled_decode, model.device,
+                                                      len(batches) * sampling.max_new_tokens)
+    with engine or nullcontext():
+        for i, batch in tqdm(mine, desc=f"generate[{domain}]", unit="batch", disable=rank != 0):
+            shard = shards / f"{i:05d}.jsonl"
+            if shard.exists():
+                continue
+            t0 = time.perf_counter()
+            rows = sample_batch(model, tok, batch, sampling, seed=batch_seed(sampling.seed, ctx.dpo_round, i),
+                                compiled=compiled, rows=sampling.batch_size, engine=engine)
+            seconds += time.perf_counter() - t0
+            new_tokens += sum(r["n_tokens"] for r in rows)
+            write_jsonl(shard, rows)
 
     local_tokens_per_s = round(new_tokens / seconds, 1) if seconds else None
     if world > 1:
@@ -151,6 +166,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "processes": world,
         "device": device,
         "dtype": str(dtype),
+        "backend": backend if engine is None else f"vllm {engine.version}",
     }
 
 

