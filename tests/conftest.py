@@ -98,3 +98,17 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     build_tiny_model(tiny_tokenizer).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def fake_vllm_python(tmp_path_factory):
+    """An interpreter whose `import vllm` is tests/fake_vllm (vLLM's offline API over transformers; the
+    engine drops the parent's PYTHONPATH, so the wrapper sets it)."""
+    import sys
+    from pathlib import Path
+
+    fake = Path(__file__).with_name("fake_vllm")
+    path = tmp_path_factory.mktemp("fake-vllm-env") / "python"
+    path.write_text(f'#!/bin/sh\nPYTHONPATH={fake} exec {sys.executable} "$@"\n')
+    path.chmod(0o755)
+    return path

@@ -87,10 +87,11 @@ def load_generate_bench():
     return module
 
 
-def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
+def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_model_dir, fake_vllm_python, capsys):
     out = tmp_path / "results" / "generate.json"
     args = ["--model", str(tiny_model_dir), "--batch-sizes", "1", "2", "--max-new-tokens", "4", "--repeats", "2",
-            "--samples-per-prompt", "2", "--backends", "cpu-fp32", "cpu-bf16", "--out", str(out)]
+            "--samples-per-prompt", "2", "--backends", "cpu-fp32", "cpu-bf16", "vllm-cpu-bf16", "--out", str(out),
+            "--vllm-python", str(fake_vllm_python)]
     threads = torch.get_num_threads()
     try:  # main() sets torch's thread count for the whole process: give the session its own back
         load_generate_bench().main(args)
@@ -102,16 +103,19 @@ def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_mo
     assert (data["threads"], data["max_new_tokens"], data["samples_per_prompt"]) == (1, 4, 2)
     rows = data["rows"]
     assert [(r["backend"], r["batch_size"], r["sequences_per_call"]) for r in rows] == [
-        ("cpu-fp32", 1, 2), ("cpu-bf16", 1, 2), ("cpu-fp32", 2, 4), ("cpu-bf16", 2, 4),
+        (b, n, 2 * n) for n in (1, 2) for b in ("cpu-fp32", "cpu-bf16", "vllm-cpu-bf16")
     ]
+    assert data["vllm"] == "0.0+fake" and set(data["engine_start_s"]) == {"vllm-cpu-bf16"}
+    # x hf: a vLLM backend over the HF backend of its device and dtype, HF rows have none
+    assert [r["ratio_vs_hf"] is not None for r in rows] == [False, False, True] * 2
     for r in rows:
         assert r["calls"] == 2 and 0 < r["new_tokens"] <= 2 * r["sequences_per_call"] * 4
         assert r["new_tokens"] == round(r["mean_new_tokens"] * 2 * r["sequences_per_call"])
         assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0 and r["ratio_vs_fp32"] > 0
         assert 0.0 <= r["truncated_fraction"] <= 1.0
     assert {r["ratio_vs_fp32"] for r in rows if r["backend"] == "cpu-fp32"} == {1.0}
-    assert [r["speedup_vs_smallest_batch"] for r in rows if r["batch_size"] == 1] == [1.0, 1.0]
-    assert "| cpu-bf16 | 2 | 4 |" in stdout
+    assert [r["speedup_vs_smallest_batch"] for r in rows if r["batch_size"] == 1] == [1.0, 1.0, 1.0]
+    assert "| cpu-bf16 | 2 | 4 |" in stdout and "| vllm-cpu-bf16 | 2 | 4 |" in stdout
 
 
 def test_generate_bench_times_the_stage_sampler():

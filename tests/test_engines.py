@@ -6,7 +6,6 @@ runs the real vLLM where `make vllm` installed it."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,9 @@ from skillweave.evaluation import evaluate
 from skillweave.models import load_model, load_tokenizer
 from skillweave.sampling import sample_batch
 
-FAKE = Path(__file__).with_name("fake_vllm")
-
-
 @pytest.fixture(scope="module")
-def fake_python(tmp_path_factory) -> Path:
-    """An interpreter whose `import vllm` is the fake (the engine drops the parent's PYTHONPATH)."""
-    path = tmp_path_factory.mktemp("fake-vllm-env") / "python"
-    path.write_text(f'#!/bin/sh\nPYTHONPATH={FAKE} exec {sys.executable} "$@"\n')
-    path.chmod(0o755)
-    return path
+def fake_python(fake_vllm_python) -> Path:
+    return fake_vllm_python
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ class _Request:
 
 
 class LLM:
-    def __init__(self, model: str, dtype: str, seed: int, max_model_len: int, skip_tokenizer_init: bool, enforce_eager: bool):
+    def __init__(self, model: str, dtype: str, seed: int, max_model_len: int, skip_tokenizer_init: bool, enforce_eager: bool,
+                 kv_cache_memory_bytes: int):
         if os.environ.get("FAKE_VLLM_FAIL"):
             raise RuntimeError("fake engine told to fail")
         from transformers import AutoModelForCausalLM

@@ -1,0 +1,56 @@
+"""The real vLLM (the environment `make vllm` builds; `make test` builds it first): its greedy answers in
+fp32 equal transformers' on a small random Llama, through skillweave's engine and sample_batch.
+$SKILLWEAVE_TEST_VLLM_PYTHON points the test at another vLLM environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from skillweave.config import SamplingConfig
+from skillweave.engines import REPO_VENV, VLLMEngine
+from skillweave.models import load_model, load_tokenizer
+from skillweave.sampling import sample_batch
+
+PYTHON = Path(os.environ.get("SKILLWEAVE_TEST_VLLM_PYTHON") or REPO_VENV)
+
+pytestmark = pytest.mark.skipif(not PYTHON.is_file(), reason=f"no vLLM environment at {PYTHON}: `make vllm`")
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, tiny_tokenizer):
+    """A random Llama with 64-wide attention heads (vLLM's CPU attention kernels take 32 and up)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, vocab_size=len(tiny_tokenizer), max_position_embeddings=512,
+                      tie_word_embeddings=True, eos_token_id=tiny_tokenizer.eos_token_id,
+                      pad_token_id=tiny_tokenizer.pad_token_id, bos_token_id=tiny_tokenizer.eos_token_id)
+    path = tmp_path_factory.mktemp("vllm-llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_vllm_greedy_answers_are_transformers_answers(llama_dir, tmp_path):
+    tok = load_tokenizer(llama_dir)
+    tok.padding_side = "left"
+    model = load_model(llama_dir, dtype=torch.float32)
+    prompts = [{"id": f"p{i}", "prompt": p, "meta": {}} for i, p in
+               enumerate(["add one two", "the list of three", "print yes no", "sum zero five six seven"])]
+    sampling = SamplingConfig(max_new_tokens=16)
+    hf = sample_batch(model, tok, prompts, sampling, seed=0, greedy=True)
+    with VLLMEngine(llama_dir, python=PYTHON, dtype="float32", seed=0, max_model_len=128, log_path=tmp_path / "vllm.log",
+                    enforce_eager=True, threads=1) as engine:
+        assert engine.version.startswith("0.")
+        vllm = sample_batch(None, tok, prompts, sampling, seed=0, greedy=True, engine=engine)
+        sampled = sample_batch(None, tok, prompts[:2], SamplingConfig(samples_per_prompt=3, max_new_tokens=8), seed=1,
+                               engine=engine)
+    assert [r["response"] for r in vllm] == [r["response"] for r in hf]
+    assert vllm == hf and all(r["response"] for r in hf)  # not a comparison of empty answers
+    assert len(sampled) == 6 and all(0 < r["n_tokens"] <= 8 for r in sampled)
+    assert len({r["response"] for r in sampled}) > 1  # sampled, not greedy
