@@ -452,6 +452,14 @@ class EvalConfig:
     of each other (1.01-1.09x vs 1.03-1.06x the compiled backbone at eval's batch 8). Eager, in short
     evals, the integer path is slower (1.20-1.42x vs 1.05-1.12x the backbone at batch 1-32): false saves
     ~13% of the skillpack rows' decoding there, and changes their scores slightly and every row's key."""
+    backend: GenerationBackend = GenerationBackend.hf
+    """hf | vllm: what decodes the configurations vLLM can serve (plain transformers models: base, dpo,
+    merged, multitask, merges...; a row with skillweave's own modules, such as an attached skillpack's
+    integer path, is scored by HF whatever this says). Greedy in fp32 either way; vLLM's kernels are not
+    transformers', so an answer may differ where two tokens nearly tie: rows are keyed by it, and each
+    row's details say what served each domain (`served_by`), since a paired difference between rows of
+    two backends holds that noise too. `auto` is not offered: an eval's rows are paired, and the backend
+    is chosen for a comparison, not found on a machine."""
     external_model: Optional[str] = None
     """An HF model directory evaluated as configuration `external` (e.g. the 32B monolith on a cluster)."""
     budget_bytes: Optional[int] = None
@@ -465,6 +473,9 @@ class EvalConfig:
             raise ConfigError(f"eval.max_gen_toks and eval.batch_size must be >= 1, got {self.max_gen_toks}, {self.batch_size}")
         if self.budget_bytes is not None and self.budget_bytes < 1:
             raise ConfigError(f"eval.budget_bytes must be >= 1 or null (no budget), got {self.budget_bytes}")
+        if self.backend == GenerationBackend.auto:
+            raise ConfigError("eval.backend=auto: choose eval.backend=hf or eval.backend=vllm (rows are paired: the "
+                              "backend is chosen, not found)")
 
 
 @dataclass

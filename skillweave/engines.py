@@ -18,12 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 from .core.errors import ConfigError, SkillweaveError
 
@@ -88,6 +91,57 @@ def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_l
     log_path = cache_dir() / "logs" / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     return VLLMEngine(model_dir, python=vllm_python(cfg.vllm_python), dtype=dtype, seed=seed, max_model_len=max_model_len,
                       log_path=log_path, request_seed=cfg.vllm_request_seed, threads=ctx.cfg.threads)
+
+
+def servable(model) -> bool:
+    """Whether vLLM can serve `model` as saved: a plain transformers model. One with skillweave's own
+    modules (an attached skillpack's integer path, a composition) or PEFT adapters stays on HF."""
+    return all(type(m).__module__.startswith(("transformers.", "torch.nn.")) for m in model.modules())
+
+
+def weights_digest(model) -> str:
+    """sha256 of every parameter and buffer's bytes: whether two calls score the same weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class ServedModels:
+    """Engines for the eval stage's scorer: one at a time, for the model it was last asked to score,
+    restarted when the weights change (a configuration scores one model on every domain: one start)."""
+
+    def __init__(self, ctx, workdir: Path, dtype: str = "float32"):
+        self.ctx, self.workdir, self.dtype = ctx, workdir, dtype
+        self.engine: VLLMEngine | None = None
+        self.digest: str | None = None
+
+    def engine_for(self, model) -> "VLLMEngine | None":
+        """An engine serving `model`'s current weights, or None where vLLM cannot serve it (HF scores it)."""
+        if not servable(model):
+            return None
+        digest = weights_digest(model)
+        if digest != self.digest:
+            self.close()
+            length = min(getattr(model.config, "max_position_embeddings", 4096) or 4096, 4096)
+            self.engine = vllm_engine(self.ctx, model, self.workdir, dtype=self.dtype, seed=0, max_model_len=length)
+            self.digest = digest
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            shutil.rmtree(self.workdir / ".vllm-model.tmp", ignore_errors=True)
+        self.engine = self.digest = None
+
+    def __enter__(self) -> "ServedModels":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class VLLMEngine:

@@ -124,3 +124,32 @@ def test_a_later_round_serves_the_policy_through_the_engine(vllm_runs):
     manifest = json.loads((ref / "manifest.json").read_text())
     assert manifest["metrics"]["policy"] is not None and manifest["metrics"]["backend"] == "vllm 0.0+fake"
     assert not list(ref.glob(".vllm-model*"))  # the policy's weights were written for the engine, then removed
+
+
+def test_eval_serves_plain_models_by_vllm_and_skillpacks_by_hf(tmp_path, tiny_model_dir, fake_python):
+    """The fake engine decodes as transformers does, so every row scores as with eval.backend=hf; rows with
+    an attached skillpack (skillweave's own modules) are scored by HF, and each row says what served it."""
+    ov = overrides(tmp_path, tiny_model_dir, "stage=eval", "domains=[math]", "eval.configurations=[base,dpo,skillweave]",
+                   "eval.limit=3", "eval.max_gen_toks=12")
+    (hf,) = [r for name, r in run_overrides([o for o in ov if o != "stage=eval"]).items() if name.split("/")[0] == "eval"]
+    (vllm,) = [r for name, r in run_overrides([*ov, "eval.backend=vllm", f"model.vllm_python={fake_python}",
+                                                                   "model.generation_backend=hf"]).items()
+               if name.split("/")[0] == "eval"]
+    rows = {r["name"]: r for r in json.loads(vllm.file("results").read_text())["configurations"]}
+    hf_rows = {r["name"]: r for r in json.loads(hf.file("results").read_text())["configurations"]}
+    assert {n: r["details"]["served_by"] for n, r in rows.items()} == {
+        "base": {"math": "vllm 0.0+fake"}, "dpo": {"math": "vllm 0.0+fake"}, "skillweave": {"math": "hf"}}
+    assert {n: r["scores"] for n, r in rows.items()} == {n: r["scores"] for n, r in hf_rows.items()}
+    assert {r["row"] for r in rows.values()}.isdisjoint(r["row"] for r in hf_rows.values())  # keyed by the backend
+    for name in ("base", "dpo"):
+        answers = [(vllm.path / "samples" / f"{name}-math.jsonl"), (hf.path / "samples" / f"{name}-math.jsonl")]
+        assert answers[0].read_text() == answers[1].read_text()
+    assert not list((tmp_path / "artifacts").rglob(".vllm-model*"))
+
+
+def test_eval_backend_vllm_without_vllm_is_one_line(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match="eval.backend|generation_backend=vllm"):
+        run_overrides(overrides(tmp_path, tiny_model_dir, "stage=eval", "eval.backend=vllm",
+                                f"model.vllm_python={tmp_path / 'none'}"))
+    with pytest.raises(ConfigError, match="eval.backend=auto"):
+        run_overrides(overrides(tmp_path, tiny_model_dir, "stage=eval", "eval.backend=auto"))

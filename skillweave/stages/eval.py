@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Optional
 
@@ -28,6 +29,7 @@ from ..core.artifacts import (
 )
 from ..core.configurations import CONFIGURATIONS, Scorer, eval_limits, eval_needs, eval_tasks, limits_key
 from ..core.engine import Context, Stage, register_stage
+from ..engines import ServedModels, resolve_backend
 from ..eval_tasks import task_digest
 from ..evaluation import evaluate
 from ..plots import domain_bars, frontier_plot
@@ -63,7 +65,8 @@ def row_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef]) -> Artifact
     ev = ctx.cfg.eval
     config = {
         "configuration": name,
-        "eval": {"limit": ev.limit, "max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path},
+        "eval": {"limit": ev.limit, "max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path}
+        | ({"backend": "vllm"} if ev.backend == "vllm" else {}),
         "tasks": eval_tasks(ctx),
         "model": ctx.base_fingerprint,
         "task_files": task_digest(list(eval_tasks(ctx).values())),
@@ -77,10 +80,12 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     ev, tasks, limits = ctx.cfg.eval, eval_tasks(ctx), eval_limits(ctx)
     (ref.path / "samples").mkdir(exist_ok=True)
 
-    def scorer(row: ArtifactRef) -> Scorer:
+    def scorer(row: ArtifactRef, served: ServedModels | None, served_by: dict) -> Scorer:
         def score(model, tok, d: str) -> dict:
-            res = evaluate(model, tok, [tasks[d]], limit=limits[d], max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size,
-                           compiled_decode=ctx.cfg.model.compiled_decode)
+            engine = served.engine_for(model) if served is not None else None
+            served_by[d] = f"vllm {engine.version}" if engine is not None else "hf"
+            res = evaluate(None if engine else model, tok, [tasks[d]], limit=limits[d], max_gen_toks=ev.max_gen_toks,
+                           batch_size=ev.batch_size, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine)
             r = res[tasks[d]]
             # Every answer is kept: which ones a skillpack changed is as telling as the score.
             write_jsonl(row.path / "samples" / f"{d}.jsonl", r["samples"])
@@ -97,7 +102,11 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
             if not row.complete:
                 started = time.time()
                 (row.path / "samples").mkdir(exist_ok=True)
-                out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(row))
+                served_by: dict[str, str] = {}
+                with (ServedModels(ctx, row.path) if ev.backend == "vllm" else nullcontext()) as served:
+                    out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(row, served, served_by))
+                if ev.backend == "vllm":
+                    out["details"] = {**out.get("details", {}), "served_by": served_by}
                 for d, answers in out.get("samples", {}).items():
                     write_jsonl(row.path / "samples" / f"{d}.jsonl", answers)
                 scores = {d: s["score"] for d, s in out["scores"].items()}
@@ -141,6 +150,12 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     return {"configurations": len(rows)}
 
 
+def check(ctx: Context, domain: Optional[str]) -> None:
+    if ctx.cfg.eval.backend == "vllm":
+        resolve_backend("vllm", ctx.cfg.model.vllm_python)  # absent: one line before any model loads
+
+
 register_stage(Stage(
     "eval", per_domain=False, plan=plan, run=run, outputs={"results": "results.json", "table": "results.md"},
+    check=check,
 ))
