@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from skillweave.app import load_plugins
 from skillweave.config import SamplingConfig
 from skillweave.core.artifacts import atomic_write_json
 from skillweave.engines import VLLMEngine, vllm_python
@@ -197,6 +198,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    load_plugins()  # the prompt sources are the domains' plugins
     torch.set_num_threads(args.threads)
     model_dir = resolve_model_dir(args.model)
     tok = load_tokenizer(model_dir)
