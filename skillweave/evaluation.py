@@ -96,7 +96,7 @@ def evaluate(
     n_docs = [len(samples[name]) if name in samples else len(task.eval_docs) for name, task in loaded.items()]
     steps = sum(math.ceil(n / batch_size) for n in n_docs) * max_gen_toks
     if engine is not None:
-        lm = engine_lm(engine, tokenizer, batch_size)
+        lm = engine_lm(engine, tokenizer)
     else:
         compiled = decoding.use_compiled_decode(compiled_decode, model.device, steps)
         lm = (compiled_hflm() if compiled else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
@@ -137,7 +137,7 @@ def compiled_hflm():
     return CompiledHFLM
 
 
-def engine_lm(engine: Any, tokenizer: Any, batch_size: int):
+def engine_lm(engine: Any, tokenizer: Any):
     """lm-eval's view of a generation engine: greedy `generate_until` as HFLM does it (the tokenizer's chat
     template, contexts tokenized without special tokens, the answer decoded without them and cut at the
     first stop string). A stop string that is one token stops the engine; others are cut afterwards.
@@ -146,10 +146,6 @@ def engine_lm(engine: Any, tokenizer: Any, batch_size: int):
     from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
 
     class EngineLM(LM):
-        def __init__(self):
-            super().__init__()
-            self.batch_size = batch_size
-
         @property
         def tokenizer_name(self) -> str:
             return tokenizer.name_or_path.replace("/", "__")
@@ -162,30 +158,27 @@ def engine_lm(engine: Any, tokenizer: Any, batch_size: int):
                                                  continue_final_message=not add_generation_prompt)
 
         def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+            # Every request goes to the engine at once (one call per stop strings and token limit): it
+            # schedules its own batches, so eval.batch_size does not apply.
             eos = tokenizer.decode(tokenizer.eos_token_id, skip_special_tokens=False)
-            out: list[str] = []
-            for start in range(0, len(requests), batch_size):
-                chunk = requests[start : start + batch_size]
-                groups: dict[tuple, list[int]] = {}
-                for i, req in enumerate(chunk):
-                    kwargs = dict(req.args[1])
-                    until = tuple(handle_stop_sequences(kwargs.pop("until", None), eos=eos))
-                    groups.setdefault((until, kwargs.get("max_gen_toks", 256)), []).append(i)
-                texts: list[str] = [""] * len(chunk)
-                for (until, max_gen_toks), members in groups.items():
-                    stop_ids = {tokenizer.eos_token_id}
-                    for term in until:
-                        ids = tokenizer(term, add_special_tokens=False)["input_ids"]
-                        if len(ids) == 1:
-                            stop_ids.add(ids[0])
-                    prompts = [tokenizer(chunk[i].args[0], add_special_tokens=False)["input_ids"] for i in members]
-                    outputs = engine.generate(prompts, n=1, greedy=True, temperature=1.0, top_p=1.0,
-                                              max_new_tokens=max_gen_toks, stop_token_ids=sorted(stop_ids), seed=0)
-                    for i, (o,) in zip(members, outputs, strict=True):
-                        texts[i] = postprocess_generated_text(tokenizer.decode(o.ids, skip_special_tokens=True),
-                                                              list(until), None)
-                out += texts
-            return out
+            groups: dict[tuple, list[int]] = {}
+            for i, req in enumerate(requests):
+                kwargs = dict(req.args[1])
+                until = tuple(handle_stop_sequences(kwargs.pop("until", None), eos=eos))
+                groups.setdefault((until, kwargs.get("max_gen_toks", 256)), []).append(i)
+            texts: list[str] = [""] * len(requests)
+            for (until, max_gen_toks), members in groups.items():
+                stop_ids = {tokenizer.eos_token_id}
+                for term in until:
+                    ids = tokenizer(term, add_special_tokens=False)["input_ids"]
+                    if len(ids) == 1:
+                        stop_ids.add(ids[0])
+                prompts = [tokenizer(requests[i].args[0], add_special_tokens=False)["input_ids"] for i in members]
+                outputs = engine.generate(prompts, n=1, greedy=True, temperature=1.0, top_p=1.0,
+                                          max_new_tokens=max_gen_toks, stop_token_ids=sorted(stop_ids), seed=0)
+                for i, (o,) in zip(members, outputs, strict=True):
+                    texts[i] = postprocess_generated_text(tokenizer.decode(o.ids, skip_special_tokens=True), list(until), None)
+            return texts
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             raise NotImplementedError("model.generation_backend=vllm evaluates generate_until tasks only; "

@@ -217,3 +217,26 @@ def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys):
     floor = {(r["batch"], r["variant"]): r["floor_ms"] for r in rows}
     assert floor[(1, "int")] > floor[(1, "backbone")] and floor[(1, "bf16")] < floor[(1, "backbone")]
     assert "| 2 | compiled_int |" in capsys.readouterr().out
+
+
+def test_eval_bench_times_both_backends_on_the_same_docs(tmp_path, tiny_model_dir, fake_vllm_python, capsys):
+    spec = importlib.util.spec_from_file_location("eval_bench", Path(__file__).resolve().parents[1] / "bench" / "eval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from skillweave import evaluation
+
+    assert bench.evaluate is evaluation.evaluate  # the eval stage's own call
+    out = tmp_path / "results" / "eval.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--model", str(tiny_model_dir), "--quick", "--task", "skillweave_arith", "--repeats", "2",
+                    "--vllm-python", str(fake_vllm_python), "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(out.read_text())
+    assert (data["limit"], data["max_gen_toks"], data["vllm"]) == (6, 16, "0.0+fake")
+    assert data["identical_answers"] == 6  # the fake engine decodes as transformers does
+    hf, vllm = data["rows"]
+    assert len(hf["rounds_s"]) == len(vllm["rounds_s"]) == 2 and vllm["ratio_vs_hf"] > 0
+    assert hf["score"] == vllm["score"] and hf["n"] == vllm["n"] == 6
+    assert "| vllm |" in capsys.readouterr().out
