@@ -157,7 +157,7 @@ def run_rows(ctx: Context, ref: ArtifactRef, rows: Sequence[Row], skills: Sequen
     report = {"title": title, "tasks": {s: eval_task_name(s, False) for s in skills}, "n": ctx.cfg.skill_eval.n,
               "max_gen_toks": ctx.cfg.skill_eval.max_gen_toks, "references": list(references), "configurations": results}
     atomic_write_json(ref.file("results"), report)
-    table = skill_table(report) + "".join(paired_table(report, r) for r in references)
+    table = skill_table(report) + checks_table(report) + "".join(paired_table(report, r) for r in references)
     atomic_write_text(ref.file("table"), table)
     print(table)
     return report
@@ -176,6 +176,19 @@ def skill_table(report: dict) -> str:
         lines.append(f"| {r['name']} | {'yes' if r['with_skill_text'] else 'no'} | " + " | ".join(cells)
                      + f" | {100 * r['average']:.1f} | {r['bytes'] / 2**20:.2f} | {r['relative_bytes']:.3f} |")
     return head + "\n".join(lines) + "\n"
+
+
+def checks_table(report: dict) -> str:
+    """Markdown: each check's pass rate per configuration and skill. A pass needs every check, so where
+    every row scores 0 these rates are what tells the rows apart (e.g. a commit header right, its date not)."""
+    out = ""
+    for s in report["tasks"]:
+        checks = list(report["configurations"][0]["checks"][s])
+        out += f"\n### {s}: each check's pass rate (%)\n\n| configuration | " + " | ".join(checks) + " |\n"
+        out += "|" + "---|" * (len(checks) + 1) + "\n"
+        for r in report["configurations"]:
+            out += f"| {r['name']} | " + " | ".join(f"{100 * r['checks'][s][c]:.0f}" for c in checks) + " |\n"
+    return out
 
 
 def adapter_nbytes(adapter_dir: Path) -> int:

@@ -149,6 +149,11 @@ def test_s2l_eval_compares_per_skill_shared_and_in_context(skill_evals):
         assert per_skill[s] / 4 < int8["skillpack_bytes"][s] < per_skill[s] / 2
     table = (results(skill_evals[3])[1].file("table")).read_text()
     assert "Paired with base_in_context" in table and "| s2l | no |" in table
+    # each check's rate, as a percentage, for every row and skill
+    checks = by["s2l"]["checks"]["ev_first"]
+    assert set(checks) == {"not_truncated", "ev_first_even"}
+    assert f"### ev_first: each check's pass rate (%)\n\n| configuration | {' | '.join(checks)} |" in table
+    assert f"| s2l | {' | '.join(f'{100 * v:.0f}' for v in checks.values())} |" in table
 
 
 def test_rows_are_artifacts_a_rerun_reuses_and_a_lost_one_is_redone(skill_evals):
