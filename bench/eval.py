@@ -3,7 +3,7 @@
 The eval stage's own call (`evaluate`, greedy, fp32, the tokenizer's chat template) on the base model:
 `hf` is lm-eval's HFLM in this process (eval.backend=hf, `model.compiled_decode` as given), `vllm` the
 same documents through a vLLM engine (eval.backend=vllm: skillweave.engines, lm-eval fed by
-`evaluation.engine_lm`) on as many threads. Each backend evaluates once per round, the order swapped
+`eval_lms.engine_lm`) on as many threads. Each backend evaluates once per round, the order swapped
 every round; `x hf` is the median over rounds of the vLLM eval's seconds over the HF eval's in the same
 round. The engine's start (load, compile warm-up) is reported apart: the eval stage starts one per
 configuration. Also printed: each backend's score ± stderr and how many answers are identical between

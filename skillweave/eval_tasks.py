@@ -52,7 +52,9 @@ def include_paths(names: list[str] | None = None) -> list[str]:
 
 def task_digest(names: list[str]) -> str:
     """A hash of everything that decides the documents and scores of the tasks `names`: each task's
-    YAML and declared files, and skillweave/evaluation.py (how a score is read off lm-eval)."""
+    YAML and declared files, and skillweave/evaluation.py (how a score is read off lm-eval). How answers
+    are decoded (skillweave/eval_lms.py, decoding.py, engines.py) is not in it: a decoder that changes
+    answers is a setting in the keys that need it (eval.backend)."""
     files = {Path(__file__).with_name("evaluation.py")}
     for name in sorted(names):
         task = EVAL_TASKS.get(name, "domain.eval_task")

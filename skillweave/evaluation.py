@@ -13,7 +13,7 @@ import math
 import random
 from typing import Any
 
-from . import decoding
+from . import decoding, eval_lms
 from .eval_tasks import EVAL_TASKS, include_paths
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def evaluate(
         compiled_decode: model.compiled_decode (auto | on | off); `auto` counts the decode steps of the
             docs asked for (batches x max_gen_toks, skillweave.decoding.use_compiled_decode).
         engine: a skillweave.engines.VLLMEngine serving the model instead (`model` is then None): lm-eval
-            gets this process's completions (`engine_lm`), with the tokenizer's chat template and stops.
+            gets this process's completions (`eval_lms.engine_lm`), with the tokenizer's chat template and stops.
 
     Returns:
         {task: {"metric", "score", "stderr" (nan for a single doc), "n",
@@ -96,10 +96,10 @@ def evaluate(
     n_docs = [len(samples[name]) if name in samples else len(task.eval_docs) for name, task in loaded.items()]
     steps = sum(math.ceil(n / batch_size) for n in n_docs) * max_gen_toks
     if engine is not None:
-        lm = engine_lm(engine, tokenizer)
+        lm = eval_lms.engine_lm(engine, tokenizer)
     else:
         compiled = decoding.use_compiled_decode(compiled_decode, model.device, steps)
-        lm = (compiled_hflm() if compiled else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = (eval_lms.compiled_hflm() if compiled else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(loaded.values()),
@@ -115,79 +115,6 @@ def evaluate(
         confirm_run_unsafe_code=True,
     )
     return {name: _task_result(name, out) for name in tasks}
-
-
-def compiled_hflm():
-    """lm-eval's HFLM whose generation decodes compiled (skillweave.decoding): every batch padded to
-    the full batch size and a bucketed static cache, so one graph serves the whole eval (lm-eval
-    sorts requests longest first: the first batch sets the cache length)."""
-    from lm_eval.models.huggingface import HFLM
-
-    class CompiledHFLM(HFLM):
-        def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
-            inputs = {"input_ids": context, "attention_mask": generation_kwargs.pop("attention_mask")}
-            return decoding.generate(
-                lambda padded, **extra: HFLM._model_generate(
-                    self, padded["input_ids"], max_length, stop, attention_mask=padded["attention_mask"],
-                    **generation_kwargs, **extra,
-                ),
-                inputs, compiled=True, rows=self.batch_size, total_length=max_length,
-            )
-
-    return CompiledHFLM
-
-
-def engine_lm(engine: Any, tokenizer: Any):
-    """lm-eval's view of a generation engine: greedy `generate_until` as HFLM does it (the tokenizer's chat
-    template, contexts tokenized without special tokens, the answer decoded without them and cut at the
-    first stop string). A stop string that is one token stops the engine; others are cut afterwards.
-    Log-likelihood requests are refused: skillweave's tasks all generate."""
-    from lm_eval.api.model import LM
-    from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
-
-    class EngineLM(LM):
-        @property
-        def tokenizer_name(self) -> str:
-            return tokenizer.name_or_path.replace("/", "__")
-
-        def chat_template(self, chat_template=False):
-            return tokenizer.chat_template
-
-        def apply_chat_template(self, chat_history, add_generation_prompt=True) -> str:
-            return tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                 continue_final_message=not add_generation_prompt)
-
-        def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-            # Every request goes to the engine at once (one call per stop strings and token limit): it
-            # schedules its own batches, so eval.batch_size does not apply.
-            eos = tokenizer.decode(tokenizer.eos_token_id, skip_special_tokens=False)
-            groups: dict[tuple, list[int]] = {}
-            for i, req in enumerate(requests):
-                kwargs = dict(req.args[1])
-                until = tuple(handle_stop_sequences(kwargs.pop("until", None), eos=eos))
-                groups.setdefault((until, kwargs.get("max_gen_toks", 256)), []).append(i)
-            texts: list[str] = [""] * len(requests)
-            for (until, max_gen_toks), members in groups.items():
-                stop_ids = {tokenizer.eos_token_id}
-                for term in until:
-                    ids = tokenizer(term, add_special_tokens=False)["input_ids"]
-                    if len(ids) == 1:
-                        stop_ids.add(ids[0])
-                prompts = [tokenizer(requests[i].args[0], add_special_tokens=False)["input_ids"] for i in members]
-                outputs = engine.generate(prompts, n=1, greedy=True, temperature=1.0, top_p=1.0,
-                                          max_new_tokens=max_gen_toks, stop_token_ids=sorted(stop_ids), seed=0)
-                for i, (o,) in zip(members, outputs, strict=True):
-                    texts[i] = postprocess_generated_text(tokenizer.decode(o.ids, skip_special_tokens=True), list(until), None)
-            return texts
-
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            raise NotImplementedError("model.generation_backend=vllm evaluates generate_until tasks only; "
-                                      "a log-likelihood task needs model.generation_backend=hf")
-
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            self.loglikelihood(requests)
-
-    return EngineLM()
 
 
 def eval_prompts(task: str, *, limit: int | None, seed: int = 1234) -> list[tuple[int, str]]:
