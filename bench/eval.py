@@ -7,7 +7,9 @@ same documents through a vLLM engine (eval.backend=vllm: skillweave.engines, lm-
 every round; `x hf` is the median over rounds of the vLLM eval's seconds over the HF eval's in the same
 round. The engine's start (load, compile warm-up) is reported apart: the eval stage starts one per
 configuration. Also printed: each backend's score ± stderr and how many answers are identical between
-them (greedy in fp32 both, different kernels: near-ties may break differently).
+them (greedy in fp32 both, different kernels: near-ties may break differently), and the CPU seconds
+each used (vLLM's: this process's and every engine process's, its polling scheduler included). The
+engine stays up through the HF rounds, where its idle polling (~0.1 core here) competes with HF.
 
     python bench/eval.py                              # IFEval, 300 docs, 256 tokens, batch 8, 1 thread
     python bench/eval.py --quick                      # a tiny random Llama, 6 docs, 16 tokens
@@ -76,12 +78,15 @@ def main(argv: list[str] | None = None) -> None:
                                      batch_size=args.batch_size, engine=engine),
         }
         seconds: dict[str, list[float]] = {"hf": [], "vllm": []}
+        cpu_seconds = {"hf": 0.0, "vllm": 0.0}
         results = {}
         for r in range(args.repeats):
             for name in (["hf", "vllm"] if r % 2 == 0 else ["vllm", "hf"]):
-                t0 = time.perf_counter()
+                # CPU: this process's (all of HF's; lm-eval's own work for vLLM) plus, for vLLM, the engine's
+                c0, e0, t0 = time.process_time(), engine.cpu_seconds(), time.perf_counter()
                 results[name] = runs[name]()[args.task]
                 seconds[name].append(time.perf_counter() - t0)
+                cpu_seconds[name] += time.process_time() - c0 + (engine.cpu_seconds() - e0 if name == "vllm" else 0.0)
                 print(f"  round {r} {name}: {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
         version = engine.version
     answers = {name: [s["response"] for s in res["samples"]] for name, res in results.items()}
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     ratio = statistics.median(v / h for v, h in zip(seconds["vllm"], seconds["hf"]))
     rows = [{"backend": name, "median_s": round(statistics.median(seconds[name]), 1), "rounds_s": [round(x, 1) for x in seconds[name]],
              "docs_per_s": round(args.limit / statistics.median(seconds[name]), 3), "score": results[name]["score"],
-             "stderr": results[name]["stderr"], "n": results[name]["n"]} for name in ("hf", "vllm")]
+             "stderr": results[name]["stderr"], "n": results[name]["n"],
+             "cpu_seconds": round(cpu_seconds[name], 1)} for name in ("hf", "vllm")]
     rows[1]["ratio_vs_hf"] = round(ratio, 3)
     result = {
         "command": " ".join(["python", "bench/eval.py", *(argv if argv is not None else sys.argv[1:])]),

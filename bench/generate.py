@@ -16,7 +16,9 @@ where that environment exists. Per batch size, every backend is called once to w
 `x fp32` is the median over rounds of the backend's tokens/s over the HF fp32 backend's on its device
 in the same round, `x hf` a vLLM backend's over the HF backend of its device and dtype, so contention
 from other processes hits both sides of a ratio. Absolute tokens/s on a shared machine are not facts;
-the ratios are what to compare. An engine's start (load and compile warm-up) is reported apart.
+the ratios are what to compare. An engine's start (load and compile warm-up) is reported apart. CPU
+seconds per call are this process's (HF) or every process of the engine's (vLLM: its model worker and
+its scheduler, which polls): `tokens/CPU-s` says what a backend costs in cores, not only in wall time.
 
     python bench/generate.py                          # embedded SmolLM2-135M, batch 1..32 (minutes)
     python bench/generate.py --quick                  # batch 1 and 4, 16 new tokens: about a minute
@@ -65,24 +67,26 @@ def reference_backend(backend: str) -> str:
     return f"{BACKENDS[backend][0]}-fp32"
 
 
-def timed_call(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int) -> tuple[float, list[dict]]:
-    """Seconds for one `sample_batch` call (synchronised on CUDA; a VLLMEngine returns when done), and its rows."""
+def timed_call(model, tok, batch: list[dict], sampling: SamplingConfig, seed: int) -> tuple[float, list[dict], float]:
+    """Seconds for one `sample_batch` call (synchronised on CUDA; a VLLMEngine returns when done), its rows,
+    and the CPU seconds it used: this process's, or the engine's processes' (its worker and its scheduler)."""
     engine = model if isinstance(model, VLLMEngine) else None
     cuda = engine is None and model.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(model.device)
-    t0 = time.perf_counter()
+    cpu = engine.cpu_seconds if engine else time.process_time
+    c0, t0 = cpu(), time.perf_counter()
     rows = sample_batch(None if engine else model, tok, batch, sampling, seed=seed, engine=engine)
     if cuda:
         torch.cuda.synchronize(model.device)
-    return time.perf_counter() - t0, rows
+    return time.perf_counter() - t0, rows, cpu() - c0
 
 
 def same_round_ratio(per_round: dict, name: str, ref: str) -> float | None:
     """Median over rounds of name's tokens/s over ref's in the same round (None when ref was not run)."""
     if ref not in per_round:
         return None
-    rate = {n: [sum(row["n_tokens"] for row in rs) / s for s, rs in per_round[n]] for n in (name, ref)}
+    rate = {n: [sum(row["n_tokens"] for row in rs) / s for s, rs, _ in per_round[n]] for n in (name, ref)}
     return round(statistics.median(a / b for a, b in zip(rate[name], rate[ref])), 3)
 
 
@@ -94,16 +98,17 @@ def bench_batch_size(
     names = list(models)
     for name in names:  # warm-up: first-call allocations, oneDNN / cuBLAS kernel selection
         timed_call(models[name], tok, batch, sampling, seed=1_000_000)
-    per_round: dict[str, list[tuple[float, list[dict]]]] = {name: [] for name in names}
+    per_round: dict[str, list[tuple[float, list[dict], float]]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             per_round[name].append(timed_call(models[name], tok, batch, sampling, seed=r))
     rows = []
     for name in names:
         calls = per_round[name]
-        seconds = sum(s for s, _ in calls)
-        tokens = sum(row["n_tokens"] for _, rs in calls for row in rs)
-        sequences = [row for _, rs in calls for row in rs]
+        seconds = sum(s for s, _, _ in calls)
+        cpu_seconds = sum(c for _, _, c in calls)
+        tokens = sum(row["n_tokens"] for _, rs, _ in calls for row in rs)
+        sequences = [row for _, rs, _ in calls for row in rs]
         ratio = same_round_ratio(per_round, name, reference_backend(name))
         device, dtype = BACKENDS[name]
         rows.append(
@@ -117,7 +122,9 @@ def bench_batch_size(
                 "new_tokens": tokens,
                 "seconds": round(seconds, 3),
                 "tokens_per_s": round(tokens / seconds, 2),
-                "median_call_s": round(statistics.median(s for s, _ in calls), 3),
+                "median_call_s": round(statistics.median(s for s, _, _ in calls), 3),
+                "cpu_seconds": round(cpu_seconds, 2),
+                "tokens_per_cpu_s": round(tokens / cpu_seconds, 2) if cpu_seconds else None,
                 "ratio_vs_fp32": ratio,
                 "ratio_vs_hf": same_round_ratio(per_round, name, name.removeprefix("vllm-")) if name.startswith("vllm-") else None,
                 "mean_new_tokens": round(tokens / len(sequences), 1),
@@ -125,6 +132,11 @@ def bench_batch_size(
             }
         )
         print(f"  batch {batch_size} {name}: {tokens / seconds:.1f} tok/s", file=sys.stderr, flush=True)
+    by_name = {r["backend"]: r for r in rows}
+    for r in rows:  # CPU efficiency: a vLLM engine's scheduler process works beside its model's threads
+        hf = by_name.get(r["backend"].removeprefix("vllm-")) if r["backend"].startswith("vllm-") else None
+        r["cpu_ratio_vs_hf"] = (round(r["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"], 3)
+                                if hf and r["tokens_per_cpu_s"] and hf["tokens_per_cpu_s"] else None)
     return rows
 
 
@@ -138,15 +150,16 @@ def add_batch_speedups(rows: list[dict]) -> None:
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| backend | batch (prompts) | sequences | tokens/s | x fp32 (same round) | x hf (same round) | x smallest batch "
-        "| mean new tokens | truncated |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | batch (prompts) | sequences | tokens/s | x fp32 (same round) | x hf (same round) | tokens/CPU-s "
+        "| x hf per CPU-s | x smallest batch | mean new tokens | truncated |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (list(BACKENDS).index(r["backend"]), r["batch_size"])):
-        ratio, hf = (f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("ratio_vs_fp32", "ratio_vs_hf"))
+        ratio, hf, cpu = (f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("ratio_vs_fp32", "ratio_vs_hf", "cpu_ratio_vs_hf"))
         lines.append(
             f"| {r['backend']} | {r['batch_size']} | {r['sequences_per_call']} | {r['tokens_per_s']:.1f} | {ratio} | {hf} "
-            f"| {r['speedup_vs_smallest_batch']:.2f} | {r['mean_new_tokens']} | {r['truncated_fraction']:.0%} |"
+            f"| {r['tokens_per_cpu_s']:.1f} | {cpu} | {r['speedup_vs_smallest_batch']:.2f} | {r['mean_new_tokens']} "
+            f"| {r['truncated_fraction']:.0%} |"
         )
     return "\n".join(lines)
 

@@ -200,6 +200,19 @@ class VLLMEngine:
         reply = self._read(max(600.0, 2.0 * max_new_tokens * len(prompts)), "generation")
         return [[Output(ids, reason == "stop") for ids, reason in per] for per in reply["outputs"]]
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the engine's processes have used so far, all of them (on Linux: its
+        process group). vLLM runs a scheduler process beside the model's worker, which polls: count both."""
+        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # a process that ended meanwhile
+                continue
+            if int(fields[2]) == self._proc.pid:  # field 5 of stat, the process group
+                total += (int(fields[11]) + int(fields[12])) / tick  # fields 14 and 15: utime, stime
+        return total
+
     def close(self) -> None:
         if self._proc.poll() is None:
             self._proc.stdin.close()

@@ -108,6 +108,8 @@ def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_mo
     assert data["vllm"] == "0.0+fake" and set(data["engine_start_s"]) == {"vllm-cpu-bf16"}
     # x hf: a vLLM backend over the HF backend of its device and dtype, HF rows have none
     assert [r["ratio_vs_hf"] is not None for r in rows] == [False, False, True] * 2
+    assert [r["cpu_ratio_vs_hf"] is not None for r in rows] == [False, False, True] * 2
+    assert all(r["cpu_seconds"] > 0 and r["tokens_per_cpu_s"] > 0 for r in rows)
     for r in rows:
         assert r["calls"] == 2 and 0 < r["new_tokens"] <= 2 * r["sequences_per_call"] * 4
         assert r["new_tokens"] == round(r["mean_new_tokens"] * 2 * r["sequences_per_call"])
