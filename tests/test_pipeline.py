@@ -393,6 +393,7 @@ def test_a_corrupted_artifact_is_refused_with_the_command_that_redoes_it(pipelin
         if r.stage in (consumer, "eval_rows"):
             shutil.rmtree(store / r.stage / r.path.name, ignore_errors=True)
     shutil.rmtree(store / "eval_rows", ignore_errors=True)
+    shutil.rmtree(store / "eval_cells", ignore_errors=True)
     with pytest.raises(ArtifactError) as info:
         run_overrides([*ov, f"stage={consumer}", *([f"domain={label}"] if label else [])])
     message = str(info.value)
@@ -400,3 +401,24 @@ def test_a_corrupted_artifact_is_refused_with_the_command_that_redoes_it(pipelin
     redo = f"delete {store / ref.stage / ref.path.name} and run `python -m skillweave stage={stage}"
     assert redo in message and message.endswith(f"artifacts_root={store}`") and "\n" not in message
     assert any(name == f"{ref.stage}/{ref.path.name}" for name, _, _ in verify(store))
+
+
+def test_an_eval_that_changes_one_domain_rescores_that_domain_only(pipeline, tmp_path, monkeypatch):
+    """Each (configuration, domain) score is its own artifact: a new limit for math re-scores math in every
+    row and reuses the other domains' scores; the row's table holds both."""
+    from skillweave.stages import eval as eval_stage
+
+    tmp, ov, refs = pipeline
+    store = tmp_path / "artifacts"
+    shutil.copytree(tmp / "artifacts", store)
+    ov = [o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={store}"]
+    calls, evaluate = [], eval_stage.evaluate
+    monkeypatch.setattr(eval_stage, "evaluate", lambda *a, **k: calls.append((tuple(a[2]), k["limit"])) or evaluate(*a, **k))
+    (ref,) = [r for name, r in run_overrides([*ov, "stage=eval", "+domain_overrides.math=['domain.eval_limit=1']"]).items()
+              if name.split("/")[0] == "eval"]
+    rows = json.loads(ref.file("results").read_text())["configurations"]
+    before = {r["name"]: r for r in json.loads(refs["eval"].file("results").read_text())["configurations"]}
+    assert calls and set(calls) == {(("skillweave_math",), 1)} and len(calls) == len(rows)
+    for r in rows:
+        assert r["n"]["math"] == 1 and r["row"] != before[r["name"]]["row"]
+        assert {d: r["scores"][d] for d in ("code", "instructions")} == {d: before[r["name"]]["scores"][d] for d in ("code", "instructions")}

@@ -2,8 +2,10 @@
 
 The configurations are plugins (skillweave/eval_configs/, listed there); this stage only runs the
 ones `eval.configurations` names. Each configuration's row is its own artifact
-(`<root>/eval_rows/<name>-<key>/`, keyed by what that row reads), so a killed eval resumes at its
-first unfinished row and another comparison reuses every row it shares. With `base` among them,
+(`<root>/eval_rows/<name>-<key>/`, keyed by what that row reads), and so is each of its scores on one
+domain (`<root>/eval_cells/<name>-<domain>-<key>/`, keyed by that domain's task and limit): a killed eval
+resumes at its first unscored domain, another comparison reuses every row it shares, and one that
+changes a domain's task (a second eval on HumanEval) re-scores only that domain. With `base` among them,
 every other row is paired with it on the same documents; results.json, results.md, the frontier and
 per-domain plots and a W&B run are written from the rows.
 """
@@ -76,20 +78,58 @@ def row_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef]) -> Artifact
     return make_ref(ctx.root, ROWS, name, config, mine)
 
 
+CELLS = "eval_cells"
+"""Where one configuration's score on one domain lives (`<root>/eval_cells/<name>-<domain>-<key>/`)."""
+CELL_OUTPUTS = {"samples": "samples.jsonl", "score": "score.json"}
+
+
+def cell_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef], domain: str) -> ArtifactRef:
+    """The artifact of one configuration's score on one domain, keyed by that domain's task and limit alone
+    (with the row's own inputs and settings): a killed row resumes at its first unscored domain, and an
+    eval that changes one domain's task (a second eval on HumanEval for code) re-scores that domain only."""
+    conf, ev = CONFIGURATIONS.get(name), ctx.cfg.eval
+    task = eval_tasks(ctx)[domain]
+    config = {
+        "configuration": name,
+        "domain": domain,
+        "task": task,
+        "task_files": task_digest([task]),
+        "limit": eval_limits(ctx)[domain],
+        "eval": {"max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path}
+        | ({"backend": "vllm"} if ev.backend == "vllm" else {}),
+        "model": ctx.base_fingerprint,
+        "settings": conf.settings(ctx),
+    }
+    return make_ref(ctx.root, CELLS, f"{name}-{domain}", config, {k: inputs[k] for k in conf.needs(ctx)},
+                    outputs=CELL_OUTPUTS)
+
+
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     ev, tasks, limits = ctx.cfg.eval, eval_tasks(ctx), eval_limits(ctx)
     (ref.path / "samples").mkdir(exist_ok=True)
 
-    def scorer(row: ArtifactRef, served: ServedModels | None, served_by: dict) -> Scorer:
+    def scorer(name: str, row: ArtifactRef, served: ServedModels | None, served_by: dict) -> Scorer:
         def score(model, tok, d: str) -> dict:
-            engine = served.engine_for(model) if served is not None else None
-            served_by[d] = f"vllm {engine.version}" if engine is not None else "hf"
-            res = evaluate(None if engine else model, tok, [tasks[d]], limit=limits[d], max_gen_toks=ev.max_gen_toks,
-                           batch_size=ev.batch_size, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine)
-            r = res[tasks[d]]
-            # Every answer is kept: which ones a skillpack changed is as telling as the score.
-            write_jsonl(row.path / "samples" / f"{d}.jsonl", r["samples"])
-            return {"score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"]}
+            cell = cell_ref(ctx, name, inputs, d)
+            with artifact_lock(cell):
+                if not cell.complete:
+                    started = time.time()
+                    engine = served.engine_for(model) if served is not None else None
+                    res = evaluate(None if engine else model, tok, [tasks[d]], limit=limits[d], max_gen_toks=ev.max_gen_toks,
+                                   batch_size=ev.batch_size, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine)
+                    r = res[tasks[d]]
+                    # Every answer is kept: which ones a skillpack changed is as telling as the score.
+                    write_jsonl(cell.file("samples"), r["samples"])
+                    atomic_write_json(cell.file("score"), {
+                        "score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"],
+                        "served_by": f"vllm {engine.version}" if engine is not None else "hf"})
+                    write_manifest(cell, {"score": r["score"]}, started)
+                else:
+                    log.info("eval cell %s is complete: reused", cell)
+            shutil.copyfile(cell.file("samples"), row.path / "samples" / f"{d}.jsonl")
+            result = json.loads(cell.file("score").read_text())
+            served_by[d] = result.pop("served_by")
+            return result
 
         return score
 
@@ -104,7 +144,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
                 (row.path / "samples").mkdir(exist_ok=True)
                 served_by: dict[str, str] = {}
                 with (ServedModels(ctx, row.path) if ev.backend == "vllm" else nullcontext()) as served:
-                    out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(row, served, served_by))
+                    out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name, row, served, served_by))
                 if ev.backend == "vllm":
                     out["details"] = {**out.get("details", {}), "served_by": served_by}
                 for d, answers in out.get("samples", {}).items():
