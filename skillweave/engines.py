@@ -84,13 +84,16 @@ def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_l
     from .models import cache_dir
 
     cfg = ctx.cfg.model
-    model_dir = Path(ctx.model_dir)
-    if model is not None:
-        model_dir = workdir / ".vllm-model.tmp"
+    model_dir, written = Path(ctx.model_dir), None
+    if model is not None:  # one per process: the ranks of a multi-process generate write side by side
+        model_dir = written = workdir / f".vllm-model-{os.getpid()}.tmp"
         model.save_pretrained(model_dir, safe_serialization=True)
     log_path = cache_dir() / "logs" / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    return VLLMEngine(model_dir, python=vllm_python(cfg.vllm_python), dtype=dtype, seed=seed, max_model_len=max_model_len,
-                      log_path=log_path, request_seed=cfg.vllm_request_seed, threads=ctx.cfg.threads)
+    engine = VLLMEngine(model_dir, python=vllm_python(cfg.vllm_python), dtype=dtype, seed=seed,
+                        max_model_len=max_model_len, log_path=log_path, request_seed=cfg.vllm_request_seed,
+                        threads=ctx.cfg.threads)
+    engine.written = written
+    return engine
 
 
 def servable(model) -> bool:
@@ -134,7 +137,8 @@ class ServedModels:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
-            shutil.rmtree(self.workdir / ".vllm-model.tmp", ignore_errors=True)
+            if self.engine.written is not None:
+                shutil.rmtree(self.engine.written, ignore_errors=True)
         self.engine = self.digest = None
 
     def __enter__(self) -> "ServedModels":
@@ -156,6 +160,8 @@ class VLLMEngine:
         from transformers import GenerationConfig
 
         self.log_path = log_path
+        self.written: Path | None = None
+        """A model directory written for this engine alone (vllm_engine), removed by its owner."""
         self.generation_config = GenerationConfig.from_pretrained(str(model_dir))
         cmd = [str(python), str(WORKER), "--model", str(model_dir), "--dtype", dtype, "--seed", str(seed),
                "--max-model-len", str(max_model_len)]

@@ -14,6 +14,7 @@ is exactly the one-round stage (same artifact key).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -129,7 +130,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     batches = [prompts[i : i + sampling.batch_size] for i in range(0, len(prompts), sampling.batch_size)]
     new_tokens, seconds = 0, 0.0
     # Under a multi-process launch (torchrun, accelerate, srun) rank r samples batches r, r+world, ...;
-    # per-batch seeds make the result identical for any number of processes.
+    # per-batch seeds make the result identical for any number of processes (HF; a vLLM engine per rank is
+    # seeded once, so its samples depend on the number of processes: skillweave.engines).
     mine = [(i, b) for i, b in enumerate(batches) if i % world == rank]
     # Decided on the whole run's batches, not this rank's, so that every rank decodes the same way.
     compiled = engine is None and use_compiled_decode(cfg.model.compiled_decode, model.device,
@@ -145,6 +147,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
             seconds += time.perf_counter() - t0
             new_tokens += sum(r["n_tokens"] for r in rows)
             write_jsonl(shard, rows)
+    if engine is not None and engine.written is not None:
+        shutil.rmtree(engine.written)  # the policy's weights written for the engine
 
     local_tokens_per_s = round(new_tokens / seconds, 1) if seconds else None
     if world > 1:
