@@ -76,10 +76,10 @@ def engine_lm(engine: Any, tokenizer: Any):
             return texts
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            raise NotImplementedError("model.generation_backend=vllm evaluates generate_until tasks only; "
-                                      "a log-likelihood task needs model.generation_backend=hf")
+            raise NotImplementedError("eval.backend=vllm evaluates generate_until tasks only; "
+                                      "a log-likelihood task needs eval.backend=hf")
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            self.loglikelihood(requests)
+            return self.loglikelihood(requests)
 
     return EngineLM()
