@@ -16,7 +16,8 @@ import torch
 from skillweave.models import native_bf16
 from skillweave.zip.compress import compress_factors
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "skillzip.py"
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+BENCH = BENCH_DIR / "skillzip.py"
 TIMED = ("backbone_ms", "bf16_backbone_ratio", "fp_lowrank_ratio", "int_path_ratio", "merged_ratio")
 # The --quick stack at hidden 576, rank 16: q_proj 576x576 and up_proj 2304x576, worked by hand.
 QUICK_BYTES = {
@@ -29,8 +30,9 @@ QUICK_BYTES = {
 }
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("skillzip_bench", BENCH)
+def load_bench(name: str):
+    """bench/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCH_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -70,21 +72,11 @@ def test_random_factors_have_the_layout_of_compress_factors(bits):
     """The bench skips the SVD (minutes at hidden 4096); what it times and counts must still be laid
     out as the library's factors are. Odd sizes exercise INT4's padding."""
     want = compress_factors(torch.randn(48, 37), 7, bits)
-    got = load_bench().random_factors(48, 37, 7, bits)
+    got = load_bench("skillzip").random_factors(48, 37, 7, bits)
     assert (got.in_features, got.bits, got.rank) == (want.in_features, want.bits, want.rank)
     assert {k: (t.shape, t.dtype) for k, t in got.stored().items()} == {
         k: (t.shape, t.dtype) for k, t in want.stored().items()
     }
-
-
-GENERATE_BENCH = Path(__file__).resolve().parents[1] / "bench" / "generate.py"
-
-
-def load_generate_bench():
-    spec = importlib.util.spec_from_file_location("generate_bench", GENERATE_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_model_dir, fake_vllm_python, capsys):
@@ -94,7 +86,7 @@ def test_generate_bench_runs_the_stage_sampler_on_a_tiny_model(tmp_path, tiny_mo
             "--vllm-python", str(fake_vllm_python)]
     threads = torch.get_num_threads()
     try:  # main() sets torch's thread count for the whole process: give the session its own back
-        load_generate_bench().main(args)
+        load_bench("generate").main(args)
     finally:
         torch.set_num_threads(threads)
     stdout = capsys.readouterr().out
@@ -124,10 +116,10 @@ def test_generate_bench_times_the_stage_sampler():
     """The benchmark must measure the generate stage's real path, not a copy of it."""
     from skillweave.sampling import sample_batch
 
-    assert load_generate_bench().sample_batch is sample_batch
+    assert load_bench("generate").sample_batch is sample_batch
 
 
-DPO_STEP_BENCH = Path(__file__).resolve().parents[1] / "bench" / "dpo_step.py"
+DPO_STEP_BENCH = BENCH_DIR / "dpo_step.py"
 
 
 @pytest.mark.skipif(not native_bf16(), reason="no bf16 units here: the benchmark refuses to time emulated bf16")
@@ -163,20 +155,7 @@ def test_dpo_step_bench_times_the_stages_trainer():
     """The benchmark must time the training of stages dpo, lora and dpo_multitask, not a copy of it."""
     from skillweave.training import train_dpo
 
-    spec = importlib.util.spec_from_file_location("dpo_step_bench", DPO_STEP_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.train_dpo is train_dpo
-
-
-DECODE_BENCH = Path(__file__).resolve().parents[1] / "bench" / "decode.py"
-
-
-def load_decode_bench():
-    spec = importlib.util.spec_from_file_location("decode_bench", DECODE_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    assert load_bench("dpo_step").train_dpo is train_dpo
 
 
 def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys):
@@ -192,7 +171,7 @@ def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys):
         return c
 
     monkeypatch.setattr(decoding, "compile_config", config)
-    bench = load_decode_bench()
+    bench = load_bench("decode")
     assert bench.decoding is decoding  # it times the library's own compiled path
     out = tmp_path / "results" / "decode.json"
     threads = torch.get_num_threads()
@@ -222,9 +201,7 @@ def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys):
 
 
 def test_eval_bench_times_both_backends_on_the_same_docs(tmp_path, tiny_model_dir, fake_vllm_python, capsys):
-    spec = importlib.util.spec_from_file_location("eval_bench", Path(__file__).resolve().parents[1] / "bench" / "eval.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("eval")
     from skillweave import evaluation
 
     assert bench.evaluate is evaluation.evaluate  # the eval stage's own call
