@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
@@ -148,6 +148,25 @@ class ServedModels:
         self.close()
 
 
+def worker_env(parent: Mapping[str, str], threads: int | None) -> dict[str, str]:
+    """The engine process's environment: the parent's, less its Python paths (the worker runs in vLLM's
+    own environment), with the thread count and, under a multi-process launch, this rank's GPU.
+
+    vLLM gives up on a model step after VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300) and its engine is dead
+    from then on: a step starved by a busy machine or a paused run (kill -STOP) killed a paper-table
+    generate. The parent's own per-request timeout (VLLMEngine.generate) bounds a hung engine instead.
+    """
+    env = {k: v for k, v in parent.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(7 * 24 * 3600))
+    if threads:  # vLLM's CPU worker otherwise binds its own choice of cores
+        env |= {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    if "LOCAL_RANK" in parent:  # one engine per rank of a multi-process launch, on that rank's GPU
+        visible = parent.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        rank = int(parent["LOCAL_RANK"])
+        env["CUDA_VISIBLE_DEVICES"] = visible[rank] if len(visible) > rank and visible[rank] else str(rank)
+    return env
+
+
 class VLLMEngine:
     """A vLLM engine serving one model directory, in its own process; a context manager.
 
@@ -166,13 +185,7 @@ class VLLMEngine:
         cmd = [str(python), str(WORKER), "--model", str(model_dir), "--dtype", dtype, "--seed", str(seed),
                "--max-model-len", str(max_model_len)]
         cmd += ["--per-request-seed"] * request_seed + ["--enforce-eager"] * enforce_eager
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        if threads:  # vLLM's CPU worker otherwise binds its own choice of cores
-            env |= {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-        if "LOCAL_RANK" in os.environ:  # one engine per rank of a multi-process launch, on that rank's GPU
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-            rank = int(os.environ["LOCAL_RANK"])
-            env["CUDA_VISIBLE_DEVICES"] = visible[rank] if len(visible) > rank and visible[rank] else str(rank)
+        env = worker_env(os.environ, threads)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,

@@ -15,7 +15,7 @@ from test_pipeline import overrides, run_overrides
 
 from skillweave.config import SamplingConfig
 from skillweave.core.errors import ConfigError
-from skillweave.engines import EngineError, VLLMEngine, resolve_backend
+from skillweave.engines import EngineError, VLLMEngine, resolve_backend, worker_env
 from skillweave.evaluation import evaluate
 from skillweave.models import load_model, load_tokenizer
 from skillweave.sampling import sample_batch
@@ -42,6 +42,15 @@ def test_auto_is_hf_without_a_vllm_environment(fake_python, tmp_path):
     assert resolve_backend("hf", str(fake_python)) == "hf"
     with pytest.raises(ConfigError, match="make vllm"):
         resolve_backend("vllm", str(tmp_path / "missing" / "python"))
+
+
+def test_the_engine_outlives_a_starved_step_and_gets_its_ranks_gpu():
+    parent = {"PYTHONPATH": "/repo", "VIRTUAL_ENV": "/repo/.venv", "LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "4,5"}
+    env = worker_env(parent, threads=2)
+    assert "PYTHONPATH" not in env and "VIRTUAL_ENV" not in env
+    assert int(env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"]) >= 24 * 3600  # vLLM's 300 s killed a paused run
+    assert (env["OMP_NUM_THREADS"], env["VLLM_CPU_OMP_THREADS_BIND"], env["CUDA_VISIBLE_DEVICES"]) == ("2", "nobind", "5")
+    assert worker_env({"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "60"}, None) == {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "60"}
 
 
 def test_greedy_answers_through_the_engine_are_transformers_answers(engine, tiny_model_dir):
