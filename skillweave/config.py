@@ -453,9 +453,11 @@ class EvalConfig:
     evals, the integer path is slower (1.20-1.42x vs 1.05-1.12x the backbone at batch 1-32): false saves
     ~13% of the skillpack rows' decoding there, and changes their scores slightly and every row's key."""
     backend: GenerationBackend = GenerationBackend.hf
-    """hf | vllm: what decodes the configurations vLLM can serve (plain transformers models: base, dpo,
-    merged, multitask, merges...; a row with skillweave's own modules, such as an attached skillpack's
-    integer path, is scored by HF whatever this says). Greedy in fp32 either way; vLLM's kernels are not
+    """hf | vllm: what decodes the configurations vLLM can serve: plain transformers models (base, dpo,
+    merged, multitask, merges...) and a skillpack attached on its fp path (`integer_path: false`), served
+    as its backbone plus the skillpack as a LoRA adapter; a row with other modules of skillweave's (the
+    integer path, Twin-Merging, the router's per-prompt choice) or PEFT adapters is scored by HF whatever
+    this says. Greedy in fp32 either way; vLLM's kernels are not
     transformers', so an answer may differ where two tokens nearly tie: rows are keyed by it, and each
     row's details say what served each domain (`served_by`), since a paired difference between rows of
     two backends holds that noise too. `auto` is not offered: an eval's rows are paired, and the backend

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
@@ -77,10 +78,10 @@ class Output:
     stopped: bool
 
 
-def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_len: int):
+def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_len: int, max_lora_rank: int = 0):
     """An engine for a stage: serving `model` (written first as a model directory under `workdir`, hidden so
-    that an artifact's manifest leaves it out) or, for None, the run's backbone directory. Its log goes to
-    <cache>/logs/vllm-<time>-<pid>.log."""
+    that an artifact's manifest leaves it out) or, for None, the run's backbone directory; LoRA adapters up
+    to `max_lora_rank` (0: none). Its log goes to <cache>/logs/vllm-<time>-<pid>.log."""
     from .models import cache_dir
 
     cfg = ctx.cfg.model
@@ -91,15 +92,38 @@ def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_l
     log_path = cache_dir() / "logs" / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     engine = VLLMEngine(model_dir, python=vllm_python(cfg.vllm_python), dtype=dtype, seed=seed,
                         max_model_len=max_model_len, log_path=log_path, request_seed=cfg.vllm_request_seed,
-                        threads=ctx.cfg.threads)
+                        threads=ctx.cfg.threads, max_lora_rank=max_lora_rank)
     engine.written = written
     return engine
 
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The adapter ranks a vLLM engine can be sized for (vLLM's LoRAConfig.max_lora_rank)."""
+
+
 def servable(model) -> bool:
     """Whether vLLM can serve `model` as saved: a plain transformers model. One with skillweave's own
-    modules (an attached skillpack's integer path, a composition) or PEFT adapters stays on HF."""
+    modules (an attached skillpack, a composition) or PEFT adapters is not (see `served_form`)."""
     return all(type(m).__module__.startswith(("transformers.", "torch.nn.")) for m in model.modules())
+
+
+def served_form(model) -> tuple[str, Optional[int]] | None:
+    """How vLLM serves `model`, or None where it cannot (HF scores it): ("model", None) for a plain
+    transformers model; ("lora", rank) for one with a skillpack attached on its fp path, served as its
+    backbone (the dense residuals added in, as attached) plus the skillpack's factors as a LoRA adapter,
+    which computes that path exactly (skillweave.zip.export). The integer path is HF's alone: vLLM has no
+    int8-activation LoRA, so a row that asks for it (`eval.integer_path`) is scored by HF."""
+    from .zip import attached_skillpack, backbone_modules
+    from .zip.export import lora_rank
+
+    if servable(model):
+        return "model", None
+    attached = attached_skillpack(model)
+    if attached is None or attached[1]:
+        return None
+    rank = next((r for r in LORA_RANKS if r >= lora_rank(attached[0])), None)
+    with backbone_modules(model):
+        return ("lora", rank) if rank is not None and servable(model) else None
 
 
 def weights_digest(model) -> str:
@@ -113,33 +137,75 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class Served:
+    """One model as an engine serves it: the engine, and the LoRA adapter its requests carry (None: the
+    engine's own weights). Takes `generate` as the engine does (skillweave.eval_lms.engine_lm)."""
+
+    engine: "VLLMEngine"
+    lora: Optional[Path] = None
+
+    @property
+    def version(self) -> str:
+        return self.engine.version
+
+    @property
+    def generation_config(self):
+        return self.engine.generation_config
+
+    @property
+    def label(self) -> str:
+        """What served a row, for its details: `vllm <version>`, `+ LoRA` where an adapter did."""
+        return f"vllm {self.version}" + (" + LoRA" if self.lora is not None else "")
+
+    def generate(self, prompts: list[list[int]], **kwargs) -> list[list[Output]]:
+        return self.engine.generate(prompts, lora=self.lora, **kwargs)
+
+
 class ServedModels:
-    """Engines for the eval stage's scorer: one at a time, for the model it was last asked to score,
-    restarted when the weights change (a configuration scores one model on every domain: one start)."""
+    """Engines for the eval stage's scorer: one at a time, for the base weights it was last asked to serve,
+    restarted when they change (a configuration scores one model on every domain: one start; a skillpack
+    row, one per domain, since each skillpack's dense residuals are in its base weights)."""
 
     def __init__(self, ctx, workdir: Path, dtype: str = "float32"):
         self.ctx, self.workdir, self.dtype = ctx, workdir, dtype
         self.engine: VLLMEngine | None = None
-        self.digest: str | None = None
+        self.key: tuple | None = None
+        self.adapters = 0
 
-    def engine_for(self, model) -> "VLLMEngine | None":
-        """An engine serving `model`'s current weights, or None where vLLM cannot serve it (HF scores it)."""
-        if not servable(model):
+    def engine_for(self, model) -> Served | None:
+        """`model` served by an engine (its current weights, or its backbone plus its attached skillpack as
+        a LoRA adapter: `served_form`), or None where vLLM cannot serve it (HF scores it)."""
+        from .zip import attached_skillpack, backbone_modules
+        from .zip.export import export_skillpack
+
+        form = served_form(model)
+        if form is None:
             return None
-        digest = weights_digest(model)
-        if digest != self.digest:
-            self.close()
-            length = min(getattr(model.config, "max_position_embeddings", 4096) or 4096, 4096)
-            self.engine = vllm_engine(self.ctx, model, self.workdir, dtype=self.dtype, seed=0, max_model_len=length)
-            self.digest = digest
-        return self.engine
+        kind, rank = form
+        with backbone_modules(model) if kind == "lora" else nullcontext(model) as base:
+            key = (weights_digest(base), rank)
+            if key != self.key:
+                self.close()
+                length = min(getattr(base.config, "max_position_embeddings", 4096) or 4096, 4096)
+                self.engine = vllm_engine(self.ctx, base, self.workdir, dtype=self.dtype, seed=0, max_model_len=length,
+                                          max_lora_rank=rank or 0)
+                self.key = key
+        if kind == "model":
+            return Served(self.engine)
+        self.adapters += 1  # a new directory per request: the engine caches adapters by path
+        adapter = self.workdir / f".vllm-lora-{os.getpid()}-{self.adapters}.tmp"
+        export_skillpack(attached_skillpack(model)[0], adapter, str(self.engine.model_dir))
+        self.engine.adapters.append(adapter)
+        return Served(self.engine, adapter)
 
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
-            if self.engine.written is not None:
-                shutil.rmtree(self.engine.written, ignore_errors=True)
-        self.engine = self.digest = None
+            for written in [self.engine.written, *self.engine.adapters]:
+                if written is not None:
+                    shutil.rmtree(written, ignore_errors=True)
+        self.engine = self.key = None
 
     def __enter__(self) -> "ServedModels":
         return self
@@ -175,16 +241,21 @@ class VLLMEngine:
     """
 
     def __init__(self, model_dir: Path, *, python: Path, dtype: str, seed: int, max_model_len: int, log_path: Path,
-                 request_seed: bool = False, enforce_eager: bool = False, threads: int | None = None):
+                 request_seed: bool = False, enforce_eager: bool = False, threads: int | None = None,
+                 max_lora_rank: int = 0):
         from transformers import GenerationConfig
 
         self.log_path = log_path
+        self.model_dir = model_dir
         self.written: Path | None = None
         """A model directory written for this engine alone (vllm_engine), removed by its owner."""
+        self.adapters: list[Path] = []
+        """LoRA adapter directories written for this engine's requests (ServedModels), removed by its owner."""
         self.generation_config = GenerationConfig.from_pretrained(str(model_dir))
         cmd = [str(python), str(WORKER), "--model", str(model_dir), "--dtype", dtype, "--seed", str(seed),
                "--max-model-len", str(max_model_len)]
         cmd += ["--per-request-seed"] * request_seed + ["--enforce-eager"] * enforce_eager
+        cmd += ["--max-lora-rank", str(max_lora_rank)] if max_lora_rank else []
         env = worker_env(os.environ, threads)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")
@@ -211,9 +282,12 @@ class VLLMEngine:
         return reply
 
     def generate(self, prompts: list[list[int]], *, n: int, greedy: bool, temperature: float, top_p: float,
-                 max_new_tokens: int, stop_token_ids: list[int], seed: int) -> list[list[Output]]:
+                 max_new_tokens: int, stop_token_ids: list[int], seed: int, lora: Optional[Path] = None) -> list[list[Output]]:
+        """`n` answers per prompt; `lora`: a PEFT adapter directory the answers go through (the engine must have
+        been started with a max_lora_rank at least its rank), None for the served model's own weights."""
         request = {"prompts": prompts, "n": n, "greedy": greedy, "temperature": temperature, "top_p": top_p,
-                   "max_tokens": max_new_tokens, "stop_token_ids": sorted(stop_token_ids), "seed": seed}
+                   "max_tokens": max_new_tokens, "stop_token_ids": sorted(stop_token_ids), "seed": seed,
+                   "lora": None if lora is None else str(lora)}
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         reply = self._read(max(600.0, 2.0 * max_new_tokens * len(prompts)), "generation")

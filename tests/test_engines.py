@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,10 +16,12 @@ from test_pipeline import overrides, run_overrides
 
 from skillweave.config import SamplingConfig
 from skillweave.core.errors import ConfigError
-from skillweave.engines import EngineError, VLLMEngine, resolve_backend, worker_env
+from skillweave.engines import EngineError, ServedModels, VLLMEngine, resolve_backend, served_form, worker_env
 from skillweave.evaluation import evaluate
 from skillweave.models import load_model, load_tokenizer
 from skillweave.sampling import sample_batch
+from skillweave.zip import attach_skillpack, block_linear_names, compress_residual, detach_skillpack
+
 
 @pytest.fixture(scope="module")
 def fake_python(fake_vllm_python) -> Path:
@@ -74,6 +77,56 @@ def test_sampling_through_the_engine_keeps_the_accounting(engine, tiny_model_dir
     for r in rows:
         ids = tok(r["response"], add_special_tokens=False)["input_ids"]
         assert r["truncated"] == (r["n_tokens"] == 10) and len(ids) <= r["n_tokens"]
+
+
+def skillpack_answers(python: Path, model_dir: Path, workdir: Path) -> dict[str, list[str]]:
+    """Greedy answers of `model_dir`'s model (tied embeddings) bare, with a random skillpack attached on its fp
+    path (block linears, norms as dense residuals, the embedding and tied head), and that model as
+    ServedModels serves it: its backbone with the dense residuals in, plus the skillpack as a LoRA adapter."""
+    tok = load_tokenizer(model_dir)
+    tok.padding_side = "left"
+    model = load_model(model_dir, dtype=torch.float32)
+    sampling = SamplingConfig(max_new_tokens=12)
+    answers = {"bare": sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)}
+    g = torch.Generator().manual_seed(0)
+    residual = {k: (0.5 * p.std().item() if p.ndim == 2 else 0.2) * torch.randn(p.shape, generator=g)
+                for k, p in model.state_dict().items()}
+    residual["lm_head.weight"] = residual["model.embed_tokens.weight"]
+    sp = compress_residual(residual, block_linear_names(model), 8, 8, "math", "fp", embedding_rank=4, tied_embeddings=True)
+    assert sp.dense and "model.embed_tokens" in sp.factors
+    attach_skillpack(model, sp, int_mm=False)
+    answers["hf"] = sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)
+    ctx = SimpleNamespace(model_dir=str(model_dir), cfg=SimpleNamespace(
+        threads=1, model=SimpleNamespace(vllm_python=str(python), vllm_request_seed=False)))
+    with ServedModels(ctx, workdir) as served:
+        engine = served.engine_for(model)
+        assert engine.label.endswith("+ LoRA")
+        answers["served"] = sample_batch(None, tok, PROMPTS, sampling, seed=0, greedy=True, engine=engine)
+    assert not list(workdir.glob(".vllm-*"))  # the backbone and adapter written for the engine, removed
+    return {k: [r["response"] for r in v] for k, v in answers.items()}
+
+
+def test_a_skillpack_on_its_fp_path_is_served_as_its_backbone_plus_a_lora(fake_python, tiny_model_dir, tmp_path):
+    answers = skillpack_answers(fake_python, tiny_model_dir, tmp_path)
+    assert answers["served"] == answers["hf"]
+    assert answers["hf"] != answers["bare"]  # the skillpack changes the answers: the adapter is not ignored
+
+
+def test_the_integer_path_and_peft_adapters_are_left_to_hf(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = load_model(tiny_model_dir, dtype=torch.float32)
+    assert served_form(model) == ("model", None)
+    g = torch.Generator().manual_seed(0)
+    residual = {k: 0.01 * torch.randn(p.shape, generator=g) for k, p in model.state_dict().items()}
+    sp = compress_residual(residual, block_linear_names(model), 8, 8, "math", "fp")
+    attach_skillpack(model, sp, int_mm=True)
+    assert served_form(model) is None  # vLLM has no int8-activation LoRA
+    detach_skillpack(model)
+    attach_skillpack(model, sp, int_mm=False)
+    assert served_form(model) == ("lora", 8) and type(model.model.layers[0].mlp.up_proj).__name__ == "SkillpackLinear"
+    detach_skillpack(model)
+    assert served_form(get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))) is None
 
 
 def test_lm_eval_through_the_engine_scores_as_hflm(fake_python, tiny_tokenizer, tmp_path):
@@ -135,9 +188,10 @@ def test_a_later_round_serves_the_policy_through_the_engine(vllm_runs):
     assert not list(ref.glob(".vllm-model*"))  # the policy's weights were written for the engine, then removed
 
 
-def test_eval_serves_plain_models_by_vllm_and_skillpacks_by_hf(tmp_path, tiny_model_dir, fake_python):
-    """The fake engine decodes as transformers does, so every row scores as with eval.backend=hf; rows with
-    an attached skillpack (skillweave's own modules) are scored by HF, and each row says what served it."""
+def test_eval_serves_plain_models_and_fp_skillpacks_by_vllm_and_the_integer_path_by_hf(tmp_path, tiny_model_dir, fake_python):
+    """The fake engine decodes as transformers does, so every row scores as with eval.backend=hf; a skillpack
+    on the integer path is scored by HF, on the fp path by the engine as a LoRA adapter; each row says what
+    served it."""
     ov = overrides(tmp_path, tiny_model_dir, "stage=eval", "domains=[math]", "eval.configurations=[base,dpo,skillweave]",
                    "eval.limit=3", "eval.max_gen_toks=12")
     (hf,) = [r for name, r in run_overrides([o for o in ov if o != "stage=eval"]).items() if name.split("/")[0] == "eval"]
@@ -154,6 +208,19 @@ def test_eval_serves_plain_models_by_vllm_and_skillpacks_by_hf(tmp_path, tiny_mo
         answers = [(vllm.path / "samples" / f"{name}-math.jsonl"), (hf.path / "samples" / f"{name}-math.jsonl")]
         assert answers[0].read_text() == answers[1].read_text()
     assert not list((tmp_path / "artifacts").rglob(".vllm-model*"))
+
+    # On its fp path a skillpack is served too: its backbone (dense residuals in) plus its factors as a LoRA.
+    fp = [*ov, "eval.configurations=[skillweave]", "eval.integer_path=false"]
+    (hf_fp,) = [r for name, r in run_overrides(fp).items() if name.split("/")[0] == "eval"]
+    (lora,) = [r for name, r in run_overrides([*fp, "eval.backend=vllm", f"model.vllm_python={fake_python}",
+                                                "model.generation_backend=hf"]).items() if name.split("/")[0] == "eval"]
+    (row,) = json.loads(lora.file("results").read_text())["configurations"]
+    assert row["details"]["served_by"] == {"math": "vllm 0.0+fake + LoRA"}
+    (hf_row,) = json.loads(hf_fp.file("results").read_text())["configurations"]
+    assert row["scores"] == hf_row["scores"] and row["bytes"] == hf_row["bytes"]
+    answers = [r.path / "samples" / "skillweave-math.jsonl" for r in (lora, hf_fp)]
+    assert answers[0].read_text() == answers[1].read_text()
+    assert not list((tmp_path / "artifacts").rglob(".vllm-*"))
 
 
 def test_eval_backend_vllm_without_vllm_is_one_line(tmp_path, tiny_model_dir):

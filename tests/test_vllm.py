@@ -1,5 +1,6 @@
 """The real vLLM (the environment `make vllm` builds; `make test` builds it first): its greedy answers in
-fp32 equal transformers' on a small random Llama, through skillweave's engine and sample_batch.
+fp32 equal transformers' on a small random Llama, through skillweave's engine and sample_batch, and a
+skillpack's fp path served as its backbone plus a LoRA adapter answers as HF's fp path does.
 $SKILLWEAVE_TEST_VLLM_PYTHON points the test at another vLLM environment."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_model
+from test_engines import skillpack_answers
 
 from skillweave.config import SamplingConfig
 from skillweave.engines import REPO_VENV, VLLMEngine
@@ -22,16 +25,10 @@ pytestmark = pytest.mark.skipif(not PYTHON.is_file(), reason=f"no vLLM environme
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory, tiny_tokenizer):
-    """A random Llama with 64-wide attention heads (vLLM's CPU attention kernels take 32 and up)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, vocab_size=len(tiny_tokenizer), max_position_embeddings=512,
-                      tie_word_embeddings=True, eos_token_id=tiny_tokenizer.eos_token_id,
-                      pad_token_id=tiny_tokenizer.pad_token_id, bos_token_id=tiny_tokenizer.eos_token_id)
+    """conftest's trained tiny Llama at width 128: 32-wide attention heads (vLLM's CPU attention kernels take
+    32 and up), answers that end (a random model's are one repeated token)."""
     path = tmp_path_factory.mktemp("vllm-llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
+    build_tiny_model(tiny_tokenizer, hidden=128).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
 
@@ -54,3 +51,9 @@ def test_vllm_greedy_answers_are_transformers_answers(llama_dir, tmp_path):
     assert vllm == hf and all(r["response"] for r in hf)  # not a comparison of empty answers
     assert len(sampled) == 6 and all(0 < r["n_tokens"] <= 8 for r in sampled)
     assert len({r["response"] for r in sampled}) > 1  # sampled, not greedy
+
+
+def test_vllm_serves_a_skillpack_as_its_backbone_plus_a_lora(llama_dir, tmp_path):
+    answers = skillpack_answers(PYTHON, llama_dir, tmp_path)
+    assert answers["served"] == answers["hf"]
+    assert answers["hf"] != answers["bare"] and all(answers["hf"])

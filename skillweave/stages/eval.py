@@ -122,7 +122,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
                     write_jsonl(cell.file("samples"), r["samples"])
                     atomic_write_json(cell.file("score"), {
                         "score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"],
-                        "served_by": f"vllm {engine.version}" if engine is not None else "hf"})
+                        "served_by": engine.label if engine is not None else "hf"})
                     write_manifest(cell, {"score": r["score"]}, started)
                 else:
                     log.info("eval cell %s is complete: reused", cell)

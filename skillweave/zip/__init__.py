@@ -10,7 +10,13 @@ mixed-domain batch served grouped per skillpack).
 """
 
 from skillweave.core.errors import SkillpackError
-from skillweave.zip.attach import attach_skillpack, attached_domain, detach_skillpack
+from skillweave.zip.attach import (
+    attach_skillpack,
+    attached_domain,
+    attached_skillpack,
+    backbone_modules,
+    detach_skillpack,
+)
 from skillweave.zip.compress import block_linear_names, calibrate_act_scales, compress_residual
 from skillweave.zip.format import (
     EMBEDDING,
@@ -33,6 +39,8 @@ __all__ = [
     "SkillpackLinear",
     "attach_skillpack",
     "attached_domain",
+    "attached_skillpack",
+    "backbone_modules",
     "block_linear_names",
     "calibrate_act_scales",
     "compress_residual",

@@ -10,6 +10,8 @@ file format (format.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +28,8 @@ _ATTACHMENT = "_skillweave_attachment"
 class _Attachment:
     """What `detach_skillpack` needs to restore the backbone bit-exactly."""
 
-    domain: str
+    skillpack: Skillpack
+    int_mm: bool
     modules: dict[str, nn.Module]
     """The original modules the attachment wrapped, by name."""
     dense_originals: dict[str, torch.Tensor]
@@ -35,7 +38,35 @@ class _Attachment:
 def attached_domain(model: nn.Module) -> str | None:
     """The domain of the skillpack attached to `model`, or None."""
     attachment = getattr(model, _ATTACHMENT, None)
-    return attachment.domain if attachment is not None else None
+    return attachment.skillpack.domain if attachment is not None else None
+
+
+def attached_skillpack(model: nn.Module) -> tuple[Skillpack, bool] | None:
+    """The skillpack attached to `model` and whether it runs the integer path, or None."""
+    attachment = getattr(model, _ATTACHMENT, None)
+    return None if attachment is None else (attachment.skillpack, attachment.int_mm)
+
+
+@contextmanager
+def backbone_modules(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with its attached skillpack's wrappers swapped back for the original modules while the
+    block runs, the dense residuals left in: the base weights of a server that takes the factors as a
+    LoRA (skillweave.engines). Nothing is copied; the wrappers return on exit, whatever happens.
+
+    Raises:
+        SkillpackError: no skillpack is attached.
+    """
+    attachment = getattr(model, _ATTACHMENT, None)
+    if attachment is None:
+        raise SkillpackError("no skillpack is attached to this model")
+    wrappers = {name: model.get_submodule(name) for name in attachment.modules}
+    for name, module in attachment.modules.items():
+        model.set_submodule(name, module)
+    try:
+        yield model
+    finally:
+        for name, wrapper in wrappers.items():
+            model.set_submodule(name, wrapper)
 
 
 def tied_head(model: nn.Module, embedding: nn.Embedding) -> tuple[str, nn.Linear] | None:
@@ -131,7 +162,7 @@ def attach_skillpack(
             p.add_(sp.dense[key].to(p.device, p.dtype))
     for name, wrapper in wrappers.items():
         model.set_submodule(name, wrapper)
-    setattr(model, _ATTACHMENT, _Attachment(sp.domain, modules, dense_originals))
+    setattr(model, _ATTACHMENT, _Attachment(sp, int_mm, modules, dense_originals))
 
 
 def detach_skillpack(model: nn.Module) -> None:

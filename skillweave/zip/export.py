@@ -40,6 +40,11 @@ def skillpack_lora_factors(sp: Skillpack) -> dict[str, tuple[torch.Tensor, torch
     return factors
 
 
+def lora_rank(sp: Skillpack) -> int:
+    """The rank of `export_skillpack`'s adapter: its largest layer's (the others are zero-padded to it)."""
+    return max(f.rank for f in sp.factors.values())
+
+
 def residual_lora_factors(
     residual: dict[str, torch.Tensor], linear_names: set[str], rank: int
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
