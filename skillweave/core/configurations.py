@@ -14,8 +14,18 @@ from .artifacts import ArtifactRef
 from .engine import Context, Need
 from .registry import Registry
 
-Scorer = Callable[[object, object, str], dict]
-"""(model, tokenizer, domain) -> {"score", "stderr", "n", "metric"} on that domain's eval task."""
+@dataclass(frozen=True)
+class Scorer:
+    """How a configuration scores a model. Called as `score(model, tokenizer, domain)`: that domain's eval
+    task -> {"score", "stderr", "n", "metric"} (one resumable cell of the row). A configuration that scores
+    otherwise (the routed row's per-skillpack groups) calls `evaluation.evaluate` itself, with
+    `engine_for(model)` as its engine: what serves `model` under `eval.backend` (None: HF decodes it)."""
+
+    score: Callable[[object, object, str], dict]
+    engine_for: Callable[[object], object] = lambda model: None
+
+    def __call__(self, model, tokenizer, domain: str) -> dict:
+        return self.score(model, tokenizer, domain)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
         routed[d] = router.predict(features).tolist()
 
     per_doc: dict[str, dict[int, dict]] = {d: {} for d in domains}
+    served_by: dict[str, set[str]] = {}
     metric: dict[str, str] = {}
     task_domain = {t: d for d, t in tasks.items()}
     for k, target in enumerate(domains):
@@ -93,12 +94,15 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
             continue
         attach_skillpack(model, skillpacks[target], expected_fingerprint=fp, int_mm=ev.integer_path)
         try:
+            engine = score.engine_for(model)
             res = evaluate(
-                model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size, doc_ids=group,
-                compiled_decode=ctx.cfg.model.compiled_decode,
+                None if engine else model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks,
+                batch_size=ev.batch_size, doc_ids=group, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine,
             )
         finally:
             detach_skillpack(model)
+        for task in res:
+            served_by.setdefault(task_domain[task], set()).add(engine.label if engine else "hf")
         for task, r in res.items():
             metric[task_domain[task]] = r["metric"]
             per_doc[task_domain[task]].update({row["doc_id"]: {**row, "routed_to": target} for row in r["samples"]})
@@ -114,6 +118,8 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
         "router_accuracy": sum(t == p for t, p in zip(labels, predicted)) / len(labels),
         "confusion": {"domains": domains, "matrix": confusion_matrix(labels, predicted, len(domains))},
     }
+    if ctx.cfg.eval.backend == "vllm":  # what decoded each domain's docs (its groups')
+        details["served_by"] = {d: ", ".join(sorted(names)) for d, names in sorted(served_by.items())}
     nbytes = param_bytes(model) + sum(skillpack_nbytes(sp) for sp in skillpacks.values()) + router_nbytes(router)
     # Every answer is kept, as for the other configurations, with the skillpack it was routed to.
     samples = {d: [per_doc[d][i] for i, _ in docs[d]] for d in domains}

@@ -131,7 +131,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
             served_by[d] = result.pop("served_by")
             return result
 
-        return score
+        return Scorer(score, lambda model: served.engine_for(model) if served is not None else None)
 
     rows = []
     for name in ev.configurations:
@@ -146,7 +146,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
                 with (ServedModels(ctx, row.path) if ev.backend == "vllm" else nullcontext()) as served:
                     out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name, row, served, served_by))
                 if ev.backend == "vllm":
-                    out["details"] = {**out.get("details", {}), "served_by": served_by}
+                    out["details"] = {"served_by": served_by, **out.get("details", {})}  # a row's own wins
                 for d, answers in out.get("samples", {}).items():
                     write_jsonl(row.path / "samples" / f"{d}.jsonl", answers)
                 scores = {d: s["score"] for d, s in out["scores"].items()}
