@@ -22,10 +22,10 @@ import shutil
 import subprocess
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 import torch
 
@@ -78,17 +78,19 @@ class Output:
     stopped: bool
 
 
-def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_len: int, max_lora_rank: int = 0):
+def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_len: int, max_lora_rank: int = 0,
+                state_dict: Optional[dict] = None):
     """An engine for a stage: serving `model` (written first as a model directory under `workdir`, hidden so
-    that an artifact's manifest leaves it out) or, for None, the run's backbone directory; LoRA adapters up
-    to `max_lora_rank` (0: none). Its log goes to <cache>/logs/vllm-<time>-<pid>.log."""
+    that an artifact's manifest leaves it out; `state_dict` in place of its own) or, for None, the run's
+    backbone directory; LoRA adapters up to `max_lora_rank` (0: none). Its log goes to
+    <cache>/logs/vllm-<time>-<pid>.log."""
     from .models import cache_dir
 
     cfg = ctx.cfg.model
     model_dir, written = Path(ctx.model_dir), None
     if model is not None:  # one per process: the ranks of a multi-process generate write side by side
         model_dir = written = workdir / f".vllm-model-{os.getpid()}.tmp"
-        model.save_pretrained(model_dir, safe_serialization=True)
+        model.save_pretrained(model_dir, safe_serialization=True, state_dict=state_dict)
     log_path = cache_dir() / "logs" / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     engine = VLLMEngine(model_dir, python=vllm_python(cfg.vllm_python), dtype=dtype, seed=seed,
                         max_model_len=max_model_len, log_path=log_path, request_seed=cfg.vllm_request_seed,
@@ -101,37 +103,94 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The adapter ranks a vLLM engine can be sized for (vLLM's LoRAConfig.max_lora_rank)."""
 
 
-def servable(model) -> bool:
-    """Whether vLLM can serve `model` as saved: a plain transformers model. One with skillweave's own
-    modules (an attached skillpack, a composition) or PEFT adapters is not (see `served_form`)."""
-    return all(type(m).__module__.startswith(("transformers.", "torch.nn.")) for m in model.modules())
+def servable(model, also: tuple[str, ...] = ()) -> bool:
+    """Whether vLLM can serve `model` as saved: a plain transformers model (modules of transformers and
+    torch.nn, and of the packages in `also`). One with skillweave's own modules (an attached skillpack, a
+    composition) or PEFT adapters is not (see `served_form`)."""
+    return all(type(m).__module__.startswith(("transformers.", "torch.nn.", *also)) for m in model.modules())
+
+
+def _peft_lora(model) -> Optional[tuple[str, object]]:
+    """(active adapter name, its LoraConfig) where `model` is a PeftModel whose active adapter vLLM loads as
+    PEFT wrote it: a plain LoRA (no DoRA, rsLoRA, per-module ranks, trained biases or whole modules saved)."""
+    import sys
+
+    peft = sys.modules.get("peft")  # not imported: no PeftModel in this process
+    if peft is None or not isinstance(model, peft.PeftModel):
+        return None
+    name = model.active_adapter
+    cfg = model.peft_config[name]
+    plain = (cfg.peft_type == peft.PeftType.LORA and not cfg.use_dora and not cfg.use_rslora and not cfg.rank_pattern
+             and not cfg.alpha_pattern and cfg.bias == "none" and not cfg.modules_to_save)
+    return (name, cfg) if plain else None
 
 
 def served_form(model) -> tuple[str, Optional[int]] | None:
-    """How vLLM serves `model`, or None where it cannot (HF scores it): ("model", None) for a plain
-    transformers model; ("lora", rank) for one with a skillpack attached on its fp path, served as its
-    backbone (the dense residuals added in, as attached) plus the skillpack's factors as a LoRA adapter,
-    which computes that path exactly (skillweave.zip.export). The integer path is HF's alone: vLLM has no
-    int8-activation LoRA, so a row that asks for it (`eval.integer_path`) is scored by HF."""
+    """How vLLM serves `model`, or None where it cannot (HF scores it):
+    - ("model", None): a plain transformers model, as it is;
+    - ("skillpack", rank): a skillpack attached on its fp path: its backbone (the dense residuals added in, as
+      attached) plus the skillpack's factors as a LoRA adapter, which computes that path exactly
+      (skillweave.zip.export). The integer path is HF's alone: vLLM has no int8-activation LoRA, so a row
+      that asks for it (`eval.integer_path`) is scored by HF;
+    - ("peft", rank): a PeftModel with a plain LoRA active: its base weights plus that adapter.
+    `rank` is the engine's: the least vLLM takes (LORA_RANKS) that holds the adapter's."""
     from .zip import attached_skillpack, backbone_modules
     from .zip.export import lora_rank
 
+    def bucket(r: int) -> Optional[int]:
+        return next((b for b in LORA_RANKS if b >= r), None)
+
     if servable(model):
         return "model", None
+    peft_lora = _peft_lora(model)
+    if peft_lora is not None:
+        rank = bucket(peft_lora[1].r)
+        return ("peft", rank) if rank is not None and servable(model.get_base_model(), also=("peft.",)) else None
     attached = attached_skillpack(model)
     if attached is None or attached[1]:
         return None
-    rank = next((r for r in LORA_RANKS if r >= lora_rank(attached[0])), None)
+    rank = bucket(lora_rank(attached[0]))
     with backbone_modules(model):
-        return ("lora", rank) if rank is not None and servable(model) else None
+        return ("skillpack", rank) if rank is not None and servable(model) else None
 
 
-def weights_digest(model) -> str:
-    """sha256 of every parameter and buffer's bytes: whether two calls score the same weights."""
+@contextmanager
+def _base_of(model, kind: str) -> Iterator[tuple[object, Optional[dict]]]:
+    """(a transformers model, its state dict to save or None for its own) that an engine loads for `model`
+    of served form `kind`: the model itself, its backbone under an attached skillpack, or a PeftModel's base
+    weights (the LoRA layers' `base_layer` weights under the plain names, without the adapters)."""
+    from .zip import backbone_modules
+
+    if kind == "skillpack":
+        with backbone_modules(model) as base:
+            yield base, None
+    elif kind == "peft":
+        base = model.get_base_model()
+        yield base, {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+    else:
+        yield model, None
+
+
+def _write_adapter(model, kind: str, out: Path, base_dir: Path) -> Path:
+    """The LoRA adapter of `model` (served form `kind`) as a PEFT directory at `out`; returns its path."""
+    from .zip import attached_skillpack
+    from .zip.export import export_skillpack
+
+    if kind == "skillpack":
+        export_skillpack(attached_skillpack(model)[0], out, str(base_dir))
+        return out
+    name, _ = _peft_lora(model)
+    model.save_pretrained(str(out), selected_adapters=[name])
+    return out if name == "default" else out / name  # PEFT writes any other adapter in a folder of its name
+
+
+def weights_digest(model, state: Optional[dict] = None) -> str:
+    """sha256 of every tensor's bytes in `state` (default: `model`'s state dict): whether two calls score the
+    same weights."""
     import hashlib
 
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted((model.state_dict() if state is None else state).items()):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -154,6 +213,10 @@ class Served:
         return self.engine.generation_config
 
     @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
     def label(self) -> str:
         """What served a row, for its details: `vllm <version>`, `+ LoRA` where an adapter did."""
         return f"vllm {self.version}" + (" + LoRA" if self.lora is not None else "")
@@ -174,30 +237,26 @@ class ServedModels:
         self.adapters = 0
 
     def engine_for(self, model) -> Served | None:
-        """`model` served by an engine (its current weights, or its backbone plus its attached skillpack as
-        a LoRA adapter: `served_form`), or None where vLLM cannot serve it (HF scores it)."""
-        from .zip import attached_skillpack, backbone_modules
-        from .zip.export import export_skillpack
-
+        """`model` served by an engine (its current weights, or its base weights plus its adapter as a LoRA:
+        `served_form`), or None where vLLM cannot serve it (HF scores it)."""
         form = served_form(model)
         if form is None:
             return None
         kind, rank = form
-        with backbone_modules(model) if kind == "lora" else nullcontext(model) as base:
-            key = (weights_digest(base), rank)
+        with _base_of(model, kind) as (base, state):
+            key = (weights_digest(base, state), rank)
             if key != self.key:
                 self.close()
                 length = min(getattr(base.config, "max_position_embeddings", 4096) or 4096, 4096)
                 self.engine = vllm_engine(self.ctx, base, self.workdir, dtype=self.dtype, seed=0, max_model_len=length,
-                                          max_lora_rank=rank or 0)
+                                          max_lora_rank=rank or 0, state_dict=state)
                 self.key = key
         if kind == "model":
             return Served(self.engine)
         self.adapters += 1  # a new directory per request: the engine caches adapters by path
-        adapter = self.workdir / f".vllm-lora-{os.getpid()}-{self.adapters}.tmp"
-        export_skillpack(attached_skillpack(model)[0], adapter, str(self.engine.model_dir))
-        self.engine.adapters.append(adapter)
-        return Served(self.engine, adapter)
+        out = self.workdir / f".vllm-lora-{os.getpid()}-{self.adapters}.tmp"
+        self.engine.adapters.append(out)
+        return Served(self.engine, _write_adapter(model, kind, out, self.engine.model_dir))
 
     def close(self) -> None:
         if self.engine is not None:
@@ -246,7 +305,7 @@ class VLLMEngine:
         from transformers import GenerationConfig
 
         self.log_path = log_path
-        self.model_dir = model_dir
+        self.model_dir, self.max_model_len = model_dir, max_model_len
         self.written: Path | None = None
         """A model directory written for this engine alone (vllm_engine), removed by its owner."""
         self.adapters: list[Path] = []

@@ -34,8 +34,8 @@ def compiled_hflm():
 
 def engine_lm(engine: Any, tokenizer: Any):
     """lm-eval's view of a generation engine: greedy `generate_until` as HFLM does it (the tokenizer's chat
-    template, contexts tokenized without special tokens, the answer decoded without them and cut at the
-    first stop string). A stop string that is one token stops the engine; others are cut afterwards.
+    template, contexts tokenized without special tokens and left-truncated to the engine's context less the
+    answer's budget, the answer decoded without them and cut at the first stop string). A stop string that is one token stops the engine; others are cut afterwards.
     Log-likelihood requests are refused: skillweave's tasks all generate."""
     from lm_eval.api.model import LM
     from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
@@ -68,7 +68,12 @@ def engine_lm(engine: Any, tokenizer: Any):
                     ids = tokenizer(term, add_special_tokens=False)["input_ids"]
                     if len(ids) == 1:
                         stop_ids.add(ids[0])
-                prompts = [tokenizer(requests[i].args[0], add_special_tokens=False)["input_ids"] for i in members]
+                # As HFLM: a prompt longer than the model's context less the answer's budget loses its start.
+                keep = engine.max_model_len - max_gen_toks
+                if keep < 1:
+                    raise ValueError(f"eval.max_gen_toks={max_gen_toks} leaves no room for a prompt in the engine's "
+                                     f"context of {engine.max_model_len} tokens: lower eval.max_gen_toks")
+                prompts = [tokenizer(requests[i].args[0], add_special_tokens=False)["input_ids"][-keep:] for i in members]
                 outputs = engine.generate(prompts, n=1, greedy=True, temperature=1.0, top_p=1.0,
                                           max_new_tokens=max_gen_toks, stop_token_ids=sorted(stop_ids), seed=0)
                 for i, (o,) in zip(members, outputs, strict=True):

@@ -106,13 +106,45 @@ def skillpack_answers(python: Path, model_dir: Path, workdir: Path) -> dict[str,
     return {k: [r["response"] for r in v] for k, v in answers.items()}
 
 
+def peft_answers(python: Path, model_dir: Path, workdir: Path) -> dict[str, list[str]]:
+    """Greedy answers of `model_dir`'s model bare, with two random PEFT LoRAs loaded and the second ("math")
+    active, and that PeftModel as ServedModels serves it: its base weights plus the active adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    tok = load_tokenizer(model_dir)
+    tok.padding_side = "left"
+    model = load_model(model_dir, dtype=torch.float32)
+    sampling = SamplingConfig(max_new_tokens=12)
+    answers = {"bare": sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)}
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)  # B random, not 0
+    model = get_peft_model(model, config, adapter_name="code")
+    model.add_adapter("math", config)
+    model.set_adapter("math")
+    answers["hf"] = sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)
+    ctx = SimpleNamespace(model_dir=str(model_dir), cfg=SimpleNamespace(
+        threads=1, model=SimpleNamespace(vllm_python=str(python), vllm_request_seed=False)))
+    with ServedModels(ctx, workdir) as served:
+        engine = served.engine_for(model)
+        assert engine.label.endswith("+ LoRA") and engine.lora.name == "math"
+        answers["served"] = sample_batch(None, tok, PROMPTS, sampling, seed=0, greedy=True, engine=engine)
+    assert not list(workdir.glob(".vllm-*"))
+    return {k: [r["response"] for r in v] for k, v in answers.items()}
+
+
+def test_a_peft_lora_is_served_as_the_base_weights_plus_the_active_adapter(fake_python, tiny_model_dir, tmp_path):
+    answers = peft_answers(fake_python, tiny_model_dir, tmp_path)
+    assert answers["served"] == answers["hf"]
+    assert answers["hf"] != answers["bare"]
+
+
 def test_a_skillpack_on_its_fp_path_is_served_as_its_backbone_plus_a_lora(fake_python, tiny_model_dir, tmp_path):
     answers = skillpack_answers(fake_python, tiny_model_dir, tmp_path)
     assert answers["served"] == answers["hf"]
     assert answers["hf"] != answers["bare"]  # the skillpack changes the answers: the adapter is not ignored
 
 
-def test_the_integer_path_and_peft_adapters_are_left_to_hf(tiny_model_dir, tmp_path):
+def test_what_vllm_cannot_serve_is_left_to_hf(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     model = load_model(tiny_model_dir, dtype=torch.float32)
@@ -124,9 +156,11 @@ def test_the_integer_path_and_peft_adapters_are_left_to_hf(tiny_model_dir, tmp_p
     assert served_form(model) is None  # vLLM has no int8-activation LoRA
     detach_skillpack(model)
     attach_skillpack(model, sp, int_mm=False)
-    assert served_form(model) == ("lora", 8) and type(model.model.layers[0].mlp.up_proj).__name__ == "SkillpackLinear"
+    assert served_form(model) == ("skillpack", 8) and type(model.model.layers[0].mlp.up_proj).__name__ == "SkillpackLinear"
     detach_skillpack(model)
-    assert served_form(get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))) is None
+    assert served_form(get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))) == ("peft", 8)
+    dora = load_model(tiny_model_dir, dtype=torch.float32)
+    assert served_form(get_peft_model(dora, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))) is None
 
 
 def test_lm_eval_through_the_engine_scores_as_hflm(fake_python, tiny_tokenizer, tmp_path):

@@ -1,6 +1,7 @@
 """The real vLLM (the environment `make vllm` builds; `make test` builds it first): its greedy answers in
 fp32 equal transformers' on a small random Llama, through skillweave's engine and sample_batch, and a
-skillpack's fp path served as its backbone plus a LoRA adapter answers as HF's fp path does.
+skillpack's fp path served as its backbone plus a LoRA adapter answers as HF's fp path does, and a PEFT
+LoRA served as base weights plus adapter as PEFT does.
 $SKILLWEAVE_TEST_VLLM_PYTHON points the test at another vLLM environment."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_model
-from test_engines import skillpack_answers
+from test_engines import peft_answers, skillpack_answers
 
 from skillweave.config import SamplingConfig
 from skillweave.engines import REPO_VENV, VLLMEngine
@@ -55,5 +56,11 @@ def test_vllm_greedy_answers_are_transformers_answers(llama_dir, tmp_path):
 
 def test_vllm_serves_a_skillpack_as_its_backbone_plus_a_lora(llama_dir, tmp_path):
     answers = skillpack_answers(PYTHON, llama_dir, tmp_path)
+    assert answers["served"] == answers["hf"]
+    assert answers["hf"] != answers["bare"] and all(answers["hf"])
+
+
+def test_vllm_serves_a_peft_lora_as_the_base_weights_plus_the_adapter(llama_dir, tmp_path):
+    answers = peft_answers(PYTHON, llama_dir, tmp_path)
     assert answers["served"] == answers["hf"]
     assert answers["hf"] != answers["bare"] and all(answers["hf"])
