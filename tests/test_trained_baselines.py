@@ -7,15 +7,14 @@ import json
 
 import pytest
 import torch
+from compose import compose_config, hydra_context
 from test_pipeline import overrides, run_overrides
 
-from compose import compose_config, hydra_context
 from skillweave.config import LoRAConfig
-from skillweave.models import load_model, load_state_dict, model_fingerprint
 from skillweave.core.engine import Context, plan
-from skillweave.deltas import load_delta
-from skillweave.deltas import add_delta, param_bytes
+from skillweave.deltas import add_delta, load_delta, param_bytes
 from skillweave.lora_io import adapter_tensors, load_lora, lora_dense_delta
+from skillweave.models import load_model, load_state_dict, model_fingerprint
 
 DOMAINS = ("math", "code")
 
