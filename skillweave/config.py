@@ -462,6 +462,12 @@ class EvalConfig:
     row's details say what served each domain (`served_by`), since a paired difference between rows of
     two backends holds that noise too. `auto` is not offered: an eval's rows are paired, and the backend
     is chosen for a comparison, not found on a machine."""
+    compare_to: list[str] = field(default_factory=lambda: ["base"])
+    """Rows every other row is paired with, on the documents they share (results.md: one paired table per
+    row named here that the eval has; e.g. [base, dpo, skillweave])."""
+    integer_check_docs: int = 100
+    """Documents per domain (the first of its eval subset) that configuration `skillweave_intcheck` scores on
+    the integer path: the cross-check of a skillweave row served by vLLM on the fp path."""
     external_model: Optional[str] = None
     """An HF model directory evaluated as configuration `external` (e.g. the 32B monolith on a cluster)."""
     budget_bytes: Optional[int] = None
@@ -473,6 +479,8 @@ class EvalConfig:
             raise ConfigError(f"eval.limit must be >= 1 or null (every document), got {self.limit}")
         if self.max_gen_toks < 1 or self.batch_size < 1:
             raise ConfigError(f"eval.max_gen_toks and eval.batch_size must be >= 1, got {self.max_gen_toks}, {self.batch_size}")
+        if self.integer_check_docs < 1:
+            raise ConfigError(f"eval.integer_check_docs must be >= 1, got {self.integer_check_docs}")
         if self.budget_bytes is not None and self.budget_bytes < 1:
             raise ConfigError(f"eval.budget_bytes must be >= 1 or null (no budget), got {self.budget_bytes}")
         if self.backend == GenerationBackend.auto:

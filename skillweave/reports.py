@@ -97,10 +97,11 @@ def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
             run.summary[f"{r['name']}/bytes"] = r["bytes"]
             for key, value in (r.get("details") or {}).items():
                 run.summary[f"{r['name']}/{key}"] = value
-            for d, v in (r.get("vs_base") or {}).items():
-                run.summary[f"{r['name']}/{d}/delta_vs_base"] = v["delta"]
-                run.summary[f"{r['name']}/{d}/delta_vs_base_stderr"] = v["stderr"]
-                run.summary[f"{r['name']}/{d}/changed_vs_base"] = v["changed"]
+            for key in (k for k in r if k.startswith("vs_")):  # one per eval.compare_to row
+                for d, v in r[key].items():
+                    run.summary[f"{r['name']}/{d}/delta_{key}"] = v["delta"]
+                    run.summary[f"{r['name']}/{d}/delta_{key}_stderr"] = v["stderr"]
+                    run.summary[f"{r['name']}/{d}/changed_{key}"] = v["changed"]
 
 
 def results_table(results: dict) -> str:

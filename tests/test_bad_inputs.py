@@ -45,6 +45,7 @@ CASES = [
     ("eval.max_gen_toks=0", "eval.max_gen_toks and eval.batch_size must be >= 1"),
     ("eval.limit=0", "eval.limit must be >= 1 or null"),
     ("eval.budget_bytes=0", "eval.budget_bytes must be >= 1 or null"),
+    ("eval.integer_check_docs=0", "eval.integer_check_docs must be >= 1"),
     ("zip.rank=0", "zip.rank must be >= 1"),
     ("zip.bits=3", "zip.bits must be 8 or 4"),
     ("zip.alpha=2", "zip.alpha must be in [0, 1]"),
@@ -63,6 +64,7 @@ CASES = [
     ("pipeline=[generate,filtr]", "pipeline=filtr: unknown stage 'filtr'. Did you mean 'filter'?"),
     ("eval.configurations=[]", "eval.configurations=[] compares nothing"),
     ("eval.configurations=[base,skilweave]", "eval.configurations=skilweave: unknown eval configuration"),
+    ("eval.compare_to=[bas]", "eval.compare_to=bas: unknown eval configuration"),
     ("domains=[]", "domains=[] covers nothing"),
     ("domains=[math,mth]", "domains=mth: unknown domain"),
     # names read when the whole graph is planned, before anything runs

@@ -243,18 +243,26 @@ def test_eval_serves_plain_models_and_fp_skillpacks_by_vllm_and_the_integer_path
         assert answers[0].read_text() == answers[1].read_text()
     assert not list((tmp_path / "artifacts").rglob(".vllm-model*"))
 
-    # On its fp path a skillpack is served too: its backbone (dense residuals in) plus its factors as a LoRA.
+    # On its fp path a skillpack is served too: its backbone (dense residuals in) plus its factors as a LoRA;
+    # skillweave_intcheck scores the integer path (HF) on the first documents, paired with the served row.
     fp = [*ov, "eval.configurations=[skillweave]", "eval.integer_path=false"]
     (hf_fp,) = [r for name, r in run_overrides(fp).items() if name.split("/")[0] == "eval"]
-    (lora,) = [r for name, r in run_overrides([*fp, "eval.backend=vllm", f"model.vllm_python={fake_python}",
+    (lora,) = [r for name, r in run_overrides([*fp, "eval.configurations=[skillweave,skillweave_intcheck]",
+                                                "eval.integer_check_docs=2", "eval.compare_to=[skillweave]",
+                                                "eval.backend=vllm", f"model.vllm_python={fake_python}",
                                                 "model.generation_backend=hf"]).items() if name.split("/")[0] == "eval"]
-    (row,) = json.loads(lora.file("results").read_text())["configurations"]
+    row, check = json.loads(lora.file("results").read_text())["configurations"]
     assert row["details"]["served_by"] == {"math": "vllm 0.0+fake + LoRA"}
     (hf_row,) = json.loads(hf_fp.file("results").read_text())["configurations"]
     assert row["scores"] == hf_row["scores"] and row["bytes"] == hf_row["bytes"]
     answers = [r.path / "samples" / "skillweave-math.jsonl" for r in (lora, hf_fp)]
     assert answers[0].read_text() == answers[1].read_text()
     assert not list((tmp_path / "artifacts").rglob(".vllm-*"))
+    integer = [json.loads(line) for line in (hf.path / "samples" / "skillweave-math.jsonl").open()]  # eval.integer_path
+    checked = [json.loads(line) for line in (lora.path / "samples" / "skillweave_intcheck-math.jsonl").open()]
+    assert check["n"] == {"math": 2} and check["vs_skillweave"]["math"]["n"] == 2 and check["bytes"] == row["bytes"]
+    assert [(r["doc_id"], r["response"]) for r in checked] == [(r["doc_id"], r["response"]) for r in integer[:2]]
+    assert "Paired with skillweave" in lora.file("table").read_text()
 
 
 def test_eval_backend_vllm_without_vllm_is_one_line(tmp_path, tiny_model_dir):

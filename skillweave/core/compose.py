@@ -90,3 +90,5 @@ def validate(cfg: SkillweaveConfig) -> None:
         raise ConfigError("eval.configurations=[] compares nothing: name at least one, e.g. [base,skillweave]")
     for name in cfg.eval.configurations:
         choose(name, CONFIGURATIONS.names(), "eval configuration", "eval.configurations")
+    for name in cfg.eval.compare_to:  # a row the eval lacks pairs nothing, but a misspelt one is a mistake
+        choose(name, CONFIGURATIONS.names(), "eval configuration", "eval.compare_to")

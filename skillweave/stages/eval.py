@@ -5,9 +5,9 @@ ones `eval.configurations` names. Each configuration's row is its own artifact
 (`<root>/eval_rows/<name>-<key>/`, keyed by what that row reads), and so is each of its scores on one
 domain (`<root>/eval_cells/<name>-<domain>-<key>/`, keyed by that domain's task and limit): a killed eval
 resumes at its first unscored domain, another comparison reuses every row it shares, and one that
-changes a domain's task (a second eval on HumanEval) re-scores only that domain. With `base` among them,
-every other row is paired with it on the same documents; results.json, results.md, the frontier and
-per-domain plots and a W&B run are written from the rows.
+changes a domain's task (a second eval on HumanEval) re-scores only that domain. Every row is paired with
+each row of `eval.compare_to` (base by default) on the documents they share; results.json, results.md,
+the frontier and per-domain plots and a W&B run are written from the rows.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         rows.append(json.loads((row.path / "row.json").read_text()) | {"row": str(row)})
         for f in sorted((row.path / "samples").glob("*.jsonl")):
             shutil.copyfile(f, ref.path / "samples" / f"{name}-{f.name}")
-    compare_with(rows, ref.path / "samples")
+    for reference in ev.compare_to:
+        compare_with(rows, ref.path / "samples", reference)
     base_bytes = next((r["bytes"] for r in rows if r["name"] == "base"), rows[0]["bytes"])
     for r in rows:
         r["relative_bytes"] = round(r["bytes"] / base_bytes, 4)
@@ -181,7 +182,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         "configurations": rows,
     }
     atomic_write_json(ref.file("results"), results)
-    table = results_table(results) + paired_table(results) + budget_note(ev.budget_bytes, excluded)
+    table = results_table(results) + "".join(paired_table(results, r) for r in ev.compare_to)
+    table += budget_note(ev.budget_bytes, excluded)
     atomic_write_text(ref.file("table"), table)
     frontier_plot(results, ref.path / "frontier.png")
     domain_bars(results, ref.path / "domains.png")
