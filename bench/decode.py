@@ -16,6 +16,15 @@ residual's order, so the greedy text stays the model's). Variants:
 | compiled | backbone through skillweave.decoding: static cache, compiled decode step | backbone |
 | compiled_int, compiled_fp | the skillpack variants, compiled | compiled |
 | compiled_bf16 (with --variants) | the bf16 backbone, compiled | bf16 |
+| vllm | the fp32 backbone served by a vLLM engine (its own process, `--vllm-python`) | backbone |
+| vllm_lora | + the skillpack exported as a LoRA adapter (its fp path, as `eval.backend=vllm` serves it) | vllm |
+
+vLLM's rows come from one engine started with LoRA enabled (`vllm` requests carry no adapter): the
+serving setup of an eval that mixes the two. It has no per-step clock: a call's step time is the time
+of a call of exactly `--new-tokens` tokens less that of a one-token call (the prefill), over the
+steps between, so the engine's scheduling and the pipe are in it, as they are in a served eval. The
+vLLM rows are in the default variants where vLLM's environment exists (`make vllm`), but not with
+--quick (its model's 16-wide attention heads are below vLLM's CPU kernels' 32).
 
 Each call is one greedy `generate` of exactly `--new-tokens` tokens (min_new_tokens) after a prompt
 of `--prompt-tokens` random token ids, run through `skillweave.decoding.generate` (the library's own
@@ -33,6 +42,7 @@ bandwidth measured here by reading a 512 MiB tensor, `x floor` the measured step
     python bench/decode.py                  # SmolLM2-135M, batch 1 8 32: ~10 min with a warm inductor cache
     python bench/decode.py --quick          # a tiny random Llama, batch 1 and 2: about a minute
     python bench/decode.py --batch-sizes 1 --variants backbone compiled compiled_int --repeats 9
+    python bench/decode.py --variants backbone fp vllm vllm_lora     # vLLM base and LoRA beside HF
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,8 +63,10 @@ from torch import nn
 
 from skillweave import decoding
 from skillweave.core.artifacts import atomic_write_json
+from skillweave.engines import VLLMEngine, vllm_python
 from skillweave.models import load_model, resolve_model_dir
 from skillweave.zip import attach_skillpack
+from skillweave.zip.export import export_skillpack, lora_rank
 from skillweave.zip.format import Skillpack
 from skillweave.zip.kernels import SkillpackEmbedding, SkillpackLinear
 
@@ -63,17 +77,20 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decode.json"
 GRID = {"batch_sizes": [1, 8, 32], "new_tokens": 12, "prompt_tokens": 32, "repeats": 7}
 QUICK = {"batch_sizes": [1, 2], "new_tokens": 8, "prompt_tokens": 16, "repeats": 2}
 VARIANTS = {
-    # name: (model, compiled, reference variant of the ratio)
-    "backbone": ("fp32", False, "backbone"),
-    "int": ("int", False, "backbone"),
-    "fp": ("fp", False, "backbone"),
-    "bf16": ("bf16", False, "backbone"),
-    "compiled": ("fp32", True, "backbone"),
-    "compiled_int": ("int", True, "compiled"),
-    "compiled_fp": ("fp", True, "compiled"),
-    "compiled_bf16": ("bf16", True, "bf16"),
+    # name: (model, path, reference variant of the ratio)
+    "backbone": ("fp32", "eager", "backbone"),
+    "int": ("int", "eager", "backbone"),
+    "fp": ("fp", "eager", "backbone"),
+    "bf16": ("bf16", "eager", "backbone"),
+    "compiled": ("fp32", "compiled", "backbone"),
+    "compiled_int": ("int", "compiled", "compiled"),
+    "compiled_fp": ("fp", "compiled", "compiled"),
+    "compiled_bf16": ("bf16", "compiled", "bf16"),
+    "vllm": ("fp32", "vllm", "backbone"),
+    "vllm_lora": ("fp", "vllm", "vllm"),
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v != "compiled_bf16"]
+HF_VARIANTS = [v for v, (_, path, _) in VARIANTS.items() if path != "vllm" and v != "compiled_bf16"]
+VLLM_VARIANTS = ["vllm", "vllm_lora"]
 RANK, EMBEDDING_RANK = 16, 8
 DELTA_SCALE = 0.02
 """Each layer's random delta is this share of its weight's typical entry (random_factors makes it as
@@ -122,6 +139,36 @@ def random_skillpack(model: nn.Module, seed: int) -> Skillpack:
     factors["model.embed_tokens"] = f
     tied = model.get_output_embeddings().weight is embedding.weight
     return Skillpack("bench", "random", RANK, 8, factors, dense={}, tied_embeddings=tied)
+
+
+class Served:
+    """The vLLM variants' engine (fp32, LoRA enabled) on the backbone, and the skillpack as its adapter."""
+
+    def __init__(self, stack: ExitStack, backbone: nn.Module, args) -> None:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="decode-bench-")))
+        backbone.save_pretrained(work / "backbone")  # the --quick model lives in memory only
+        skillpack = random_skillpack(backbone, args.seed)  # the attached variants' factors (same seed)
+        self.adapter = work / "skillpack"
+        export_skillpack(skillpack, self.adapter, str(work / "backbone"))
+        t0 = time.perf_counter()
+        self.engine = stack.enter_context(VLLMEngine(
+            work / "backbone", python=args.vllm_python, dtype="float32", seed=0,
+            max_model_len=args.prompt_tokens + args.new_tokens + 8, log_path=work / "vllm.log", threads=args.threads,
+            max_lora_rank=lora_rank(skillpack)))
+        self.start_s = time.perf_counter() - t0
+
+    def decode(self, variant: str, inputs: dict[str, torch.Tensor], new_tokens: int) -> tuple[float, torch.Tensor]:
+        """(ms per decode step, generated ids): a call of `new_tokens` tokens less a one-token call, per step."""
+        prompts = inputs["input_ids"].tolist()
+        lora = self.adapter if variant == "vllm_lora" else None
+        seconds, outputs = {}, {}
+        for n in (1, new_tokens):
+            t0 = time.perf_counter()
+            outputs[n] = self.engine.generate(prompts, n=1, greedy=True, temperature=1.0, top_p=1.0, max_new_tokens=n,
+                                              min_new_tokens=n, stop_token_ids=[0], seed=0, lora=lora)
+            seconds[n] = time.perf_counter() - t0
+        ms = 1e3 * (seconds[new_tokens] - seconds[1]) / (new_tokens - 1)
+        return ms, torch.tensor([o.ids for (o,) in outputs[new_tokens]])
 
 
 def build_models(model_dir: Path | None, names: set[str], seed: int) -> dict[str, nn.Module]:
@@ -187,29 +234,36 @@ def decode(model: nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int, c
     return clock.step_ms(), out[:, prompt:]
 
 
-def bench_batch_size(models: dict[str, nn.Module], variants: list[str], batch: int, args, bandwidth: float) -> list[dict]:
+def bench_batch_size(models: dict[str, nn.Module], served: Served | None, variants: list[str], batch: int, args,
+                     bandwidth: float) -> list[dict]:
     """One row per variant at this batch size."""
     vocab = next(iter(models.values())).config.vocab_size
     g = torch.Generator().manual_seed(args.seed + batch)
     ids = torch.randint(3, vocab, (batch, args.prompt_tokens), generator=g)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def call(name: str) -> tuple[float, torch.Tensor]:
+        model, path, _ = VARIANTS[name]
+        if path == "vllm":
+            return served.decode(name, inputs, args.new_tokens)
+        return decode(models[model], inputs, args.new_tokens, path == "compiled")
+
     first_s, tokens = {}, {}
     for name in variants:
-        model, compiled, _ = VARIANTS[name]
         t0 = time.perf_counter()
-        _, tokens[name] = decode(models[model], inputs, args.new_tokens, compiled)
+        _, tokens[name] = call(name)
         first_s[name] = time.perf_counter() - t0
-        if compiled and decoding.unavailable(torch.device("cpu")):
+        if VARIANTS[name][1] == "compiled" and decoding.unavailable(torch.device("cpu")):
             sys.exit(f"bench/decode.py: {decoding.unavailable(torch.device('cpu'))}: the compiled variants cannot run here")
         print(f"  batch {batch} {name}: first call {first_s[name]:.1f} s", file=sys.stderr, flush=True)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.repeats):
         for name in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            model, compiled, _ = VARIANTS[name]
-            times[name].append(decode(models[model], inputs, args.new_tokens, compiled)[0])
+            times[name].append(call(name)[0])
     rows = []
     for name in variants:
-        model_name, compiled, ref = VARIANTS[name]
+        model_name, path, ref = VARIANTS[name]
+        compiled = path == "compiled"
         model = models[model_name]
         ms = statistics.median(times[name])
         ratio = statistics.median(t / b for t, b in zip(times[name], times[ref])) if ref in times else None
@@ -218,11 +272,11 @@ def bench_batch_size(models: dict[str, nn.Module], variants: list[str], batch: i
         length = (decoding.CACHE_BUCKET * -(-(args.prompt_tokens + args.new_tokens) // decoding.CACHE_BUCKET)
                   if compiled else args.prompt_tokens + args.new_tokens // 2)
         floor_ms = 1e3 * (bytes_per_step(model, model_name == "int") + kv_bytes(model, batch, length)) / (bandwidth * 1e9)
-        eager_twin = next((v for v, (m, c, _) in VARIANTS.items() if m == model_name and not c), None)
+        eager_twin = next((v for v, (m, p, _) in VARIANTS.items() if m == model_name and p == "eager"), None)
         rows.append({
             "batch": batch,
             "variant": name,
-            "path": "compiled" if compiled else "eager",
+            "path": path,
             "dtype": str(model.dtype).removeprefix("torch."),
             "ms_per_step": round(ms, 3),
             "tokens_per_s": round(1e3 * batch / ms, 1),
@@ -233,7 +287,7 @@ def bench_batch_size(models: dict[str, nn.Module], variants: list[str], batch: i
             "x_floor": round(ms / floor_ms, 2),
             "first_call_s": round(first_s[name], 1),
             "greedy_equal_eager": bool(torch.equal(tokens[name], tokens[eager_twin]))
-            if compiled and eager_twin in tokens else None,
+            if path != "eager" and eager_twin in tokens else None,
             "step_ms_rounds": [round(t, 3) for t in times[name]],
         })
     return rows
@@ -269,7 +323,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="embedded",
                    help="a local HF model directory, or `embedded` (the bundled SmolLM2-135M-Instruct; default)")
     p.add_argument("--quick", action="store_true", help=f"a tiny random Llama and small sizes: {QUICK}")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                   help="default: every variant but compiled_bf16; the vLLM ones where vLLM's environment exists, "
+                        "without --quick")
+    p.add_argument("--vllm-python", default="",
+                   help="vLLM's environment's interpreter (default: $SKILLWEAVE_VLLM_PYTHON, else .venv-vllm)")
     p.add_argument("--batch-sizes", type=int, nargs="+", help=f"sequences per call (default {GRID['batch_sizes']})")
     p.add_argument("--new-tokens", type=int, help=f"decode steps per call (default {GRID['new_tokens']})")
     p.add_argument("--prompt-tokens", type=int, help=f"prompt length (default {GRID['prompt_tokens']})")
@@ -283,6 +341,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.vllm_python = vllm_python(args.vllm_python)
+    if args.variants is None:
+        args.variants = HF_VARIANTS + VLLM_VARIANTS * (args.vllm_python is not None and not args.quick)
+    if any(VARIANTS[v][1] == "vllm" for v in args.variants) and args.vllm_python is None:
+        p.error("--variants vllm*: no vLLM environment (`make vllm`, or --vllm-python)")
     if args.new_tokens < 3:
         p.error("--new-tokens must be >= 3: a step time is a gap between two decode steps")
     missing = {VARIANTS[v][2] for v in args.variants} - set(args.variants)
@@ -297,11 +360,14 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     model_dir = None if args.quick else resolve_model_dir(args.model)
-    models = build_models(model_dir, {VARIANTS[v][0] for v in args.variants}, args.seed)
+    vllm = any(VARIANTS[v][1] == "vllm" for v in args.variants)
+    models = build_models(model_dir, {VARIANTS[v][0] for v in args.variants} | ({"fp32"} if vllm else set()), args.seed)
     bandwidth = memory_bandwidth()
     rows = []
-    for batch in args.batch_sizes:
-        rows += bench_batch_size(models, args.variants, batch, args, bandwidth)
+    with ExitStack() as stack:
+        served = Served(stack, models["fp32"], args) if vllm else None
+        for batch in args.batch_sizes:
+            rows += bench_batch_size(models, served, args.variants, batch, args, bandwidth)
     bandwidth_end = memory_bandwidth()
     result = {
         "command": " ".join(["python", "bench/decode.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -317,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "cache_bucket": decoding.CACHE_BUCKET,
         "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+        "vllm": served.engine.version if served else None,
+        "engine_start_s": round(served.start_s, 1) if served else None,
         "bandwidth_gb_s": [round(bandwidth, 1), round(bandwidth_end, 1)],
         "wall_s": round(time.perf_counter() - started, 1),
         "load_average_1min": [load_before, os.getloadavg()[0]],

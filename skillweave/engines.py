@@ -341,12 +341,14 @@ class VLLMEngine:
         return reply
 
     def generate(self, prompts: list[list[int]], *, n: int, greedy: bool, temperature: float, top_p: float,
-                 max_new_tokens: int, stop_token_ids: list[int], seed: int, lora: Optional[Path] = None) -> list[list[Output]]:
+                 max_new_tokens: int, stop_token_ids: list[int], seed: int, lora: Optional[Path] = None,
+                 min_new_tokens: int = 0) -> list[list[Output]]:
         """`n` answers per prompt; `lora`: a PEFT adapter directory the answers go through (the engine must have
-        been started with a max_lora_rank at least its rank), None for the served model's own weights."""
+        been started with a max_lora_rank at least its rank), None for the served model's own weights;
+        `min_new_tokens`: no stop before that many (a benchmark's exact length)."""
         request = {"prompts": prompts, "n": n, "greedy": greedy, "temperature": temperature, "top_p": top_p,
-                   "max_tokens": max_new_tokens, "stop_token_ids": sorted(stop_token_ids), "seed": seed,
-                   "lora": None if lora is None else str(lora)}
+                   "max_tokens": max_new_tokens, "min_tokens": min_new_tokens, "stop_token_ids": sorted(stop_token_ids),
+                   "seed": seed, "lora": None if lora is None else str(lora)}
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         reply = self._read(max(600.0, 2.0 * max_new_tokens * len(prompts)), "generation")

@@ -8,8 +8,8 @@ token counts are the parent's in both backends.
 
 Protocol: one JSON object per line. Start-up writes {"ready": true, "vllm": version} (or
 {"error": ...}); each request {"prompts": [[ids]], "n", "greedy", "temperature", "top_p",
-"max_tokens", "stop_token_ids", "seed", "lora"} (lora: a PEFT adapter directory, or null for the
-model's own weights; needs --max-lora-rank) is answered by {"outputs": [[[ids, finish reason] x n]
+"max_tokens", "min_tokens", "stop_token_ids", "seed", "lora"} (min_tokens: no stop before that many;
+lora: a PEFT adapter directory, or null for the model's own weights; needs --max-lora-rank) is answered by {"outputs": [[[ids, finish reason] x n]
 per prompt]} or {"error": ...}. vLLM and its C++ code print to stdout, so replies go to a duplicate
 of the original stdout and everything else is sent to stderr.
 """
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 temperature=0.0 if req["greedy"] else req["temperature"],
                 top_p=1.0 if req["greedy"] else req["top_p"],
                 max_tokens=req["max_tokens"],
+                min_tokens=req.get("min_tokens", 0),
                 stop_token_ids=req["stop_token_ids"],
                 seed=req["seed"] if args.per_request_seed else None,
                 detokenize=False,

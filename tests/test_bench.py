@@ -158,7 +158,7 @@ def test_dpo_step_bench_times_the_stages_trainer():
     assert load_bench("dpo_step").train_dpo is train_dpo
 
 
-def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys):
+def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys, fake_vllm_python):
     """--quick on the tiny random Llama. Dynamo's `eager` backend stands in for inductor so that the
     run takes seconds, not a compile per variant and batch size (tests/test_decoding.py compiles)."""
     from transformers import CompileConfig
@@ -177,22 +177,30 @@ def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys):
     threads = torch.get_num_threads()
     try:  # main() sets torch's thread count for the whole process: give the session its own back
         bench.main(["--quick", "--out", str(out)])
+        variants = bench.HF_VARIANTS + bench.VLLM_VARIANTS  # the vLLM rows from the fake engine (transformers)
+        bench.main(["--quick", "--batch-sizes", "2", "--variants", *variants, "--vllm-python", str(fake_vllm_python),
+                    "--out", str(tmp_path / "vllm.json")])
     finally:
         torch.set_num_threads(threads)
-    assert list(out.parent.iterdir()) == [out]  # written to a temp file and renamed
+    assert sorted(out.parent.iterdir()) == [out]  # written to a temp file and renamed
     data = json.loads(out.read_text())
     assert (data["threads"], data["new_tokens"], data["repeats"]) == (1, 8, 2)
     assert data["command"] == f"python bench/decode.py --quick --out {out}"
     assert len(data["load_average_1min"]) == 2 and all(b > 0 for b in data["bandwidth_gb_s"])
     rows = data["rows"]
-    assert [(r["batch"], r["variant"]) for r in rows] == [(b, v) for b in (1, 2) for v in bench.DEFAULT_VARIANTS]
+    assert [(r["batch"], r["variant"]) for r in rows] == [(b, v) for b in (1, 2) for v in bench.HF_VARIANTS]
+    served = json.loads((tmp_path / "vllm.json").read_text())
+    assert served["vllm"] == "0.0+fake" and served["engine_start_s"] > 0
+    rows += served["rows"]
+    assert [r["variant"] for r in served["rows"]] == variants
     for r in rows:
         assert math.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0 and len(r["step_ms_rounds"]) == 2
         assert r["tokens_per_s"] == pytest.approx(1e3 * r["batch"] / r["ms_per_step"], rel=1e-2)
         assert r["ratio"] > 0 and r["ratio_vs_backbone"] > 0 and r["floor_ms"] > 0
-        # the same path divides by its own backbone; compiled variants decode the eager twin's tokens
-        assert r["ratio_vs"] == {"compiled_int": "compiled", "compiled_fp": "compiled"}.get(r["variant"], "backbone")
-        assert r["greedy_equal_eager"] is (True if r["path"] == "compiled" else None)
+        # the same path divides by its own backbone; compiled and served variants decode the eager twin's tokens
+        assert r["ratio_vs"] == {"compiled_int": "compiled", "compiled_fp": "compiled", "vllm_lora": "vllm"}.get(
+            r["variant"], "backbone")
+        assert r["greedy_equal_eager"] is (None if r["path"] == "eager" else True)
     assert {r["ratio"] for r in rows if r["variant"] == "backbone"} == {1.0}
     # a skillpack adds bytes to read: the floor moves with it
     floor = {(r["batch"], r["variant"]): r["floor_ms"] for r in rows}

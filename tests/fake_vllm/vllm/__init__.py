@@ -58,6 +58,7 @@ class LLM:
                 raise ValueError(f"LoRA rank {rank} is greater than max_lora_rank {self.lora['max_rank']}")
             models[lora_request.lora_int_id] = PeftModel.from_pretrained(copy.deepcopy(self.model), lora_request.lora_path).eval()
         return models[lora_request.lora_int_id]
+
     @torch.no_grad()
     def generate(self, prompts, sampling: SamplingParams, use_tqdm: bool = False, lora_request=None) -> list[_Request]:
         model, out = self._model_for(lora_request), []
@@ -68,8 +69,9 @@ class LLM:
             settings = {"do_sample": False} if sampling.temperature == 0 else {
                 "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=sampling.max_tokens,
-                                      num_return_sequences=sampling.n, eos_token_id=list(sampling.stop_token_ids),
-                                      pad_token_id=sampling.stop_token_ids[0], **settings)
+                                 min_new_tokens=sampling.min_tokens, num_return_sequences=sampling.n,
+                                 eos_token_id=list(sampling.stop_token_ids), pad_token_id=sampling.stop_token_ids[0],
+                                 **settings)
             completions = []
             for i, seq in enumerate(gen[:, ids.shape[1]:].tolist()):
                 end = next((k + 1 for k, t in enumerate(seq) if t in sampling.stop_token_ids), None)
