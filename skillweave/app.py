@@ -20,7 +20,7 @@ from .core.compose import Composer, choose, validate
 from .core.distributed import check_launch, leave_process_group
 from .core.engine import STAGES, Context
 from .core.errors import ConfigError
-from .core.flow import run_all, run_stage
+from .core.flow import plan_report, run_all, run_stage
 from .resources import import_folder
 from .skill import check_skills, load_skill_dir
 
@@ -88,6 +88,9 @@ def run(cfg: SkillweaveConfig, overrides: tuple[str, ...], composer: Composer) -
     import torch
 
     ctx = context(cfg, overrides, composer)
+    if cfg.dry_run:
+        print(plan_report(ctx))
+        return {}
     check_launch(cfg.stage, [s for s in STAGES if STAGES.get(s).distributed])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

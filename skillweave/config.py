@@ -676,6 +676,11 @@ class SkillweaveConfig:
     """Root of the content-addressed artifact store (a shared filesystem on a cluster)."""
     threads: int = 0
     """torch CPU threads; 0 = all cores."""
+    dry_run: bool = False
+    """Print every artifact the command would read or make, each after its inputs, and which exist
+    (complete, with the seconds its manifest records; partial: a stopped run's, which the next resumes;
+    missing), then stop: nothing loads, trains or writes an artifact. Where a long run stands and what it
+    has cost."""
 
     def __post_init__(self) -> None:
         if self.threads < 0:

@@ -66,6 +66,27 @@ def test_every_stage_completes(pipeline):
     assert all(ref.complete for ref in refs.values())
 
 
+def test_dry_run_says_where_a_run_stands_and_runs_nothing(pipeline, tmp_path, capsys):
+    _, ov, refs = pipeline
+    capsys.readouterr()
+    assert run_overrides([*ov, "dry_run=true"]) == {}
+    lines = capsys.readouterr().out.strip().splitlines()
+    made = {str(r.path.relative_to(r.root)) for r in refs.values()}
+    assert {line.split()[-1] for line in lines[:-1]} == made and all(line.startswith("complete") for line in lines[:-1])
+    seconds = sum(r.manifest()["seconds"] for r in refs.values())
+    assert lines[-1].startswith(f"{len(made)} complete ({seconds:.0f} s by their manifests), 0 partial, 0 missing")
+    # the same command on a new root: nothing there, and a stopped run's directory is partial
+    fresh = [o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={tmp_path / 'new'}"]
+    (tmp_path / "new" / "dpo" / next(p for p in made if p.startswith("dpo/")).split("/")[1]).mkdir(parents=True)
+    run_overrides([*fresh, "dry_run=true"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    states = [line.split()[0] for line in lines[:-1]]
+    assert states.count("partial") == 1 and states.count("missing") == len(made) - 1
+    order = [line.split()[-1].split("/")[0] for line in lines[:-1]]
+    assert order.index("generate") < order.index("filter") < order.index("dpo") < order.index("merge") < order.index("eval")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["dpo"]  # nothing written
+
+
 def test_rerun_is_a_no_op(pipeline, caplog):
     _, ov, refs = pipeline
     before = {k: (r.path / "manifest.json").stat().st_mtime_ns for k, r in refs.items()}

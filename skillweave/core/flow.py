@@ -8,6 +8,7 @@ in any registry-backed name fails in seconds instead of after hours of training.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from .artifacts import ArtifactRef
@@ -15,9 +16,11 @@ from .distributed import process_rank
 from .engine import STAGES, Context, always, execute, never, plan, pull_policy
 
 
-def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[set] = None) -> set:
+def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[set] = None,
+         order: Optional[dict[Path, ArtifactRef]] = None) -> set:
     """Plan `stage` and, recursively, everything it reads, and run the stages' checks of every artifact not
-    yet made; returns the (context, stage, domain) visited.
+    yet made; returns the (context, stage, domain) visited. `order` collects the artifacts, each after
+    what it reads.
 
     Raises whatever a plan or check raises: an unknown stage, merge method, eval configuration, rule...
     """
@@ -31,7 +34,9 @@ def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[
     if st.check and not ref.complete:
         st.check(ctx, domain if st.per_domain else None)
     for need in needs.values():
-        walk(need.ctx, need.stage, need.domain, seen)
+        walk(need.ctx, need.stage, need.domain, seen, order)
+    if order is not None:
+        order.setdefault(ref.path, ref)
     return seen
 
 
@@ -49,12 +54,42 @@ def domain_stages(ctx: Context) -> list[str]:
     return [s for s in ctx.cfg.pipeline if _domain_local(ctx, s, first)]
 
 
-def plan_all(ctx: Context) -> None:
+def plan_all(ctx: Context, order: Optional[dict[Path, ArtifactRef]] = None) -> None:
     """Plan every artifact `stage=all` would make or read, without running anything."""
+    seen: set = set()
     for r in range(ctx.dpo_round + 1):
         for domain in ctx.cfg.domains:
             for stage in ctx.cfg.pipeline:
-                walk(ctx.at_round(r), stage, domain)
+                walk(ctx.at_round(r), stage, domain, seen, order)
+
+
+def planned(ctx: Context) -> list[ArtifactRef]:
+    """Every artifact the command reads or makes (`stage=all`, or the one stage and what it reads), each after
+    its inputs: what `dry_run=true` reports. The stages' checks run on the way, as before a real run."""
+    order: dict[Path, ArtifactRef] = {}
+    if ctx.cfg.stage == "all":
+        plan_all(ctx, order)
+    else:
+        walk(ctx, ctx.cfg.stage, ctx.cfg.domain.name, order=order)
+    return list(order.values())
+
+
+def plan_report(ctx: Context) -> str:
+    """Where a run stands: each planned artifact complete (with its manifest's seconds), partial (a stopped
+    run's directory, which the next run resumes) or missing, and the totals."""
+    lines, seconds, counts = [], 0.0, {"complete": 0, "partial": 0, "missing": 0}
+    for ref in planned(ctx):
+        if ref.complete:
+            state, took = "complete", ref.manifest().get("seconds") or 0.0
+            seconds += took
+            when = f"{took:9.0f} s"
+        else:
+            state, when = ("partial" if ref.path.exists() else "missing"), " " * 11
+        counts[state] += 1
+        lines.append(f"{state:9s} {when}  {ref.path.relative_to(ctx.root)}")
+    lines.append(f"{counts['complete']} complete ({seconds:.0f} s by their manifests), {counts['partial']} partial, "
+                 f"{counts['missing']} missing under {ctx.root}")
+    return "\n".join(lines)
 
 
 def _label(stage: str, domain: Optional[str], r: Optional[int] = None) -> str:
