@@ -11,17 +11,25 @@ them (greedy in fp32 both, different kernels: near-ties may break differently), 
 each used (vLLM's: this process's and every engine process's, its polling scheduler included). The
 engine stays up through the HF rounds, where its idle polling (~0.1 core here) competes with HF.
 
+`--skillpack int|fp` attaches bench/decode.py's random INT8 skillpack (rank 16, the tied embedding at
+rank 8) to the model: HF decodes it on that path (eval.integer_path true|false), vLLM serves the
+backbone with the skillpack exported as a LoRA adapter (its fp path), as `eval.backend=vllm` serves a
+skillweave row.
+
     python bench/eval.py                              # IFEval, 300 docs, 256 tokens, batch 8, 1 thread
     python bench/eval.py --quick                      # a tiny random Llama, 6 docs, 16 tokens
     python bench/eval.py --task skillweave_arith --limit 100
+    python bench/eval.py --limit 60 --skillpack int   # a skillpack row: HF's integer path vs vLLM + LoRA
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,9 +38,14 @@ import torch
 
 from skillweave.app import load_plugins
 from skillweave.core.artifacts import atomic_write_json
-from skillweave.engines import VLLMEngine, vllm_python
+from skillweave.engines import Served, VLLMEngine, vllm_python
 from skillweave.evaluation import evaluate
 from skillweave.models import cache_dir, load_model, load_tokenizer, resolve_model_dir
+from skillweave.zip import attach_skillpack
+from skillweave.zip.export import export_skillpack, lora_rank
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode import random_skillpack  # noqa: E402  (bench/decode.py: the decode benchmark's skillpack)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "eval.json"
 
@@ -48,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compiled-decode", default="auto", choices=["auto", "on", "off"], help="HF's model.compiled_decode")
     p.add_argument("--vllm-python", default="", help="default: $SKILLWEAVE_VLLM_PYTHON, else .venv-vllm")
+    p.add_argument("--skillpack", choices=["none", "int", "fp"], default="none",
+                   help="a random skillpack attached, HF on this path, vLLM as a LoRA adapter (default none)")
     p.add_argument("--quick", action="store_true", help="6 docs, 16 tokens, batch 3 (use with a tiny --model)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -67,15 +82,24 @@ def main(argv: list[str] | None = None) -> None:
     tok, model = load_tokenizer(model_dir), load_model(model_dir, dtype=torch.float32).eval()
     length = min(model.config.max_position_embeddings, 4096)
     load_before, started = os.getloadavg()[0], time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="eval-bench-"))
+    adapter, rank = None, 0
+    if args.skillpack != "none":
+        skillpack = random_skillpack(model, 0)
+        adapter, rank = work / "skillpack", lora_rank(skillpack)
+        export_skillpack(skillpack, adapter, str(model_dir))
+        attach_skillpack(model, skillpack, int_mm=args.skillpack == "int")
     t0 = time.perf_counter()
     with VLLMEngine(model_dir, python=args.vllm_python, dtype="float32", seed=0, max_model_len=length,
-                    threads=args.threads, log_path=cache_dir() / "logs" / "bench-eval-vllm.log") as engine:
+                    threads=args.threads, log_path=cache_dir() / "logs" / "bench-eval-vllm.log",
+                    max_lora_rank=rank) as engine:
         engine_start_s = time.perf_counter() - t0
+        served = Served(engine, adapter)
         runs = {
             "hf": lambda: evaluate(model, tok, [args.task], limit=args.limit, max_gen_toks=args.max_gen_toks,
                                    batch_size=args.batch_size, compiled_decode=args.compiled_decode),
             "vllm": lambda: evaluate(None, tok, [args.task], limit=args.limit, max_gen_toks=args.max_gen_toks,
-                                     batch_size=args.batch_size, engine=engine),
+                                     batch_size=args.batch_size, engine=served),
         }
         seconds: dict[str, list[float]] = {"hf": [], "vllm": []}
         cpu_seconds = {"hf": 0.0, "vllm": 0.0}
@@ -89,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                 cpu_seconds[name] += time.process_time() - c0 + (engine.cpu_seconds() - e0 if name == "vllm" else 0.0)
                 print(f"  round {r} {name}: {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
         version = engine.version
+    shutil.rmtree(work)
     answers = {name: [s["response"] for s in res["samples"]] for name, res in results.items()}
     same = sum(a == b for a, b in zip(answers["hf"], answers["vllm"], strict=True))
     ratio = statistics.median(v / h for v, h in zip(seconds["vllm"], seconds["hf"]))
@@ -102,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "vllm": version, "threads": args.threads, "task": args.task, "limit": args.limit,
         "max_gen_toks": args.max_gen_toks, "batch_size": args.batch_size, "compiled_decode": args.compiled_decode,
-        "repeats": args.repeats, "engine_start_s": round(engine_start_s, 1), "identical_answers": same,
+        "repeats": args.repeats, "skillpack": args.skillpack, "engine_start_s": round(engine_start_s, 1), "identical_answers": same,
         "wall_s": round(time.perf_counter() - started, 1), "load_average_1min": [load_before, os.getloadavg()[0]],
         "rows": rows,
     }
