@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from skillweave.zip.format import Skillpack
 from skillweave.zip.kernels import SkillpackEmbedding, SkillpackLinear
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_name, fill_preset  # noqa: E402
 from skillzip import random_factors  # noqa: E402  (bench/skillzip.py: the layer benchmark's own factors)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decode.json"
@@ -309,15 +309,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def device_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="embedded",
@@ -337,10 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else GRID
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_preset(args, QUICK, GRID)
     args.vllm_python = vllm_python(args.vllm_python)
     if args.variants is None:
         args.variants = HF_VARIANTS + VLLM_VARIANTS * (args.vllm_python is not None and not args.quick)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import random
 import resource
 import statistics
@@ -48,6 +47,9 @@ from skillweave.models import load_model, load_state_dict, load_tokenizer, nativ
 from skillweave.prompts import PROMPT_SOURCES
 from skillweave.sampling import sample_batch
 from skillweave.training import train_dpo, trained_state_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_name, fill_preset  # noqa: E402  (bench/common.py)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "dpo_step.json"
 GRID = {"rounds": 4, "warmup": 1, "answer_tokens": 128, "greedy_prompts": 16, "greedy_tokens": 48}
@@ -253,18 +255,6 @@ def delta_check(model_dir: Path, scratch: Path, greedy_prompts: int, greedy_toke
     return result
 
 
-def device_name(device: str) -> str:
-    """What the timings ran on, recorded in the JSON beside them."""
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {'native' if native_bf16(cuda=False) else 'emulated'} bf16"
-
-
 def rows_for(times: dict, metrics: dict, params: int, gradient_checkpointing: bool, peaks: dict) -> list[dict]:
     """One row per precision: median step time, same-round ratio, tokens, FLOPs and the share of peak."""
     rows = []
@@ -335,9 +325,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--greedy-tokens", type=int, help=f"new tokens per greedy answer (default {GRID['greedy_tokens']})")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else GRID).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_preset(args, QUICK, GRID)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
     if args.device == "cuda" and not native_bf16(cuda=True):
@@ -379,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python", "bench/dpo_step.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": args.device,
-        "device_name": device_name(args.device),
+        "device_name": device_name({args.device}),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl.__version__,

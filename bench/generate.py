@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,9 +43,12 @@ from skillweave.app import load_plugins
 from skillweave.config import SamplingConfig
 from skillweave.core.artifacts import atomic_write_json
 from skillweave.engines import VLLMEngine, vllm_python
-from skillweave.models import cache_dir, chat_prompt, load_model, load_tokenizer, native_bf16, resolve_model_dir
+from skillweave.models import cache_dir, chat_prompt, load_model, load_tokenizer, resolve_model_dir
 from skillweave.prompts import PROMPT_SOURCES
 from skillweave.sampling import sample_batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_name, fill_preset  # noqa: E402  (bench/common.py)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "generate.json"
 GRID = {"batch_sizes": [1, 4, 8, 16, 32], "max_new_tokens": 64, "repeats": 3}
@@ -164,19 +166,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def device_name(devices: set[str]) -> str:
-    """What the timings ran on, recorded in the JSON beside them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    name = f"{cpu}, {os.cpu_count()} logical CPUs, {'native' if native_bf16(cuda=False) else 'emulated'} bf16"
-    if "cuda" in devices:
-        name += f"; {torch.cuda.get_device_name(0)}"
-    return name
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="embedded",
@@ -196,10 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="vLLM's environment's interpreter (default: $SKILLWEAVE_VLLM_PYTHON, else .venv-vllm)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else GRID
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_preset(args, QUICK, GRID)
     args.vllm_python = vllm_python(args.vllm_python)
     args.backends = args.backends or default_backends(args.vllm_python is not None)
     if any(BACKENDS[b][0] == "cuda" for b in args.backends) and not torch.cuda.is_available():

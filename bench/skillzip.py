@@ -24,13 +24,10 @@ rank and are timed once per group (the merged weight holds the largest rank's de
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,9 +36,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from skillweave.core.artifacts import atomic_write_json
 from skillweave.zip.format import QuantizedFactors, Skillpack, skillpack_nbytes
 from skillweave.zip.kernels import SkillpackLinear, _int_mm_accepts
 from skillweave.zip.quant import pack_int4, quantize_per_channel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_name, fill_preset  # noqa: E402  (bench/common.py)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "skillzip.json"
 GRID = {
@@ -208,18 +209,6 @@ def bench_hidden(
     return rows
 
 
-def device_name(device: torch.device) -> str:
-    """What the timings ran on, recorded in the JSON beside them."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} logical CPUs"
-
-
 def format_tables(rows: list[dict]) -> str:
     """Two markdown tables: ratios per (hidden, rank, tokens), and bytes per (hidden, rank)."""
     lines = [
@@ -247,22 +236,6 @@ def format_tables(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    """Temp file in the same directory, then rename: a killed run never leaves a file that looks
-    complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the results from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -278,10 +251,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else GRID
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_preset(args, QUICK, GRID)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
     return args
@@ -300,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "command": " ".join(["python", "bench/skillzip.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device_name": device_name(device),
+        "device_name": device_name({device.type}),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
@@ -309,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         "stack": {"q_proj": "hidden -> hidden", "up_proj": f"hidden -> {MLP_RATIO} * hidden"},
         "rows": rows,
     }
-    write_json_atomic(result, args.out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
     print(format_tables(rows))
     print(f"\nwrote {args.out}")
 

@@ -194,9 +194,10 @@ def test_decode_bench_quick_writes_every_variant(tmp_path, monkeypatch, capsys, 
     rows += served["rows"]
     assert [r["variant"] for r in served["rows"]] == variants
     for r in rows:
-        assert math.isfinite(r["ms_per_step"]) and r["ms_per_step"] > 0 and len(r["step_ms_rounds"]) == 2
+        assert math.isfinite(r["ms_per_step"]) and len(r["step_ms_rounds"]) == 2 and r["floor_ms"] > 0
         assert r["tokens_per_s"] == pytest.approx(1e3 * r["batch"] / r["ms_per_step"], rel=1e-2)
-        assert r["ratio"] > 0 and r["ratio_vs_backbone"] > 0 and r["floor_ms"] > 0
+        if r["path"] != "vllm":  # a served step is a difference of two calls: the fake engine's is within its noise
+            assert r["ms_per_step"] > 0 and r["ratio"] > 0 and r["ratio_vs_backbone"] > 0
         # the same path divides by its own backbone; compiled and served variants decode the eager twin's tokens
         assert r["ratio_vs"] == {"compiled_int": "compiled", "compiled_fp": "compiled", "vllm_lora": "vllm"}.get(
             r["variant"], "backbone")
