@@ -75,16 +75,26 @@ def test_dry_run_says_where_a_run_stands_and_runs_nothing(pipeline, tmp_path, ca
     assert {line.split()[-1] for line in lines[:-1]} == made and all(line.startswith("complete") for line in lines[:-1])
     seconds = sum(r.manifest()["seconds"] for r in refs.values())
     assert lines[-1].startswith(f"{len(made)} complete ({seconds:.0f} s by their manifests), 0 partial, 0 missing")
-    # the same command on a new root: nothing there, and a stopped run's directory is partial
+    # the same command on a new root: nothing there, and a stopped run's directory is partial, with what it holds
     fresh = [o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={tmp_path / 'new'}"]
-    (tmp_path / "new" / "dpo" / next(p for p in made if p.startswith("dpo/")).split("/")[1]).mkdir(parents=True)
+    shards = tmp_path / "new" / next(p for p in made if p.startswith("generate/")) / "shards"
+    shards.mkdir(parents=True)
+    (shards / "00000.jsonl").write_text("")
     run_overrides([*fresh, "dry_run=true"])
     lines = capsys.readouterr().out.strip().splitlines()
     states = [line.split()[0] for line in lines[:-1]]
     assert states.count("partial") == 1 and states.count("missing") == len(made) - 1
-    order = [line.split()[-1].split("/")[0] for line in lines[:-1]]
-    assert order.index("generate") < order.index("filter") < order.index("dpo") < order.index("merge") < order.index("eval")
-    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["dpo"]  # nothing written
+    assert next(line for line in lines if line.startswith("partial")).endswith("(1 batches written)")
+    order = [line.split()[-1].split("/")[0] for line in lines if line.startswith("missing")]
+    assert order.index("filter") < order.index("dpo") < order.index("merge") < order.index("eval")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["generate"]  # nothing written
+    # a stopped eval: the rows it finished are listed
+    root = tmp_path / "copy"
+    shutil.copytree(refs["eval"].root, root)
+    (root / refs["eval"].path.relative_to(refs["eval"].root) / "manifest.json").unlink()
+    run_overrides([o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={root}", "dry_run=true"])
+    partial = [line for line in capsys.readouterr().out.splitlines() if line.startswith("partial")]
+    assert len(partial) == 1 and partial[0].endswith("(4 of 4 rows complete)")
 
 
 def test_rerun_is_a_no_op(pipeline, caplog):

@@ -16,8 +16,12 @@ from .distributed import process_rank
 from .engine import STAGES, Context, always, execute, never, plan, pull_policy
 
 
+Planned = tuple[ArtifactRef, Context, Optional[str]]
+"""An artifact of the plan, with the context and domain it is planned for."""
+
+
 def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[set] = None,
-         order: Optional[dict[Path, ArtifactRef]] = None) -> set:
+         order: Optional[dict[Path, Planned]] = None) -> set:
     """Plan `stage` and, recursively, everything it reads, and run the stages' checks of every artifact not
     yet made; returns the (context, stage, domain) visited. `order` collects the artifacts, each after
     what it reads.
@@ -36,7 +40,7 @@ def walk(ctx: Context, stage: str, domain: Optional[str] = None, seen: Optional[
     for need in needs.values():
         walk(need.ctx, need.stage, need.domain, seen, order)
     if order is not None:
-        order.setdefault(ref.path, ref)
+        order.setdefault(ref.path, (ref, ctx, domain if st.per_domain else None))
     return seen
 
 
@@ -54,7 +58,7 @@ def domain_stages(ctx: Context) -> list[str]:
     return [s for s in ctx.cfg.pipeline if _domain_local(ctx, s, first)]
 
 
-def plan_all(ctx: Context, order: Optional[dict[Path, ArtifactRef]] = None) -> None:
+def plan_all(ctx: Context, order: Optional[dict[Path, Planned]] = None) -> None:
     """Plan every artifact `stage=all` would make or read, without running anything."""
     seen: set = set()
     for r in range(ctx.dpo_round + 1):
@@ -63,10 +67,10 @@ def plan_all(ctx: Context, order: Optional[dict[Path, ArtifactRef]] = None) -> N
                 walk(ctx.at_round(r), stage, domain, seen, order)
 
 
-def planned(ctx: Context) -> list[ArtifactRef]:
+def planned(ctx: Context) -> list[Planned]:
     """Every artifact the command reads or makes (`stage=all`, or the one stage and what it reads), each after
     its inputs: what `dry_run=true` reports. The stages' checks run on the way, as before a real run."""
-    order: dict[Path, ArtifactRef] = {}
+    order: dict[Path, Planned] = {}
     if ctx.cfg.stage == "all":
         plan_all(ctx, order)
     else:
@@ -76,17 +80,22 @@ def planned(ctx: Context) -> list[ArtifactRef]:
 
 def plan_report(ctx: Context) -> str:
     """Where a run stands: each planned artifact complete (with its manifest's seconds), partial (a stopped
-    run's directory, which the next run resumes) or missing, and the totals."""
+    run's directory, which the next run resumes; with what it holds so far, where its stage says) or
+    missing, and the totals."""
     lines, seconds, counts = [], 0.0, {"complete": 0, "partial": 0, "missing": 0}
-    for ref in planned(ctx):
+    for ref, at, domain in planned(ctx):
+        so_far = ""
         if ref.complete:
             state, took = "complete", ref.manifest().get("seconds") or 0.0
             seconds += took
             when = f"{took:9.0f} s"
         else:
             state, when = ("partial" if ref.path.exists() else "missing"), " " * 11
+            progress = STAGES.get(ref.stage).progress
+            if state == "partial" and progress is not None:
+                so_far = f"  ({progress(at, domain, ref, {n: need.ref for n, need in plan(at, ref.stage, domain)[1].items()})})"
         counts[state] += 1
-        lines.append(f"{state:9s} {when}  {ref.path.relative_to(ctx.root)}")
+        lines.append(f"{state:9s} {when}  {ref.path.relative_to(ctx.root)}{so_far}")
     lines.append(f"{counts['complete']} complete ({seconds:.0f} s by their manifests), {counts['partial']} partial, "
                  f"{counts['missing']} missing under {ctx.root}")
     return "\n".join(lines)

@@ -197,7 +197,20 @@ def check(ctx: Context, domain: Optional[str]) -> None:
         resolve_backend("vllm", ctx.cfg.model.vllm_python)  # absent: one line before any model loads
 
 
+def progress(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> str:
+    """The rows complete, and for each unfinished one the domains it has scored (its complete cells)."""
+    done, partial = 0, []
+    for name in ctx.cfg.eval.configurations:
+        if row_ref(ctx, name, inputs).complete:
+            done += 1
+            continue
+        cells = [d for d in ctx.cfg.domains if cell_ref(ctx, name, inputs, d).complete]
+        if cells:
+            partial.append(f"{name}: {', '.join(cells)}")
+    return f"{done} of {len(ctx.cfg.eval.configurations)} rows complete" + "".join(f"; {p}" for p in partial)
+
+
 register_stage(Stage(
     "eval", per_domain=False, plan=plan, run=run, outputs={"results": "results.json", "table": "results.md"},
-    check=check,
+    check=check, progress=progress,
 ))

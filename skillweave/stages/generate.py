@@ -174,7 +174,11 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     }
 
 
+def progress(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> str:
+    return f"{len(list((ref.path / 'shards').glob('*.jsonl')))} batches written"
+
+
 register_stage(Stage(
     "generate", per_domain=True, plan=plan, run=run, outputs={"samples": "samples.jsonl"}, distributed=True, rounds=True,
-    check=check,
+    check=check, progress=progress,
 ))
