@@ -54,8 +54,9 @@ def vllm_python(setting: str) -> Optional[Path]:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def resolve_backend(setting: str, python_setting: str) -> str:
-    """`model.generation_backend` as `hf` or `vllm`: `auto` is vllm where its environment exists.
+def resolve_backend(setting: str, python_setting: str, name: str = "model.generation_backend") -> str:
+    """A backend setting (`name`: model.generation_backend, eval.backend) as `hf` or `vllm`: `auto` is vllm
+    where its environment exists.
 
     Raises:
         ConfigError: vllm asked for and no environment found.
@@ -63,8 +64,8 @@ def resolve_backend(setting: str, python_setting: str) -> str:
     python = vllm_python(python_setting)
     if setting == "vllm" and python is None:
         where = python_setting or os.environ.get("SKILLWEAVE_VLLM_PYTHON") or REPO_VENV
-        raise ConfigError(f"model.generation_backend=vllm: no vLLM environment at {where}; run `make vllm`, or set "
-                          "model.vllm_python=/path/to/python (an environment with vllm), or model.generation_backend=hf")
+        raise ConfigError(f"{name}=vllm: no vLLM environment at {where}; run `make vllm`, or set "
+                          f"model.vllm_python=/path/to/python (an environment with vllm), or {name}=hf")
     if setting == "auto":
         return "vllm" if python is not None else "hf"
     return str(setting)

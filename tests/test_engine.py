@@ -137,10 +137,11 @@ def test_a_domain_eval_limit_sizes_its_task_and_keys_only_rows_that_use_it(tmp_p
         assert "limits" in row_ref(sized, "base", {}).config and "limits" not in row_ref(plain, "base", {}).config
 
 
-def test_the_paper_table_recipe_plans_each_domain_with_its_own_gain_recipe(tmp_path, tiny_model_dir):
+def test_the_paper_table_recipe_plans_each_domain_with_its_own_gain_recipe(tmp_path, tiny_model_dir, fake_vllm_python):
     from skillweave.core.flow import plan_all
 
-    ov = ["recipe=paper_table", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path}"]
+    ov = ["recipe=paper_table", "model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path}",
+          f"model.vllm_python={fake_vllm_python}"]  # its eval serves plain models through vLLM
     with hydra_context():
         ctx = context(compose_config(ov), replayable(ov), compose_config)
         plan_all(ctx)  # every artifact of stage=all, every configuration's inputs: planned, nothing run
@@ -151,3 +152,4 @@ def test_the_paper_table_recipe_plans_each_domain_with_its_own_gain_recipe(tmp_p
                    "instructions": ("skillweave_ifeval", "all_pass_fail", 0.0, None),
                    "dialogue": ("skillweave_dialogue", "all_pass_fail", 0.0, 200)}
     assert len(ctx.cfg.eval.configurations) == 12 and ctx.cfg.dpo.nll_weight == 0.0
+    assert (ctx.cfg.eval.backend, ctx.cfg.eval.integer_path, ctx.cfg.eval.compare_to) == ("vllm", True, ["base", "dpo", "skillweave"])

@@ -266,7 +266,7 @@ def test_eval_serves_plain_models_and_fp_skillpacks_by_vllm_and_the_integer_path
 
 
 def test_eval_backend_vllm_without_vllm_is_one_line(tmp_path, tiny_model_dir):
-    with pytest.raises(ConfigError, match="eval.backend|generation_backend=vllm"):
+    with pytest.raises(ConfigError, match="^eval.backend=vllm: no vLLM environment"):
         run_overrides(overrides(tmp_path, tiny_model_dir, "stage=eval", "eval.backend=vllm",
                                 f"model.vllm_python={tmp_path / 'none'}"))
     with pytest.raises(ConfigError, match="eval.backend=auto"):

@@ -194,7 +194,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 def check(ctx: Context, domain: Optional[str]) -> None:
     if ctx.cfg.eval.backend == "vllm":
-        resolve_backend("vllm", ctx.cfg.model.vllm_python)  # absent: one line before any model loads
+        resolve_backend("vllm", ctx.cfg.model.vllm_python, "eval.backend")  # absent: one line before any model loads
 
 
 def progress(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> str:
