@@ -222,7 +222,8 @@ class DPOConfig:
     bench/README.md); elsewhere training fails at start-up. Artifacts are keyed by the dtype `auto` resolves
     to; a bf16 run is a nearby but different trajectory from the fp32 one (1 of 16 greedy answers differed)."""
     save_steps: int = 50
-    """Checkpoint interval: a killed run resumes from the last checkpoint."""
+    """Checkpoint interval (optimizer steps; also of stages lora, dpo_multitask and s2l): a killed run resumes
+    from the last checkpoint. Not in any artifact key: a long run can checkpoint more often to survive a stop."""
     seed: int = 0
     deepspeed: Optional[str] = None
     """A DeepSpeed config: `zero2` or `zero3` (conf/deepspeed/<name>.json) or a path to a JSON file;

@@ -28,17 +28,25 @@ from .tracking import close_wandb, scoped_env, wandb_env
 
 
 def dpo_settings(d: DPOSettings, drop: tuple[str, ...] = ()) -> dict:
-    """The dpo settings a training artifact's key hashes. DeepSpeed is how a run executes, not what it
-    computes (a merge job composed without dpo.deepspeed must find the same delta), and how many rounds
-    follow does not change a round; nll_weight is left out at 0 so plain-DPO artifacts made before it
-    existed keep their keys; precision is the dtype `auto` resolves to (as generate's dtype). A
-    dpo.deepspeed that names no config fails here, when the stage is planned."""
+    """The dpo settings a training artifact's key hashes. DeepSpeed and the checkpoint interval are how a
+    run executes, not what it computes (a merge job composed without dpo.deepspeed must find the same
+    delta; a long run given dpo.save_steps to survive a stop must find the artifacts it made before):
+    save_steps is hashed as its default, so keys made when it counted stay. How many rounds follow does
+    not change a round; nll_weight is left out at 0 so plain-DPO artifacts made before it existed keep
+    their keys; precision is the dtype `auto` resolves to (as generate's dtype). A dpo.deepspeed that
+    names no config fails here, when the stage is planned."""
     deepspeed_config(d)
     settings = {k: v for k, v in asdict(d).items() if k not in ("deepspeed", "rounds", *drop)}
+    if "save_steps" in settings:
+        settings["save_steps"] = SAVE_STEPS_KEYED
     if not d.nll_weight:
         settings.pop("nll_weight", None)
     settings["precision"] = resolved_precision(d.precision)
     return settings
+
+
+SAVE_STEPS_KEYED = 50
+"""What every key holds for dpo.save_steps: its default when it was still hashed."""
 
 
 def resolved_precision(setting: Precision) -> str:

@@ -263,6 +263,19 @@ def test_nll_weight_adds_the_chosen_answers_nll_to_the_dpo_loss(pipeline, monkey
     assert same.key == plain.key and len(seen) == 1  # found complete: nothing trained
 
 
+def test_the_checkpoint_interval_keys_no_training_artifact(tmp_path, tiny_model_dir):
+    from skillweave import stages  # noqa: F401  (registers the stages)
+    from skillweave.core.engine import Context, ref_for
+
+    def keys(*extra: str) -> dict[str, str]:
+        ov = overrides(tmp_path, tiny_model_dir, "eval.configurations=[multitask,lora]", *extra)
+        with hydra_context():
+            ctx = Context(cfg=compose_config(ov), overrides=replayable(ov), composer=compose_config)
+            return {s: ref_for(ctx, s, "math").key for s in ("dpo", "lora", "dpo_multitask")}
+
+    assert keys("dpo.save_steps=5") == keys() != keys("dpo.max_steps=5")
+
+
 def test_eval_key_covers_the_settings_its_configurations_read(tmp_path, tiny_model_dir):
     from skillweave import stages  # noqa: F401  (registers the stages and eval configurations)
     from skillweave.core.engine import Context, ref_for
