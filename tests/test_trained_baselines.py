@@ -4,6 +4,7 @@ and LoRA per domain (PEFT), as stages and as eval configurations."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -149,12 +150,18 @@ def test_a_lora_adapter_of_another_backbone_is_refused(pipeline, tmp_path, tiny_
         load_lora(load_model(other), refs["eval-input/lora_math"].file("adapter"), model_fingerprint(other))
 
 
-def test_a_killed_lora_resumes_from_its_checkpoint(pipeline, monkeypatch):
+def test_a_killed_lora_resumes_from_its_checkpoint(pipeline, monkeypatch, tmp_path):
     import trl
     from transformers import TrainerCallback
 
     _, ov, refs = pipeline
-    ov = [*ov, "stage=lora", "domain=math", "dpo.save_steps=1"]  # a new key beside the pipeline's adapter
+    # The checkpoint interval keys nothing: the run is made again in a copy of the store without the adapter.
+    original = refs["eval-input/lora_math"]
+    root = tmp_path / "artifacts"
+    shutil.copytree(original.root, root)
+    shutil.rmtree(root / original.path.relative_to(original.root))
+    ov = [o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={root}", "stage=lora", "domain=math",
+                                                                  "dpo.save_steps=1"]
 
     class KillAfterFirstCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -170,11 +177,12 @@ def test_a_killed_lora_resumes_from_its_checkpoint(pipeline, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_overrides(ov)
     monkeypatch.undo()
+    assert (root / original.path.relative_to(original.root) / "checkpoints" / "checkpoint-1").is_dir()  # resumed from
     (ref,) = run_overrides(ov).values()
-    assert ref != refs["eval-input/lora_math"] and ref.complete and ref.manifest()["metrics"]["steps"] == 2
+    assert ref.key == original.key and ref.complete and ref.manifest()["metrics"]["steps"] == 2
     assert sorted(p.name for p in ref.path.iterdir() if not p.name.startswith(".")) == ["adapter", "config.json", "manifest.json"]
-    # The resumed adapter is the uninterrupted one (save_steps aside, the same config).
-    uninterrupted = adapter_tensors(refs["eval-input/lora_math"].file("adapter"))
+    # The resumed adapter is the uninterrupted one.
+    uninterrupted = adapter_tensors(original.file("adapter"))
     resumed = adapter_tensors(ref.file("adapter"))
     assert set(resumed) == set(uninterrupted)
     for k, v in resumed.items():
