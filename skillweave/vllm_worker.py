@@ -9,9 +9,10 @@ token counts are the parent's in both backends.
 Protocol: one JSON object per line. Start-up writes {"ready": true, "vllm": version} (or
 {"error": ...}); each request {"prompts": [[ids]], "n", "greedy", "temperature", "top_p",
 "max_tokens", "min_tokens", "stop_token_ids", "seed", "lora"} (min_tokens: no stop before that many;
-lora: a PEFT adapter directory, or null for the model's own weights; needs --max-lora-rank) is answered by {"outputs": [[[ids, finish reason] x n]
-per prompt]} or {"error": ...}. vLLM and its C++ code print to stdout, so replies go to a duplicate
-of the original stdout and everything else is sent to stderr.
+lora: a PEFT adapter directory, or null for the model's own weights; needs --max-lora-rank) is
+answered by {"outputs": [[[ids, finish reason] x n] per prompt]} or {"error": ...}. vLLM and its C++
+code print to stdout, so replies go to a duplicate of the original stdout and everything else is
+sent to stderr.
 """
 
 from __future__ import annotations
