@@ -153,3 +153,19 @@ def test_the_paper_table_recipe_plans_each_domain_with_its_own_gain_recipe(tmp_p
                    "dialogue": ("skillweave_dialogue", "all_pass_fail", 0.0, 200)}
     assert len(ctx.cfg.eval.configurations) == 12 and ctx.cfg.dpo.nll_weight == 0.0
     assert (ctx.cfg.eval.backend, ctx.cfg.eval.integer_path, ctx.cfg.eval.compare_to) == ("vllm", True, ["base", "dpo", "skillweave"])
+
+
+def test_the_paper_tables_second_eval_scores_humaneval_and_default_math_on_the_same_artifacts(tmp_path, tiny_model_dir, fake_vllm_python):
+    from skillweave.core.flow import planned
+
+    base = ["model=hf_dir", f"model.path={tiny_model_dir}", f"artifacts_root={tmp_path}", f"model.vllm_python={fake_vllm_python}"]
+    with hydra_context():
+        first, second = (context(compose_config([f"recipe={r}", *base]), replayable([f"recipe={r}", *base]), compose_config)
+                         for r in ("paper_table", "paper_table_second_eval"))
+        one, two = ({ref.path for ref, _, _ in planned(c)} for c in (first, second))
+        tasks = {d: second.for_domain(d).domain.eval_task for d in second.cfg.domains}
+    assert tasks == {"arith": "skillweave_math", "code": "skillweave_humaneval",
+                     "instructions": "skillweave_ifeval", "dialogue": "skillweave_dialogue"}
+    assert second.cfg.stage == "eval" and second.for_domain("arith").domain.eval_limit == 500
+    # every trained artifact is the first eval's; only the eval differs
+    assert {p.parent.name for p in one ^ two} == {"eval"} and len(one ^ two) == 2

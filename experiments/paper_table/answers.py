@@ -1,0 +1,258 @@
+"""The paper table's questions, answered from its eval artifacts with paired standard errors.
+
+    python experiments/paper_table/answers.py <eval artifact dir> [<eval artifact dir> ...] [--out DIR]
+
+Reads each eval's results.json and its per-document answers (samples/<row>-<domain>.jsonl); a column is
+one (domain, task), so a second eval of the same artifacts on other tasks (HumanEval, the
+default-difficulty math set) adds columns. Writes answers.md and answers.json to --out (default: this
+folder) and prints the Markdown.
+
+Every comparison is paired on the documents both rows answered. A share of the domain's own gain,
+(row - base) / (dpo - base), gets a bootstrap standard error over documents (seeded); it is reported only
+where the own gain (dpo - base) is beyond two standard errors, since a ratio to a gain that may be zero
+says nothing. SkillZip retention is skillweave's share: dpo is the merged backbone plus the exact
+residual, skillweave the same backbone plus the compressed one. A claim "holds" when its difference is
+beyond two standard errors in the claimed direction, "fails" when beyond two in the other, and is
+"unresolved" otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from skillweave.evaluation import paired_difference
+
+BOOTSTRAP = 2000
+MERGES = ("merged_ties", "merged_task_arithmetic", "merged_dare_ties")
+EQUAL_BYTES = ("bitdelta", "delta_come", "twin_merging")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    stderr: float
+    n: int
+
+    def points(self) -> str:
+        return f"{100 * self.value:+.1f} ± {100 * self.stderr:.1f}"
+
+    def percent(self) -> str:
+        return f"{100 * self.value:.0f}% ± {100 * self.stderr:.0f}%"
+
+
+@dataclass
+class Table:
+    """Every row's per-document scores by column ("domain (task)"), with the rows' results entries."""
+
+    rows: dict[str, dict]
+    scores: dict[str, dict[str, dict[int, float]]]
+    columns: list[str]
+
+
+def load(eval_dirs: list[Path]) -> Table:
+    rows: dict[str, dict] = {}
+    scores: dict[str, dict[str, dict[int, float]]] = {}
+    columns: list[str] = []
+    for eval_dir in eval_dirs:
+        results = json.loads((eval_dir / "results.json").read_text())
+        for domain, task in results["tasks"].items():
+            column = f"{domain} ({task})"
+            if column in columns:  # the same cells scored again by a later eval
+                continue
+            columns.append(column)
+            for r in results["configurations"]:
+                rows.setdefault(r["name"], r)
+                path = eval_dir / "samples" / f"{r['name']}-{domain}.jsonl"
+                if path.is_file():
+                    answers = map(json.loads, path.read_text().splitlines())
+                    scores.setdefault(r["name"], {})[column] = {a["doc_id"]: float(a["score"]) for a in answers}
+    return Table(rows, scores, columns)
+
+
+def _common(table: Table, column: str, names: tuple[str, ...]) -> list[int] | None:
+    if any(column not in table.scores.get(n, {}) for n in names):
+        return None
+    ids = set.intersection(*(set(table.scores[n][column]) for n in names))
+    return sorted(ids) or None
+
+
+def paired(table: Table, row: str, reference: str, column: str) -> Estimate | None:
+    """Mean per-document score of `row` minus `reference` on their common documents, ± its stderr."""
+    ids = _common(table, column, (row, reference))
+    if ids is None:
+        return None
+    delta, stderr = paired_difference([table.scores[reference][column][i] for i in ids],
+                                      [table.scores[row][column][i] for i in ids])
+    return Estimate(delta, stderr, len(ids))
+
+
+def share(table: Table, row: str, column: str, base: str = "base", full: str = "dpo") -> Estimate | None:
+    """(row - base) / (full - base) on the documents all three answered, with a bootstrap stderr; None
+    where a row is missing or the own gain (full - base) is not beyond two standard errors."""
+    gain = paired(table, full, base, column)
+    ids = _common(table, column, (row, base, full))
+    if gain is None or ids is None or not gain.value > 2 * gain.stderr:
+        return None
+    s = {n: table.scores[n][column] for n in (row, base, full)}
+    d_row = [s[row][i] - s[base][i] for i in ids]
+    d_full = [s[full][i] - s[base][i] for i in ids]
+    value = sum(d_row) / sum(d_full)
+    rng, draws = random.Random(0), []
+    for _ in range(BOOTSTRAP):
+        pick = [rng.randrange(len(ids)) for _ in ids]
+        denominator = sum(d_full[k] for k in pick)
+        if denominator > 0:
+            draws.append(sum(d_row[k] for k in pick) / denominator)
+    mean = sum(draws) / len(draws)
+    return Estimate(value, math.sqrt(sum((x - mean) ** 2 for x in draws) / (len(draws) - 1)), len(ids))
+
+
+def average(estimates: list[Estimate | None]) -> Estimate | None:
+    """The mean over columns of paired differences (columns are independent documents)."""
+    if not estimates or any(e is None for e in estimates):
+        return None
+    k = len(estimates)
+    return Estimate(sum(e.value for e in estimates) / k, math.sqrt(sum(e.stderr**2 for e in estimates)) / k,
+                    sum(e.n for e in estimates))
+
+
+def verdict(e: Estimate | None, direction: int = 1) -> str:
+    """"holds" when the difference is beyond 2 stderr in `direction`, "fails" beyond 2 the other way."""
+    if e is None:
+        return "not measured"
+    gap = direction * e.value
+    return "holds" if gap > 2 * e.stderr else "fails" if -gap > 2 * e.stderr else "unresolved"
+
+
+def _fmt(e: Estimate | None) -> str:
+    return "-" if e is None else e.points()
+
+
+def _grid(table: Table, title: str, cells: dict[str, list[Estimate | None]]) -> list[str]:
+    """Points per column and their average; nothing when no row of it is in the eval."""
+    cells = {name: es for name, es in cells.items() if any(e is not None for e in es)}
+    if not cells:
+        return []
+    cols = table.columns + ["average"]
+    out = [title, "", "| | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, estimates in cells.items():
+        out.append(f"| {name} | " + " | ".join(_fmt(e) for e in [*estimates, average(estimates)]) + " |")
+    return out + [""]
+
+
+def _shares(table: Table, title: str, cells: dict[str, list[Estimate | None]]) -> list[str]:
+    """Shares per column (no average: a ratio per domain)."""
+    out = [title, "", "| | " + " | ".join(table.columns) + " |", "|" + "---|" * (len(table.columns) + 1)]
+    for name, estimates in cells.items():
+        out.append(f"| {name} | " + " | ".join("-" if e is None else e.percent() for e in estimates) + " |")
+    return out + [""]
+
+
+def answers(table: Table) -> tuple[str, dict]:
+    """The Markdown report and the numbers behind it."""
+    rows, cols = table.rows, table.columns
+    present = [n for n in rows if n in table.scores]
+    numbers: dict = {"columns": cols, "bytes": {n: rows[n]["bytes"] for n in present}}
+
+    def vs(row: str, ref: str) -> list[Estimate | None]:
+        return [paired(table, row, ref, c) for c in cols]
+
+    def shares(row: str) -> list[Estimate | None]:
+        return [share(table, row, c) for c in cols]
+
+    md = ["# The paper table's answers", "",
+          "Points (score difference x 100) ± standard error, paired on the same documents; shares ± bootstrap "
+          "standard error, '-' where the domain's own gain (dpo - base) is not beyond two standard errors or "
+          "a row is missing. A claim holds when its difference is beyond two standard errors.", ""]
+    gains = {"dpo": vs("dpo", "base")}
+    md += _grid(table, "## Own gains: each domain's DPO model vs base", gains)
+
+    merges = [m for m in MERGES if m in present]
+    md += _grid(table, "## Interference: merged-only backbone vs the domain's own model (row - dpo)",
+                {m: vs(m, "dpo") for m in merges})
+    md += _shares(table, "Share of the own gain each merged-only backbone keeps, (merged - base) / (dpo - base)",
+                  {m: shares(m) for m in merges})
+
+    recovery = {"skillweave - dpo": vs("skillweave", "dpo")}
+    recovery |= {f"skillweave - {m}": vs("skillweave", m) for m in merges}
+    md += _grid(table, "## Recovery: skillweave (shared backbone + compressed skillpacks) vs dpo and vs the merges", recovery)
+    retention = shares("skillweave")
+    md += _shares(table, "SkillZip retention: skillweave's share of the own gain, (skillweave - base) / (dpo - base); goal >= 95%",
+                  {"skillweave": retention})
+    md += ["| row | MiB | x base |", "|---|---|---|"]
+    base_bytes = rows["base"]["bytes"] if "base" in rows else None
+    for n in present:
+        ratio = f"{rows[n]['bytes'] / base_bytes:.2f}" if base_bytes else "-"
+        md.append(f"| {n} | {rows[n]['bytes'] / 2**20:.1f} | {ratio} |")
+    md.append("")
+
+    equal = {f"skillweave - {b}": vs("skillweave", b) for b in EQUAL_BYTES if b in present}
+    md += _grid(table, "## At (near) equal bytes: skillweave vs BitDelta, Delta-CoMe-style and Twin-Merging", equal)
+
+    routed = {"skillweave_routed - skillweave": vs("skillweave_routed", "skillweave")}
+    md += _grid(table, "## Routed vs oracle", routed)
+    details = rows.get("skillweave_routed", {}).get("details") or {}
+    if "confusion" in details:
+        domains, matrix = details["confusion"]["domains"], details["confusion"]["matrix"]
+        md += [f"Router accuracy on the eval prompts: {100 * details['router_accuracy']:.1f}% "
+               "(rows: the prompt's domain, columns: the skillpack it was routed to)", "",
+               "| | " + " | ".join(domains) + " |", "|" + "---|" * (len(domains) + 1)]
+        md += [f"| {d} | " + " | ".join(map(str, line)) + " |" for d, line in zip(domains, matrix)] + [""]
+        numbers["router"] = {"accuracy": details["router_accuracy"], "confusion": details["confusion"]}
+
+    others = {f"{o} - skillweave": vs(o, "skillweave") for o in ("multitask", "lora") if o in present}
+    md += _grid(table, "## Monolith and LoRA vs skillweave", others)
+
+    def claim(text: str, e: Estimate | None, direction: int = 1) -> tuple[str, Estimate | None, str]:
+        return text, e, verdict(e, direction)
+
+    ties = "merged_ties" if "merged_ties" in merges else (merges[0] if merges else None)
+    claims = [
+        claim("DPO gains on each domain (dpo > base, average)", average(gains["dpo"])),
+        claim(f"Merging loses specialisation ({ties} < dpo, average)", average(vs(ties, "dpo")) if ties else None, -1),
+        claim(f"Skillweave recovers it ({'skillweave > ' + ties if ties else 'vs merge'}, average)",
+              average(vs("skillweave", ties)) if ties else None),
+        claim("Skillweave loses to dpo (skillweave < dpo, average)", average(recovery["skillweave - dpo"]), -1),
+        *(claim(f"Skillweave beats {b} at near-equal bytes (average)", average(vs("skillweave", b))) for b in EQUAL_BYTES if b in present),
+        claim("Routing loses to the oracle (routed < skillweave, average)", average(routed["skillweave_routed - skillweave"]), -1),
+        *(claim(f"Skillweave beats {o} (average)", average(vs("skillweave", o))) for o in ("multitask", "lora") if o in present),
+    ]
+    md += ["## Claims at this scale", "", "| claim | points | verdict |", "|---|---|---|"]
+    md += [f"| {text} | {_fmt(e)} | {v} |" for text, e, v in claims] + [""]
+
+    def dump(cells: dict[str, list[Estimate | None]]) -> dict:
+        return {name: {c: (None if e is None else e.__dict__) for c, e in zip(cols, es)} for name, es in cells.items()}
+
+    numbers |= {
+        "own_gain": dump(gains), "interference": dump({m: vs(m, "dpo") for m in merges}),
+        "kept_share": dump({m: shares(m) for m in merges}), "recovery": dump(recovery),
+        "retention": dump({"skillweave": retention}), "equal_bytes": dump(equal), "routed": dump(routed),
+        "others": dump(others),
+        "claims": [{"claim": t, "estimate": None if e is None else e.__dict__, "verdict": v} for t, e, v in claims],
+    }
+    return "\n".join(md), numbers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("evals", nargs="+", type=Path, help="eval artifact directories (results.json + samples/)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    args = parser.parse_args(argv)
+    for d in args.evals:
+        if not (d / "results.json").is_file():
+            sys.exit(f"{d}: no results.json; pass an eval artifact directory (artifacts/eval/all-<key>)")
+    md, numbers = answers(load(args.evals))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "answers.md").write_text(md)
+    (args.out / "answers.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""experiments/paper_table/answers.py: the paper's questions from eval artifacts, on answers with known numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("paper_answers", Path(__file__).parents[1] / "experiments" / "paper_table" / "answers.py")
+answers = sys.modules["paper_answers"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+spec.loader.exec_module(answers)
+
+N = 100
+# Documents answered right (of 100 per domain); base answers none.
+RIGHT = {
+    "arith": {"dpo": 40, "merged_ties": 20, "skillweave": 38, "skillweave_routed": 30, "bitdelta": 10},
+    "code": {"dpo": 30, "merged_ties": 30, "skillweave": 30, "skillweave_routed": 30, "bitdelta": 30},
+    "dialogue": {"dpo": 1, "merged_ties": 0, "skillweave": 1, "skillweave_routed": 1, "bitdelta": 0},  # no own gain
+}
+ROWS = ["base", "dpo", "merged_ties", "bitdelta", "skillweave", "skillweave_routed"]
+
+
+def write_eval(path: Path, tasks: dict[str, str], right: dict[str, dict[str, int]]) -> Path:
+    (path / "samples").mkdir(parents=True)
+    configurations = []
+    for name in ROWS:
+        row = {"name": name, "bytes": (3 if name == "dpo" else 1) * 2**20 * 500}
+        if name == "skillweave_routed":
+            row["details"] = {"router_accuracy": 0.75, "confusion": {"domains": list(tasks), "matrix": [[3, 1], [0, 4]]}}
+        configurations.append(row)
+        for domain in tasks:
+            k = right[domain].get(name, 0)
+            lines = [json.dumps({"doc_id": i, "score": float(i < k), "response": ""}) for i in range(N)]
+            (path / "samples" / f"{name}-{domain}.jsonl").write_text("\n".join(lines) + "\n")
+    (path / "results.json").write_text(json.dumps({"tasks": tasks, "configurations": configurations}))
+    return path
+
+
+@pytest.fixture
+def table(tmp_path):
+    first = write_eval(tmp_path / "a", {"arith": "skillweave_arith", "code": "skillweave_codetasks", "dialogue": "skillweave_dialogue"}, RIGHT)
+    return answers.load([first])
+
+
+def test_paired_differences_and_shares_of_the_own_gain(table):
+    gain = answers.paired(table, "dpo", "base", "arith (skillweave_arith)")
+    assert gain.value == pytest.approx(0.40) and gain.n == N
+    assert gain.stderr == pytest.approx(math.sqrt(0.4 * 0.6 * N / (N - 1)) / math.sqrt(N))
+
+    kept = answers.share(table, "merged_ties", "arith (skillweave_arith)")
+    assert kept.value == pytest.approx(0.5)
+    assert 0.02 < kept.stderr < 0.2  # bootstrap over documents, seeded
+    assert answers.share(table, "merged_ties", "arith (skillweave_arith)") == kept
+    assert answers.share(table, "skillweave", "code (skillweave_codetasks)").value == pytest.approx(1.0)
+    # One document of 100 is no gain to take a share of.
+    assert answers.share(table, "skillweave", "dialogue (skillweave_dialogue)") is None
+    assert answers.share(table, "missing_row", "arith (skillweave_arith)") is None
+
+
+def test_averages_and_verdicts():
+    e = answers.average([answers.Estimate(-0.2, 0.04, 100), answers.Estimate(0.0, 0.0, 100)])
+    assert (e.value, e.stderr, e.n) == (pytest.approx(-0.1), pytest.approx(0.02), 200)
+    assert answers.verdict(e, -1) == "holds" and answers.verdict(e) == "fails"
+    assert answers.verdict(answers.Estimate(0.03, 0.02, 100)) == "unresolved"
+    assert answers.verdict(answers.Estimate(0.0, 0.0, 100)) == "unresolved"
+    assert answers.verdict(None) == "not measured"
+    assert answers.average([e, None]) is None
+
+
+def test_the_report_answers_each_question(table):
+    md, numbers = answers.answers(table)
+    claims = {c["claim"]: c["verdict"] for c in numbers["claims"]}
+    assert claims["DPO gains on each domain (dpo > base, average)"] == "holds"
+    assert claims["Merging loses specialisation (merged_ties < dpo, average)"] == "holds"
+    assert claims["Skillweave recovers it (skillweave > merged_ties, average)"] == "holds"
+    assert claims["Skillweave loses to dpo (skillweave < dpo, average)"] == "unresolved"
+    assert claims["Skillweave beats bitdelta at near-equal bytes (average)"] == "holds"
+    assert numbers["retention"]["skillweave"]["arith (skillweave_arith)"]["value"] == pytest.approx(0.95)
+    assert numbers["kept_share"]["merged_ties"]["dialogue (skillweave_dialogue)"] is None
+    assert numbers["router"]["accuracy"] == 0.75
+    assert "| arith | 3 | 1 |" in md and "| dpo | 1500.0 | 3.00 |" in md
+    assert "| skillweave | 95% ± " in md and "| dpo | +40.0 ± 4.9 | +30.0 ± 4.6 | +1.0 ± 1.0 | +23.7 ± 2.3 |" in md
+    assert "multitask" not in md and "lora" not in md  # rows absent from the eval are left out
+
+
+def test_a_second_eval_adds_its_columns_and_the_cli_writes_both_files(tmp_path, capsys):
+    first = write_eval(tmp_path / "a", {"arith": "skillweave_arith", "code": "skillweave_codetasks"}, RIGHT)
+    second = write_eval(tmp_path / "b", {"arith": "skillweave_arith", "code": "skillweave_humaneval"}, RIGHT)
+    table = answers.load([first, second])
+    assert table.columns == ["arith (skillweave_arith)", "code (skillweave_codetasks)", "code (skillweave_humaneval)"]
+    answers.main([str(first), str(second), "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "answers.json").read_text())["columns"] == table.columns
+    assert (tmp_path / "out" / "answers.md").read_text() in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no results.json"):
+        answers.main([str(tmp_path / "out")])
