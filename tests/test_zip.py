@@ -15,11 +15,13 @@ from skillweave.zip import (
     SkillpackLinear,
     attach_skillpack,
     attached_domain,
+    attached_skillpack,
     block_linear_names,
     compress_residual,
     detach_skillpack,
     load_skillpack,
     save_skillpack,
+    skillpack_attached,
     skillpack_nbytes,
 )
 from skillweave.zip.kernels import _blas_operand, _int_mm_accepts
@@ -276,6 +278,18 @@ def test_detach_restores_the_backbone_bit_exactly(skillpack, input_ids):
     assert attached_domain(model) is None
     with pytest.raises(SkillpackError, match="no skillpack is attached"):
         detach_skillpack(model)
+
+
+def test_skillpack_attached_restores_the_backbone_when_its_block_fails(skillpack, input_ids):
+    model = tiny_model()
+    with torch.no_grad():
+        before = model(input_ids).logits
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            with skillpack_attached(model, skillpack, int_mm=True) as attached:
+                assert attached is model and attached_skillpack(model) == (skillpack, True)
+                assert not torch.equal(model(input_ids).logits, before)
+                raise RuntimeError("scoring failed")
+        assert attached_domain(model) is None and torch.equal(model(input_ids).logits, before)
 
 
 def test_skillpack_for_another_shape_is_refused_before_any_change(skillpack):

@@ -35,7 +35,7 @@ from ..deltas import load_delta, param_bytes
 from ..evaluation import eval_prompts, evaluate
 from ..models import load_model, load_tokenizer, model_fingerprint
 from ..router import Router, TwinMerging, confusion_matrix, load_router, prompt_features, router_nbytes, stack_exclusive
-from ..zip import attach_skillpack, block_linear_names, detach_skillpack, load_skillpack, skillpack_nbytes
+from ..zip import block_linear_names, load_skillpack, skillpack_attached, skillpack_nbytes
 
 
 def _router_for(ctx: Context, refs: dict, fingerprint: str) -> Router:
@@ -92,15 +92,12 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
         group = {t: ids for t, ids in group.items() if ids}
         if not group:
             continue
-        attach_skillpack(model, skillpacks[target], expected_fingerprint=fp, int_mm=ev.integer_path)
-        try:
+        with skillpack_attached(model, skillpacks[target], expected_fingerprint=fp, int_mm=ev.integer_path):
             engine = score.engine_for(model)
             res = evaluate(
                 None if engine else model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks,
                 batch_size=ev.batch_size, doc_ids=group, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine,
             )
-        finally:
-            detach_skillpack(model)
         for task in res:
             served_by.setdefault(task_domain[task], set()).add(engine.label if engine else "hf")
         for task, r in res.items():

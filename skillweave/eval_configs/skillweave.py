@@ -15,23 +15,25 @@ from ..core.engine import Context, Need, per_domain_needs
 from ..deltas import param_bytes
 from ..evaluation import eval_prompts, evaluate
 from ..models import load_model, load_tokenizer, model_fingerprint
-from ..zip import attach_skillpack, detach_skillpack, load_skillpack, skillpack_nbytes
+from ..zip import load_skillpack, skillpack_attached, skillpack_nbytes
+
+
+def _backbone_and_skillpacks(ctx: Context, refs: dict) -> tuple:
+    """The merged backbone, its tokenizer and fingerprint, each domain's skillpack (checked against that
+    fingerprint), and the bytes the backbone and all of them hold."""
+    path = refs["merge"].file("backbone")
+    model, tok, fp = load_model(path), load_tokenizer(path), model_fingerprint(path)
+    packs = {d: load_skillpack(refs[f"zip_{d}"].file("skillpack"), expected_fingerprint=fp) for d in ctx.cfg.domains}
+    return model, tok, fp, packs, param_bytes(model) + sum(skillpack_nbytes(sp) for sp in packs.values())
 
 
 def _skillweave(ctx: Context, refs: dict, score: Scorer) -> dict:
-    path = refs["merge"].file("backbone")
-    model, tok = load_model(path), load_tokenizer(path)
-    fp = model_fingerprint(path)
-    total, scores = param_bytes(model), {}
-    for d in ctx.cfg.domains:
-        skillpack = load_skillpack(refs[f"zip_{d}"].file("skillpack"), expected_fingerprint=fp)
-        total += skillpack_nbytes(skillpack)
-        attach_skillpack(model, skillpack, expected_fingerprint=fp, int_mm=ctx.cfg.eval.integer_path)
-        try:
+    model, tok, fp, packs, nbytes = _backbone_and_skillpacks(ctx, refs)
+    scores = {}
+    for d, skillpack in packs.items():
+        with skillpack_attached(model, skillpack, expected_fingerprint=fp, int_mm=ctx.cfg.eval.integer_path):
             scores[d] = score(model, tok, d)
-        finally:
-            detach_skillpack(model)
-    return {"bytes": total, "scores": scores}
+    return {"bytes": nbytes, "scores": scores}
 
 
 register_configuration("skillweave", Configuration(
@@ -41,23 +43,16 @@ register_configuration("skillweave", Configuration(
 
 def _intcheck(ctx: Context, refs: dict, score: Scorer) -> dict:
     ev, tasks, limits = ctx.cfg.eval, eval_tasks(ctx), eval_limits(ctx)
-    path = refs["merge"].file("backbone")
-    model, tok = load_model(path), load_tokenizer(path)
-    fp = model_fingerprint(path)
-    total, scores, samples = param_bytes(model), {}, {}
-    for d in ctx.cfg.domains:
-        skillpack = load_skillpack(refs[f"zip_{d}"].file("skillpack"), expected_fingerprint=fp)
-        total += skillpack_nbytes(skillpack)
+    model, tok, fp, packs, nbytes = _backbone_and_skillpacks(ctx, refs)
+    scores, samples = {}, {}
+    for d, skillpack in packs.items():
         docs = [i for i, _ in eval_prompts(tasks[d], limit=limits[d])][: ev.integer_check_docs]
-        attach_skillpack(model, skillpack, expected_fingerprint=fp, int_mm=True)
-        try:
+        with skillpack_attached(model, skillpack, expected_fingerprint=fp, int_mm=True):
             r = evaluate(model, tok, [tasks[d]], limit=None, doc_ids={tasks[d]: docs}, max_gen_toks=ev.max_gen_toks,
                          batch_size=ev.batch_size, compiled_decode=ctx.cfg.model.compiled_decode)[tasks[d]]
-        finally:
-            detach_skillpack(model)
         scores[d] = {k: r[k] for k in ("score", "stderr", "n", "metric")}
         samples[d] = r["samples"]
-    return {"bytes": total, "scores": scores, "samples": samples}
+    return {"bytes": nbytes, "scores": scores, "samples": samples}
 
 
 register_configuration("skillweave_intcheck", Configuration(

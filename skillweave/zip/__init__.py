@@ -16,6 +16,7 @@ from skillweave.zip.attach import (
     attached_skillpack,
     backbone_modules,
     detach_skillpack,
+    skillpack_attached,
 )
 from skillweave.zip.compress import block_linear_names, calibrate_act_scales, compress_residual
 from skillweave.zip.format import (
@@ -47,5 +48,6 @@ __all__ = [
     "detach_skillpack",
     "load_skillpack",
     "save_skillpack",
+    "skillpack_attached",
     "skillpack_nbytes",
 ]

@@ -180,3 +180,15 @@ def detach_skillpack(model: nn.Module) -> None:
         for key, original in attachment.dense_originals.items():
             model.get_parameter(key).copy_(original)
     delattr(model, _ATTACHMENT)
+
+
+@contextmanager
+def skillpack_attached(
+    model: nn.Module, sp: Skillpack, *, expected_fingerprint: str | None = None, int_mm: bool = False
+) -> Iterator[nn.Module]:
+    """`model` with `sp` attached for the block (`attach_skillpack`), restored on exit whatever happens."""
+    attach_skillpack(model, sp, expected_fingerprint=expected_fingerprint, int_mm=int_mm)
+    try:
+        yield model
+    finally:
+        detach_skillpack(model)

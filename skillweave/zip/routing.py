@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .attach import attach_skillpack, detach_skillpack
+from .attach import skillpack_attached
 from .format import Skillpack
 
 
@@ -37,10 +37,7 @@ def run_grouped(
         groups[domain].append(i)
     answers: list[str | None] = [None] * len(requests)
     for domain, idx in groups.items():
-        attach_skillpack(model, skillpacks[domain], expected_fingerprint=expected_fingerprint, int_mm=int_mm)
-        try:
+        with skillpack_attached(model, skillpacks[domain], expected_fingerprint=expected_fingerprint, int_mm=int_mm):
             for i, answer in zip(idx, run_group(model, [requests[i][1] for i in idx])):
                 answers[i] = answer
-        finally:
-            detach_skillpack(model)
     return answers  # type: ignore[return-value]
