@@ -141,7 +141,7 @@ def random_skillpack(model: nn.Module, seed: int) -> Skillpack:
     return Skillpack("bench", "random", RANK, 8, factors, dense={}, tied_embeddings=tied)
 
 
-class Served:
+class VLLMVariants:
     """The vLLM variants' engine (fp32, LoRA enabled) on the backbone, and the skillpack as its adapter."""
 
     def __init__(self, stack: ExitStack, backbone: nn.Module, args) -> None:
@@ -234,7 +234,7 @@ def decode(model: nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int, c
     return clock.step_ms(), out[:, prompt:]
 
 
-def bench_batch_size(models: dict[str, nn.Module], served: Served | None, variants: list[str], batch: int, args,
+def bench_batch_size(models: dict[str, nn.Module], served: VLLMVariants | None, variants: list[str], batch: int, args,
                      bandwidth: float) -> list[dict]:
     """One row per variant at this batch size."""
     vocab = next(iter(models.values())).config.vocab_size
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     bandwidth = memory_bandwidth()
     rows = []
     with ExitStack() as stack:
-        served = Served(stack, models["fp32"], args) if vllm else None
+        served = VLLMVariants(stack, models["fp32"], args) if vllm else None
         for batch in args.batch_sizes:
             rows += bench_batch_size(models, served, args.variants, batch, args, bandwidth)
     bandwidth_end = memory_bandwidth()
