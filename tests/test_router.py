@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -323,6 +324,46 @@ def test_routed_configurations_run_end_to_end(routed_run):
     rank = 4  # recipe tiny: zip.rank
     factors = sum(2 * 2 * rank * sum(m.weight.shape) for n, m in backbone.named_modules() if n in block_linear_names(backbone))
     assert twin["bytes"] == param_bytes(backbone) + factors + router_bytes
+
+
+def test_a_killed_routed_row_resumes_after_its_last_scored_group(routed_run, tmp_path, monkeypatch):
+    """Each routed group (the docs routed to one skillpack) is a cell of the row: rerun with the row and one
+    group gone, only that group is decoded again, and the row reads as before. In a copy of the store, with
+    the docs routed alternately (the tiny router sends all to one skillpack)."""
+    import skillweave.eval_configs.routed as routed
+    from test_pipeline import run_overrides
+
+    store = tmp_path / "artifacts"
+    shutil.copytree(routed_run["eval"].path.parent.parent, store)
+    real_router = routed._router_for
+
+    def alternating(ctx, refs, fp):
+        router = real_router(ctx, refs, fp)
+        router.predict = lambda features: torch.arange(len(features)) % 2
+        return router
+
+    monkeypatch.setattr(routed, "_router_for", alternating)
+    decoded = []
+    real_evaluate = routed.evaluate
+    monkeypatch.setattr(routed, "evaluate", lambda *a, **k: (decoded.append(k["doc_ids"]), real_evaluate(*a, **k))[1])
+    ov = [*routed_run["overrides"], "stage=eval", "eval.configurations=[skillweave_routed]", f"artifacts_root={store}"]
+    for row in (store / "eval_rows").glob("skillweave_routed-*"):
+        shutil.rmtree(row)  # the row made with the real router
+    (first,) = run_overrides(ov).values()
+    before = json.loads(first.file("results").read_text())["configurations"][0]
+    assert len(decoded) == 2 and before["details"]["confusion"]["matrix"] == [[1, 1], [1, 1]]
+
+    (store / before["row"] / "manifest.json").unlink()
+    (first.path / "manifest.json").unlink()
+    (cell,) = (store / "eval_cells").glob("skillweave_routed-to-instructions-*")  # the real router sent none there
+    (cell / "manifest.json").unlink()
+    decoded.clear()
+    (again,) = run_overrides(ov).values()
+    group = {t: [r["doc_id"] for r in v["samples"]] for t, v in json.loads((cell / "result.json").read_text())["tasks"].items()}
+    assert decoded == [group]  # the lost group alone
+    after = json.loads(again.file("results").read_text())["configurations"][0]
+    keys = ("scores", "stderr", "n", "details")
+    assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
 
 
 def test_route_alone_names_the_command_for_its_missing_input(tmp_path, tiny_model_dir):

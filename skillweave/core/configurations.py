@@ -14,15 +14,20 @@ from .artifacts import ArtifactRef
 from .engine import Context, Need
 from .registry import Registry
 
+
 @dataclass(frozen=True)
 class Scorer:
     """How a configuration scores a model. Called as `score(model, tokenizer, domain)`: that domain's eval
     task -> {"score", "stderr", "n", "metric"} (one resumable cell of the row). A configuration that scores
     otherwise (the routed row's per-skillpack groups) calls `evaluation.evaluate` itself, with
-    `engine_for(model)` as its engine: what serves `model` under `eval.backend` (None: HF decodes it)."""
+    `engine_for(model)` as its engine (what serves `model` under `eval.backend`; None: HF decodes it), inside
+    `cached(unit, config, compute)`: `compute()`'s JSON result kept as a resumable cell of the row, keyed by
+    the unit's name and `config` (what it scores: documents, tasks), so a killed row resumes after its
+    last finished unit."""
 
     score: Callable[[object, object, str], dict]
     engine_for: Callable[[object], object] = lambda model: None
+    cached: Callable[[str, dict, Callable[[], dict]], dict] = lambda unit, config, compute: compute()
 
     def __call__(self, model, tokenizer, domain: str) -> dict:
         return self.score(model, tokenizer, domain)

@@ -32,6 +32,7 @@ from ..core.configurations import Configuration, Scorer, eval_limits, eval_tasks
 from ..core.engine import Context, Need, per_domain_needs
 from ..core.errors import ConfigError
 from ..deltas import load_delta, param_bytes
+from ..eval_tasks import task_digest
 from ..evaluation import eval_prompts, evaluate
 from ..models import load_model, load_tokenizer, model_fingerprint
 from ..router import Router, TwinMerging, confusion_matrix, load_router, prompt_features, router_nbytes, stack_exclusive
@@ -92,15 +93,21 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
         group = {t: ids for t, ids in group.items() if ids}
         if not group:
             continue
-        with skillpack_attached(model, skillpacks[target], expected_fingerprint=fp, int_mm=ev.integer_path):
-            engine = score.engine_for(model)
-            res = evaluate(
-                None if engine else model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks,
-                batch_size=ev.batch_size, doc_ids=group, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine,
-            )
-        for task in res:
-            served_by.setdefault(task_domain[task], set()).add(engine.label if engine else "hf")
-        for task, r in res.items():
+
+        def compute(target: str = target, group: dict = group) -> dict:
+            with skillpack_attached(model, skillpacks[target], expected_fingerprint=fp, int_mm=ev.integer_path):
+                engine = score.engine_for(model)
+                res = evaluate(
+                    None if engine else model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks,
+                    batch_size=ev.batch_size, doc_ids=group, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine,
+                )
+            return {"served_by": engine.label if engine else "hf",
+                    "tasks": {t: {"metric": r["metric"], "samples": r["samples"]} for t, r in res.items()}}
+
+        # Each group is a resumable cell of the row: a killed routed eval resumes after its last finished group.
+        out = score.cached(f"to-{target}", {"skillpack": target, "docs": group, "task_files": task_digest(list(group))}, compute)
+        for task, r in out["tasks"].items():
+            served_by.setdefault(task_domain[task], set()).add(out["served_by"])
             metric[task_domain[task]] = r["metric"]
             per_doc[task_domain[task]].update({row["doc_id"]: {**row, "routed_to": target} for row in r["samples"]})
 

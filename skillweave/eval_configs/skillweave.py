@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..core.configurations import Configuration, Scorer, eval_limits, eval_tasks, register_configuration
 from ..core.engine import Context, Need, per_domain_needs
 from ..deltas import param_bytes
+from ..eval_tasks import task_digest
 from ..evaluation import eval_prompts, evaluate
 from ..models import load_model, load_tokenizer, model_fingerprint
 from ..zip import load_skillpack, skillpack_attached, skillpack_nbytes
@@ -47,9 +48,14 @@ def _intcheck(ctx: Context, refs: dict, score: Scorer) -> dict:
     scores, samples = {}, {}
     for d, skillpack in packs.items():
         docs = [i for i, _ in eval_prompts(tasks[d], limit=limits[d])][: ev.integer_check_docs]
-        with skillpack_attached(model, skillpack, expected_fingerprint=fp, int_mm=True):
-            r = evaluate(model, tok, [tasks[d]], limit=None, doc_ids={tasks[d]: docs}, max_gen_toks=ev.max_gen_toks,
-                         batch_size=ev.batch_size, compiled_decode=ctx.cfg.model.compiled_decode)[tasks[d]]
+
+        def compute(d: str = d, skillpack=skillpack, docs: list = docs) -> dict:
+            with skillpack_attached(model, skillpack, expected_fingerprint=fp, int_mm=True):
+                return evaluate(model, tok, [tasks[d]], limit=None, doc_ids={tasks[d]: docs}, max_gen_toks=ev.max_gen_toks,
+                                batch_size=ev.batch_size, compiled_decode=ctx.cfg.model.compiled_decode)[tasks[d]]
+
+        # one resumable cell per domain, as the Scorer's
+        r = score.cached(d, {"task": tasks[d], "docs": docs, "task_files": task_digest([tasks[d]])}, compute)
         scores[d] = {k: r[k] for k in ("score", "stderr", "n", "metric")}
         samples[d] = r["samples"]
     return {"bytes": nbytes, "scores": scores, "samples": samples}

@@ -5,9 +5,11 @@ ones `eval.configurations` names. Each configuration's row is its own artifact
 (`<root>/eval_rows/<name>-<key>/`, keyed by what that row reads), and so is each of its scores on one
 domain (`<root>/eval_cells/<name>-<domain>-<key>/`, keyed by that domain's task and limit): a killed eval
 resumes at its first unscored domain, another comparison reuses every row it shares, and one that
-changes a domain's task (a second eval on HumanEval) re-scores only that domain. Every row is paired with
-each row of `eval.compare_to` (base by default) on the documents they share; results.json, results.md,
-the frontier and per-domain plots and a W&B run are written from the rows.
+changes a domain's task (a second eval on HumanEval) re-scores only that domain. A configuration that
+scores by itself keeps its units as cells too (`Scorer.cached`: the routed row's per-skillpack groups,
+the integer-path check's domains). Every row is paired with each row of `eval.compare_to` (base by
+default) on the documents they share; results.json, results.md, the frontier and per-domain plots and a
+W&B run are written from the rows.
 """
 
 from __future__ import annotations
@@ -104,6 +106,23 @@ def cell_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef], domain: st
                     outputs=CELL_OUTPUTS)
 
 
+def unit_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef], unit: str, config: dict) -> ArtifactRef:
+    """The artifact of one unit a configuration scores by itself (`Scorer.cached`: a routed group), keyed by
+    what the unit says it scores, the generation settings and the row's own inputs and settings."""
+    conf, ev = CONFIGURATIONS.get(name), ctx.cfg.eval
+    key = {
+        "configuration": name,
+        "unit": unit,
+        "scores": config,
+        "eval": {"max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path}
+        | ({"backend": "vllm"} if ev.backend == "vllm" else {}),
+        "model": ctx.base_fingerprint,
+        "settings": conf.settings(ctx),
+    }
+    return make_ref(ctx.root, CELLS, f"{name}-{unit}", key, {k: inputs[k] for k in conf.needs(ctx)},
+                    outputs={"result": "result.json"})
+
+
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
     ev, tasks, limits = ctx.cfg.eval, eval_tasks(ctx), eval_limits(ctx)
     (ref.path / "samples").mkdir(exist_ok=True)
@@ -131,7 +150,18 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
             served_by[d] = result.pop("served_by")
             return result
 
-        return Scorer(score, lambda model: served.engine_for(model) if served is not None else None)
+        def cached(unit: str, config: dict, compute) -> dict:
+            cell = unit_ref(ctx, name, inputs, unit, config)
+            with artifact_lock(cell):
+                if not cell.complete:
+                    started = time.time()
+                    atomic_write_json(cell.file("result"), compute())
+                    write_manifest(cell, {}, started)
+                else:
+                    log.info("eval cell %s is complete: reused", cell)
+            return json.loads(cell.file("result").read_text())
+
+        return Scorer(score, lambda model: served.engine_for(model) if served is not None else None, cached)
 
     rows = []
     for name in ev.configurations:
