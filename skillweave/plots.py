@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib
 from matplotlib.figure import Figure
 
 from .core.artifacts import tmp_path_for
@@ -20,21 +21,34 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
+def average_stderr(row: dict) -> float:
+    """The standard error of a row's average over its domains, sqrt(sum of squared stderrs) / domains (each
+    domain's documents are its own sample); a domain without a stderr counts as 0, and all without: nan.
+
+    >>> average_stderr({"stderr": {"a": 0.03, "b": 0.04}})
+    0.025
+    """
+    errs = [e for e in row["stderr"].values() if e is not None and not math.isnan(e)]
+    return math.sqrt(sum(e * e for e in errs)) / len(row["stderr"]) if errs else math.nan
+
+
 def frontier_plot(results: dict, path: Path) -> None:
-    """Average score (%) against bytes held (log x), one labelled point per configuration, and the
-    memory budget as a vertical line when results["budget_bytes"] is set: the better configurations
-    sit up and to the left."""
+    """Average score (%) against bytes held (log x), one labelled point per configuration with the
+    average's standard error as its error bar, and the memory budget as a vertical line when
+    results["budget_bytes"] is set: the better configurations sit up and to the left."""
     rows = results["configurations"]
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
-    for r in rows:
+    colors = matplotlib.colormaps["tab20"].colors  # 20 distinct: the paper table has 12 rows
+    for i, r in enumerate(rows):  # a legend, not labels at the points: most configurations hold about the backbone's bytes
         over = r.get("within_budget") is False
-        ax.scatter(r["bytes"], 100 * r["average"], marker="x" if over else "o", zorder=3)
-        ax.annotate(r["name"], (r["bytes"], 100 * r["average"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        se = average_stderr(r)
+        ax.errorbar(r["bytes"], 100 * r["average"], yerr=None if math.isnan(se) else 100 * se,
+                    fmt="x" if over else "o", capsize=3, zorder=3, color=colors[i % len(colors)], label=r["name"] + (" (over budget)" if over else ""))
     budget = results.get("budget_bytes")
     if budget is not None:
         ax.axvline(budget, color="red", linestyle="--", label=f"budget {budget / 2**20:.0f} MiB")
-        ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("bytes held (log)")
     ax.set_ylabel("average score (%)")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
-from skillweave.plots import domain_bars, frontier_plot
+from skillweave.plots import average_stderr, domain_bars, frontier_plot
 
 QUICKSTART = Path(__file__).parent.parent / "experiments" / "quickstart" / "results.json"
 
@@ -27,3 +28,20 @@ def test_writes_a_png(results, tmp_path, plot, budget):
     h, w, _ = matplotlib.image.imread(path).shape
     assert h > 100 and w > 100
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no temporary file left behind
+
+
+def test_the_frontiers_error_bar_is_the_averages_stderr():
+    assert average_stderr({"stderr": {"a": 0.03, "b": 0.04}}) == pytest.approx(0.025)
+    assert average_stderr({"stderr": {"a": 0.03, "b": None}}) == pytest.approx(0.015)  # b holds no spread
+    assert math.isnan(average_stderr({"stderr": {"a": math.nan}}))
+
+
+def test_the_frontier_draws_one_error_bar_per_configuration(results, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn = []
+    real = Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, yerr=None, **k: (drawn.append((x, y, yerr)), real(self, x, y, yerr=yerr, **k))[1])
+    frontier_plot(results, tmp_path / "f.png")
+    assert [(x, y) for x, y, _ in drawn] == [(r["bytes"], 100 * r["average"]) for r in results["configurations"]]
+    assert [e for _, _, e in drawn] == [pytest.approx(100 * average_stderr(r)) for r in results["configurations"]]
