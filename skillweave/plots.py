@@ -33,18 +33,18 @@ def average_stderr(row: dict) -> float:
 
 
 def frontier_plot(results: dict, path: Path) -> None:
-    """Average score (%) against bytes held (log x), one labelled point per configuration with the
+    """Average score (%) against bytes held (log x), one point per configuration (in the legend) with the
     average's standard error as its error bar, and the memory budget as a vertical line when
     results["budget_bytes"] is set: the better configurations sit up and to the left."""
     rows = results["configurations"]
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
     colors = matplotlib.colormaps["tab20"].colors  # 20 distinct: the paper table has 12 rows
-    for i, r in enumerate(rows):  # a legend, not labels at the points: most configurations hold about the backbone's bytes
+    for i, r in enumerate(rows):  # a legend, not labels at the points: most rows hold about the backbone's bytes
         over = r.get("within_budget") is False
         se = average_stderr(r)
-        ax.errorbar(r["bytes"], 100 * r["average"], yerr=None if math.isnan(se) else 100 * se,
-                    fmt="x" if over else "o", capsize=3, zorder=3, color=colors[i % len(colors)], label=r["name"] + (" (over budget)" if over else ""))
+        ax.errorbar(r["bytes"], 100 * r["average"], yerr=None if math.isnan(se) else 100 * se, fmt="x" if over else "o",
+                    capsize=3, zorder=3, color=colors[i % len(colors)], label=r["name"] + (" (over budget)" if over else ""))
     budget = results.get("budget_bytes")
     if budget is not None:
         ax.axvline(budget, color="red", linestyle="--", label=f"budget {budget / 2**20:.0f} MiB")
