@@ -3,7 +3,7 @@ everything it read.
 
     python experiments/collect.py artifacts/eval/all-<key> experiments/<name> [artifacts/dev/<label>-<key> ...]
 
-Writes results.json, results.md, frontier.png, domains.png and manifests.json ({"<stage>/<label>":
+Writes results.json, results.md, frontier.png, domains.png, paired_<row>.png and manifests.json ({"<stage>/<label>":
 {"metrics", "seconds"}} over the eval's rows and inputs, their inputs, and so on down to generate,
 and over any further artifact directories named, e.g. the dev artifacts a setting was chosen on).
 A first artifact that is not an eval (a run stopped at the dev split) gives manifests.json only.
@@ -37,7 +37,8 @@ def collect(eval_dir: Path, out: Path, extra: tuple[Path, ...] = ()) -> None:
         manifests[name] = {"metrics": manifest.get("metrics"), "seconds": manifest.get("seconds")}
         todo += [by_key[k] for k in config["inputs"].values() if k in by_key]
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "results.md", "frontier.png", "domains.png") if is_eval else ():
+    paired = [p.name for p in sorted(eval_dir.glob("paired_*.png"))]
+    for name in ("results.json", "results.md", "frontier.png", "domains.png", *paired) if is_eval else ():
         if (eval_dir / name).is_file():  # an s2l_eval or cat_eval report has no plots
             shutil.copy2(eval_dir / name, out / name)
     (out / "manifests.json").write_text(json.dumps(dict(sorted(manifests.items())), indent=1, sort_keys=True) + "\n")

@@ -90,6 +90,7 @@ def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
                 "results": wandb.Table(columns=columns, data=rows),
                 "frontier": wandb.Image(str(ref.path / "frontier.png")),
                 "domains": wandb.Image(str(ref.path / "domains.png")),
+                **{p.stem: wandb.Image(str(p)) for p in sorted(ref.path.glob("paired_*.png"))},
             }
         )
         for r in results["configurations"]:

@@ -351,7 +351,8 @@ def test_an_experiment_folder_collects_the_report_and_every_manifest_behind_it(p
     assert {"eval/all", "eval_rows/base", "eval_rows/skillweave", "merge/all", "zip/math", "dpo/math", "filter/code",
             "generate/instructions"} <= set(manifests)
     assert manifests["dpo/math"]["metrics"]["pairs"] >= 1
-    assert {p.name for p in (tmp_path / "exp").iterdir()} == {"results.json", "results.md", "frontier.png", "domains.png", "manifests.json"}
+    assert {p.name for p in (tmp_path / "exp").iterdir()} == {"results.json", "results.md", "frontier.png", "domains.png",
+                                                             "paired_base.png", "manifests.json"}
     # A run that stopped at the dev split (no eval) is collected from its dpo artifact: manifests only.
     collect.collect(refs["dpo/math"].path, tmp_path / "dev_only")
     manifests = json.loads((tmp_path / "dev_only" / "manifests.json").read_text())

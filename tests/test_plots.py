@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from skillweave.plots import average_stderr, domain_bars, frontier_plot
+from skillweave.plots import average_stderr, domain_bars, frontier_plot, paired_bars
 
 QUICKSTART = Path(__file__).parent.parent / "experiments" / "quickstart" / "results.json"
 
@@ -45,3 +45,32 @@ def test_the_frontier_draws_one_error_bar_per_configuration(results, tmp_path, m
     frontier_plot(results, tmp_path / "f.png")
     assert [(x, y) for x, y, _ in drawn] == [(r["bytes"], 100 * r["average"]) for r in results["configurations"]]
     assert [e for _, _, e in drawn] == [pytest.approx(100 * average_stderr(r)) for r in results["configurations"]]
+
+
+def with_paired(results: dict) -> dict:
+    """The quickstart's rows, each but base compared with base (made-up differences, one cell missing)."""
+    rows = []
+    for k, r in enumerate(results["configurations"]):
+        vs = {d: {"delta": 0.01 * k * (j + 1), "stderr": 0.005 * k, "changed": 0.1, "n": 10} for j, d in enumerate(results["tasks"])}
+        if k == 2:
+            vs.pop(next(iter(results["tasks"])))
+        rows.append(r | ({"vs_base": vs} if k else {}))
+    return results | {"configurations": rows}
+
+
+def test_paired_bars_are_the_differences_with_two_standard_errors(results, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn = []
+    real = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, x, h, w, yerr=None, **k: (drawn.append((list(h), list(yerr))), real(self, x, h, w, yerr=yerr, **k))[1])
+    paired = with_paired(results)
+    assert paired_bars(paired, "base", tmp_path / "p.png")
+    domains = list(results["tasks"])
+    expected = []
+    for r in paired["configurations"][1:]:
+        cells = [r["vs_base"].get(d) for d in domains]
+        expected.append(([100 * c["delta"] if c else math.nan for c in cells], [200 * c["stderr"] if c else 0.0 for c in cells]))
+    assert drawn == [(pytest.approx(h, nan_ok=True), pytest.approx(e)) for h, e in expected]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not paired_bars(results, "base", tmp_path / "none.png") and not (tmp_path / "none.png").exists()

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from skillweave.core.artifacts import make_ref
-from skillweave.plots import domain_bars, frontier_plot
+from skillweave.plots import domain_bars, frontier_plot, paired_bars
 from skillweave.reports import log_results
 from skillweave.tracking import scoped_env, wandb_env, wandb_group, wandb_mode
 from compose import compose_config, hydra_context
+from test_plots import with_paired
 
 QUICKSTART = Path(__file__).parent.parent / "experiments" / "quickstart" / "results.json"
 
@@ -77,6 +78,7 @@ def test_offline_eval_run_is_written(monkeypatch, tmp_path):
     ref.path.mkdir(parents=True)
     frontier_plot(results, ref.path / "frontier.png")
     domain_bars(results, ref.path / "domains.png")
+    paired_bars(with_paired(results), "base", ref.path / "paired_base.png")
     log_results(compose_config([f"artifacts_root={tmp_path / 'artifacts'}"]), results, ref)
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0

@@ -36,7 +36,7 @@ from ..core.engine import Context, Stage, register_stage
 from ..engines import ServedModels, resolve_backend
 from ..eval_tasks import task_digest
 from ..evaluation import evaluate
-from ..plots import domain_bars, frontier_plot
+from ..plots import domain_bars, frontier_plot, paired_bars
 from ..reports import (
     apply_budget,
     budget_note,
@@ -217,6 +217,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     atomic_write_text(ref.file("table"), table)
     frontier_plot(results, ref.path / "frontier.png")
     domain_bars(results, ref.path / "domains.png")
+    for reference in ev.compare_to:
+        paired_bars(results, reference, ref.path / f"paired_{reference}.png")
     log_results(ctx.cfg, results, ref)
     print(table)
     return {"configurations": len(rows)}
