@@ -48,8 +48,10 @@ def dpo_stage(device: str, scratch: Path) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = ""
     result, deltas = {}, {}
     for precision in ("float32", "bfloat16"):
-        # max_length 1024: the code tasks' prompts and reference answers, in the tiny tokenizer's tokens
+        # max_length 1024: the code tasks' prompts and reference answers, in the tiny tokenizer's tokens;
+        # sampling by HF: what is checked is the DPO (and the tiny model's heads are too narrow for vLLM on a CPU)
         args = ["recipe=tiny", "model=hf_dir", f"model.path={model_dir}", f"artifacts_root={scratch / 'artifacts'}",
+                "model.generation_backend=hf",
                 "pipeline=[generate,filter,dpo]", "domains=[code]", "filter.strategy=reference_vs_fail",
                 "dpo.max_length=1024", f"dpo.precision={precision}", f"hydra.run.dir={scratch / 'run'}", "threads=1"]
         started = time.perf_counter()

