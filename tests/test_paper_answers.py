@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -97,3 +98,19 @@ def test_a_second_eval_adds_its_columns_and_the_cli_writes_both_files(tmp_path, 
     assert (tmp_path / "out" / "answers.md").read_text() in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no results.json"):
         answers.main([str(tmp_path / "out")])
+    shutil.rmtree(first / "samples")  # a collected folder: results.json without the answers
+    with pytest.raises(SystemExit, match="no per-document answers"):
+        answers.main([str(first), "--out", str(tmp_path / "none")])
+
+
+def test_the_cost_table_sums_each_stages_manifests(tmp_path):
+    manifests = {"dpo/arith": {"seconds": 5408.0}, "dpo/code": {"seconds": 2386.0}, "eval_rows/base": {"seconds": 600.0},
+                 "generate/arith": {"seconds": None}}
+    table = answers.cost(manifests)
+    assert "| dpo/arith | 5408 |" in table and "| dpo | 7794 | 2.2 |" in table and "| all | 8394 | 2.3 |" in table
+    assert "generate" not in table  # no seconds recorded: left out, not counted as 0
+    first = write_eval(tmp_path / "a", {"arith": "skillweave_arith"}, RIGHT)
+    (tmp_path / "m.json").write_text(json.dumps(manifests))
+    answers.main([str(first), "--out", str(tmp_path / "out"), "--manifests", str(tmp_path / "m.json")])
+    assert "| all | 8394 | 2.3 |" in (tmp_path / "out" / "answers.md").read_text()
+    assert json.loads((tmp_path / "out" / "answers.json").read_text())["seconds"]["dpo/code"] == 2386.0

@@ -1,6 +1,7 @@
 """The paper table's questions, answered from its eval artifacts with paired standard errors.
 
     python experiments/paper_table/answers.py <eval artifact dir> [<eval artifact dir> ...] [--out DIR]
+        [--manifests experiments/paper_table/manifests.json]
 
 Reads each eval's results.json and its per-document answers (samples/<row>-<domain>.jsonl); a column is
 one (domain, task), so a second eval of the same artifacts on other tasks (HumanEval, the
@@ -13,7 +14,8 @@ where the own gain (dpo - base) is beyond two standard errors, since a ratio to 
 says nothing. SkillZip retention is skillweave's share: dpo is the merged backbone plus the exact
 residual, skillweave the same backbone plus the compressed one. A claim "holds" when its difference is
 beyond two standard errors in the claimed direction, "fails" when beyond two in the other, and is
-"unresolved" otherwise.
+"unresolved" otherwise. With --manifests (what experiments/collect.py writes), a cost table: each
+artifact's seconds by its manifest, and each stage's total.
 """
 
 from __future__ import annotations
@@ -147,7 +149,9 @@ def _grid(table: Table, title: str, cells: dict[str, list[Estimate | None]]) -> 
 
 
 def _shares(table: Table, title: str, cells: dict[str, list[Estimate | None]]) -> list[str]:
-    """Shares per column (no average: a ratio per domain)."""
+    """Shares per column (no average: a ratio per domain); nothing without rows."""
+    if not cells:
+        return []
     out = [title, "", "| | " + " | ".join(table.columns) + " |", "|" + "---|" * (len(table.columns) + 1)]
     for name, estimates in cells.items():
         out.append(f"| {name} | " + " | ".join("-" if e is None else e.percent() for e in estimates) + " |")
@@ -239,15 +243,41 @@ def answers(table: Table) -> tuple[str, dict]:
     return "\n".join(md), numbers
 
 
+def cost(manifests: dict) -> str:
+    """Markdown: seconds per artifact ("<stage>/<label>", as collect.py names them) and per stage."""
+    lines = ["## Cost", "", "Seconds by each artifact's manifest (1 thread; eval rows include what they train, e.g. "
+             "BitDelta's scale distillation).", "", "| artifact | seconds |", "|---|---:|"]
+    totals: dict[str, float] = {}
+    for name, m in sorted(manifests.items()):
+        if m.get("seconds") is None:
+            continue
+        lines.append(f"| {name} | {m['seconds']:.0f} |")
+        stage = name.split("/", 1)[0]
+        totals[stage] = totals.get(stage, 0.0) + m["seconds"]
+    lines += ["", "| stage | seconds | hours |", "|---|---:|---:|"]
+    lines += [f"| {stage} | {t:.0f} | {t / 3600:.1f} |" for stage, t in sorted(totals.items())]
+    total = sum(totals.values())
+    return "\n".join([*lines, f"| all | {total:.0f} | {total / 3600:.1f} |", ""])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("evals", nargs="+", type=Path, help="eval artifact directories (results.json + samples/)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--manifests", type=Path, help="collect.py's manifests.json: adds the cost table")
     args = parser.parse_args(argv)
     for d in args.evals:
         if not (d / "results.json").is_file():
             sys.exit(f"{d}: no results.json; pass an eval artifact directory (artifacts/eval/all-<key>)")
-    md, numbers = answers(load(args.evals))
+    table = load(args.evals)
+    if not table.scores:
+        sys.exit(f"{', '.join(map(str, args.evals))}: no per-document answers (samples/<row>-<domain>.jsonl), which "
+                 "every comparison here pairs: pass the eval artifact directory, not a collected experiment folder")
+    md, numbers = answers(table)
+    if args.manifests is not None:
+        manifests = json.loads(args.manifests.read_text())
+        md += "\n" + cost(manifests)
+        numbers["seconds"] = {name: m.get("seconds") for name, m in manifests.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "answers.md").write_text(md)
     (args.out / "answers.json").write_text(json.dumps(numbers, indent=1) + "\n")
