@@ -16,32 +16,21 @@ import shutil
 import sys
 from pathlib import Path
 
+from skillweave.reports import lineage
+
 
 def collect(eval_dir: Path, out: Path, extra: tuple[Path, ...] = ()) -> None:
     root = eval_dir.parent.parent
-    by_key = {p.name.rsplit("-", 1)[1]: p for p in root.glob("*/*-*") if (p / "manifest.json").is_file()}
     is_eval = (eval_dir / "results.json").is_file()
     results = json.loads((eval_dir / "results.json").read_text()) if is_eval else {"configurations": []}
     rows = [root / r["row"] for r in results["configurations"] if "row" in r]
-    manifests, todo, seen = {}, [eval_dir, *rows, *extra], set()
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        manifest = json.loads((path / "manifest.json").read_text())
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else manifest
-        name = f"{config['stage']}/{config['label']}"
-        if name in manifests:  # the same stage and label under other settings (e.g. other merge methods)
-            name += f"/{path.name.rsplit('-', 1)[1]}"
-        manifests[name] = {"metrics": manifest.get("metrics"), "seconds": manifest.get("seconds")}
-        todo += [by_key[k] for k in config["inputs"].values() if k in by_key]
+    manifests = lineage(root, [eval_dir, *rows, *extra])
     out.mkdir(parents=True, exist_ok=True)
     paired = [p.name for p in sorted(eval_dir.glob("paired_*.png"))]
     for name in ("results.json", "results.md", "frontier.png", "domains.png", *paired) if is_eval else ():
         if (eval_dir / name).is_file():  # an s2l_eval or cat_eval report has no plots
             shutil.copy2(eval_dir / name, out / name)
-    (out / "manifests.json").write_text(json.dumps(dict(sorted(manifests.items())), indent=1, sort_keys=True) + "\n")
+    (out / "manifests.json").write_text(json.dumps(manifests, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

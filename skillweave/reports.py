@@ -67,8 +67,31 @@ def paired_table(results: dict, reference: str = "base") -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def lineage(root: Path, starts: list[Path], keys: tuple[str, ...] = ()) -> dict[str, dict]:
+    """{"<stage>/<label>": {"metrics", "seconds"}} of the artifacts `starts` (directories under `root`) and the
+    complete artifacts with these `keys`, and of everything they read, down to generate: what a comparison
+    cost and what each stage recorded on the way (a second artifact of one stage and label, e.g. another
+    merge method, gets its key appended)."""
+    by_key = {p.name.rsplit("-", 1)[1]: p for p in root.glob("*/*-*") if (p / "manifest.json").is_file()}
+    manifests, todo, seen = {}, [*starts, *(by_key[k] for k in keys if k in by_key)], set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not (path / "manifest.json").is_file():
+            continue
+        seen.add(path)
+        manifest = json.loads((path / "manifest.json").read_text())
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else manifest
+        name = f"{config['stage']}/{config['label']}"
+        if name in manifests:
+            name += f"/{path.name.rsplit('-', 1)[1]}"
+        manifests[name] = {"metrics": manifest.get("metrics"), "seconds": manifest.get("seconds")}
+        todo += [by_key[k] for k in config["inputs"].values() if k in by_key]
+    return dict(sorted(manifests.items()))
+
+
 def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
-    """The results table, per-configuration summary, plots and configs as one W&B run (job_type eval)."""
+    """The results table, per-configuration summary, plots, configs and the lineage (every artifact behind the
+    comparison: its seconds and metrics) as one W&B run (job_type eval)."""
     from .tracking import wandb_run
 
     config = {"eval": asdict(cfg.eval), "merge": asdict(cfg.merge), "zip": asdict(cfg.zip), "dpo": asdict(cfg.dpo),
@@ -91,6 +114,10 @@ def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
                 "frontier": wandb.Image(str(ref.path / "frontier.png")),
                 "domains": wandb.Image(str(ref.path / "domains.png")),
                 **{p.stem: wandb.Image(str(p)) for p in sorted(ref.path.glob("paired_*.png"))},
+                "lineage": wandb.Table(columns=["artifact", "seconds", "metrics"], data=[
+                    [name, m["seconds"], json.dumps(m["metrics"], sort_keys=True, default=str)]
+                    for name, m in lineage(ref.root, [ref.root / r["row"] for r in results["configurations"] if "row" in r],
+                                           tuple(ref.inputs.values())).items()]),
             }
         )
         for r in results["configurations"]:
