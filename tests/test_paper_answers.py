@@ -114,3 +114,38 @@ def test_the_cost_table_sums_each_stages_manifests(tmp_path):
     answers.main([str(first), "--out", str(tmp_path / "out"), "--manifests", str(tmp_path / "m.json")])
     assert "| all | 8394 | 2.3 |" in (tmp_path / "out" / "answers.md").read_text()
     assert json.loads((tmp_path / "out" / "answers.json").read_text())["seconds"]["dpo/code"] == 2386.0
+
+
+def test_the_zip_sweep_table_ranks_settings_by_their_fidelity(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from skillweave.config import ZipConfig
+
+    spec = importlib.util.spec_from_file_location("zip_sweep", Path(__file__).parents[1] / "experiments" / "paper_table" / "zip_sweep.py")
+    sweep = sys.modules["zip_sweep"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+
+    def zip_artifact(key, kl, fidelity_prompts=16, **changed):
+        path = tmp_path / "zip" / f"arith-{key}"
+        path.mkdir(parents=True)
+        settings = asdict(ZipConfig()) | {"fidelity_prompts": fidelity_prompts} | changed
+        (path / "config.json").write_text(json.dumps({"config": {"zip": settings}}))
+        metrics = {"bytes": 2048, "mean_layer_rel_error": 0.5, "embedding_rel_error": 0.3}
+        if fidelity_prompts:
+            metrics |= {"kl_skillpack": kl, "kl_skillpack_fp": kl / 2, "kl_backbone": 0.04}
+        (path / "manifest.json").write_text(json.dumps({"metrics": metrics}))
+
+    zip_artifact("k1", 0.01)
+    zip_artifact("k2", 0.002, rank=64)
+    zip_artifact("k3", 0.03, bits=4)
+    zip_artifact("k4", 0.0, fidelity_prompts=0)  # no fidelity measured: not a row
+    (tmp_path / "zip" / "arith-k5").mkdir()  # unfinished
+    got = sweep.rows(tmp_path, "arith")
+    assert [r["settings"] for r in got] == [{"rank": 64}, {}, {"bits": 4}]
+    assert [r["kept"] for r in got] == [pytest.approx(0.95), pytest.approx(0.75), pytest.approx(0.25)]
+    sweep.main([str(tmp_path), "arith", "--out", str(tmp_path / "sweep.json")])
+    printed = capsys.readouterr().out
+    assert "| rank=64 | 16 | 2 | 0.500 | 0.300 | 0.00200 | 0.00100 | 0.04000 | 95.0% |" in printed
+    assert "| defaults |" in printed and len(json.loads((tmp_path / "sweep.json").read_text())) == 3
+    with pytest.raises(SystemExit, match="no complete zip/code-"):
+        sweep.main([str(tmp_path), "code"])
