@@ -44,7 +44,8 @@ def frontier_plot(results: dict, path: Path) -> None:
         over = r.get("within_budget") is False
         se = average_stderr(r)
         ax.errorbar(r["bytes"], 100 * r["average"], yerr=None if math.isnan(se) else 100 * se, fmt="x" if over else "o",
-                    capsize=3, zorder=3, color=colors[i % len(colors)], label=r["name"] + (" (over budget)" if over else ""))
+                    capsize=3, zorder=3, color=colors[i % len(colors)],
+                    label=r["name"] + (" (over budget)" if over else ""))
     budget = results.get("budget_bytes")
     if budget is not None:
         ax.axvline(budget, color="red", linestyle="--", label=f"budget {budget / 2**20:.0f} MiB")

@@ -102,6 +102,7 @@ def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
         import wandb
 
         domains = list(results["tasks"])
+        rows_read = [ref.root / r["row"] for r in results["configurations"] if "row" in r]
         columns = ["configuration", *domains, *(f"{d}_stderr" for d in domains), "average", "bytes", "relative_bytes", "within_budget"]
         rows = [
             [r["name"], *(r["scores"][d] for d in domains), *(r["stderr"][d] for d in domains),
@@ -116,8 +117,7 @@ def log_results(cfg, results: dict, ref: ArtifactRef) -> None:
                 **{p.stem: wandb.Image(str(p)) for p in sorted(ref.path.glob("paired_*.png"))},
                 "lineage": wandb.Table(columns=["artifact", "seconds", "metrics"], data=[
                     [name, m["seconds"], json.dumps(m["metrics"], sort_keys=True, default=str)]
-                    for name, m in lineage(ref.root, [ref.root / r["row"] for r in results["configurations"] if "row" in r],
-                                           tuple(ref.inputs.values())).items()]),
+                    for name, m in lineage(ref.root, rows_read, tuple(ref.inputs.values())).items()]),
             }
         )
         for r in results["configurations"]:

@@ -185,10 +185,11 @@ def answers(table: Table) -> tuple[str, dict]:
 
     recovery = {"skillweave - dpo": vs("skillweave", "dpo")}
     recovery |= {f"skillweave - {m}": vs("skillweave", m) for m in merges}
-    md += _grid(table, "## Recovery: skillweave (shared backbone + compressed skillpacks) vs dpo and vs the merges", recovery)
+    md += _grid(table, "## Recovery: skillweave (shared backbone + compressed skillpacks) vs dpo and vs the merges",
+                recovery)
     retention = shares("skillweave")
-    md += _shares(table, "SkillZip retention: skillweave's share of the own gain, (skillweave - base) / (dpo - base); goal >= 95%",
-                  {"skillweave": retention})
+    md += _shares(table, "SkillZip retention: skillweave's share of the own gain, (skillweave - base) / (dpo - base); "
+                  "goal >= 95%", {"skillweave": retention})
     md += ["| row | MiB | x base |", "|---|---|---|"]
     base_bytes = rows["base"]["bytes"] if "base" in rows else None
     for n in present:
@@ -223,9 +224,12 @@ def answers(table: Table) -> tuple[str, dict]:
         claim(f"Skillweave recovers it ({'skillweave > ' + ties if ties else 'vs merge'}, average)",
               average(vs("skillweave", ties)) if ties else None),
         claim("Skillweave loses to dpo (skillweave < dpo, average)", average(recovery["skillweave - dpo"]), -1),
-        *(claim(f"Skillweave beats {b} at near-equal bytes (average)", average(vs("skillweave", b))) for b in EQUAL_BYTES if b in present),
-        claim("Routing loses to the oracle (routed < skillweave, average)", average(routed["skillweave_routed - skillweave"]), -1),
-        *(claim(f"Skillweave beats {o} (average)", average(vs("skillweave", o))) for o in ("multitask", "lora") if o in present),
+        *(claim(f"Skillweave beats {b} at near-equal bytes (average)", average(vs("skillweave", b)))
+          for b in EQUAL_BYTES if b in present),
+        claim("Routing loses to the oracle (routed < skillweave, average)",
+              average(routed["skillweave_routed - skillweave"]), -1),
+        *(claim(f"Skillweave beats {o} (average)", average(vs("skillweave", o)))
+          for o in ("multitask", "lora") if o in present),
     ]
     md += ["## Claims at this scale", "", "| claim | points | verdict |", "|---|---|---|"]
     md += [f"| {text} | {_fmt(e)} | {v} |" for text, e, v in claims] + [""]

@@ -49,15 +49,16 @@ def rows(root: Path, domain: str) -> list[dict]:
 
 
 def table(found: list[dict]) -> str:
-    head = ("| settings (vs defaults) | prompts | KiB | mean layer err | emb err | KL int | KL fp | KL backbone | kept |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| settings (vs defaults) | prompts | KiB | mean layer err | emb err | KL int | KL fp | KL backbone "
+            "| kept |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in found:
         settings = ", ".join(f"{k}={v}" for k, v in sorted(r["settings"].items())) or "defaults"
         emb = "-" if r["embedding_rel_error"] is None else f"{r['embedding_rel_error']:.3f}"
         kept = "-" if r["kept"] is None else f"{100 * r['kept']:.1f}%"
-        lines.append(f"| {settings} | {r['fidelity_prompts']} | {r['bytes'] / 1024:,.0f} | {r['mean_layer_rel_error']:.3f} | "
-                     f"{emb} | {r['kl_skillpack']:.5f} | {r['kl_skillpack_fp']:.5f} | {r['kl_backbone']:.5f} | {kept} |")
+        lines.append(f"| {settings} | {r['fidelity_prompts']} | {r['bytes'] / 1024:,.0f} | "
+                     f"{r['mean_layer_rel_error']:.3f} | {emb} | {r['kl_skillpack']:.5f} | "
+                     f"{r['kl_skillpack_fp']:.5f} | {r['kl_backbone']:.5f} | {kept} |")
     return head + "\n".join(lines) + "\n"
 
 

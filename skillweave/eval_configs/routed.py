@@ -99,13 +99,15 @@ def _skillweave_routed(ctx: Context, refs: dict, score: Scorer) -> dict:
                 engine = score.engine_for(model)
                 res = evaluate(
                     None if engine else model, tok, list(group), limit=None, max_gen_toks=ev.max_gen_toks,
-                    batch_size=ev.batch_size, doc_ids=group, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine,
+                    batch_size=ev.batch_size, doc_ids=group, compiled_decode=ctx.cfg.model.compiled_decode,
+                    engine=engine,
                 )
             return {"served_by": engine.label if engine else "hf",
                     "tasks": {t: {"metric": r["metric"], "samples": r["samples"]} for t, r in res.items()}}
 
         # Each group is a resumable cell of the row: a killed routed eval resumes after its last finished group.
-        out = score.cached(f"to-{target}", {"skillpack": target, "docs": group, "task_files": task_digest(list(group))}, compute)
+        unit = {"skillpack": target, "docs": group, "task_files": task_digest(list(group))}
+        out = score.cached(f"to-{target}", unit, compute)
         for task, r in out["tasks"].items():
             served_by.setdefault(task_domain[task], set()).add(out["served_by"])
             metric[task_domain[task]] = r["metric"]

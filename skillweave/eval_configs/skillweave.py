@@ -51,8 +51,9 @@ def _intcheck(ctx: Context, refs: dict, score: Scorer) -> dict:
 
         def compute(d: str = d, skillpack=skillpack, docs: list = docs) -> dict:
             with skillpack_attached(model, skillpack, expected_fingerprint=fp, int_mm=True):
-                return evaluate(model, tok, [tasks[d]], limit=None, doc_ids={tasks[d]: docs}, max_gen_toks=ev.max_gen_toks,
-                                batch_size=ev.batch_size, compiled_decode=ctx.cfg.model.compiled_decode)[tasks[d]]
+                return evaluate(model, tok, [tasks[d]], limit=None, doc_ids={tasks[d]: docs},
+                                max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size,
+                                compiled_decode=ctx.cfg.model.compiled_decode)[tasks[d]]
 
         # one resumable cell per domain, as the Scorer's
         r = score.cached(d, {"task": tasks[d], "docs": docs, "task_files": task_digest([tasks[d]])}, compute)
