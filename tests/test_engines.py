@@ -14,6 +14,7 @@ import torch
 from conftest import build_tiny_model
 from test_pipeline import overrides, run_overrides
 
+import skillweave
 from skillweave.config import SamplingConfig
 from skillweave.core.errors import ConfigError
 from skillweave.engines import EngineError, ServedModels, VLLMEngine, resolve_backend, served_form, worker_env
@@ -271,3 +272,36 @@ def test_eval_backend_vllm_without_vllm_is_one_line(tmp_path, tiny_model_dir):
                                 f"model.vllm_python={tmp_path / 'none'}"))
     with pytest.raises(ConfigError, match="eval.backend=auto"):
         run_overrides(overrides(tmp_path, tiny_model_dir, "stage=eval", "eval.backend=auto"))
+
+
+def test_the_engine_worker_dies_with_the_process_that_started_it(tmp_path):
+    """A stage killed mid-request (SIGKILL, the OOM killer) must not leave its engine holding memory: the
+    worker asks Linux for SIGTERM when its parent dies. Here a parent starts a process that calls
+    die_with_parent and sleeps, then kills itself; without the call the sleeper would outlive it by a minute."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    worker = Path(skillweave.__file__).with_name("vllm_worker.py")
+    child = (f"import importlib.util, time; s = importlib.util.spec_from_file_location('w', {str(worker)!r}); "
+             "w = importlib.util.module_from_spec(s); s.loader.exec_module(w); w.die_with_parent(); time.sleep(60)")
+    parent = (f"import os, signal, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+              "print(p.pid, flush=True); time.sleep(2); os.kill(os.getpid(), signal.SIGKILL)")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGKILL
+    pid = int(out.stdout.split()[0])
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie left for its reaper."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
