@@ -27,7 +27,9 @@ import traceback
 def die_with_parent() -> None:
     """On Linux, be sent SIGTERM when the process that started this one dies: a killed stage (SIGKILL, the
     OOM killer) must not leave its engine running, with gigabytes of memory, until the request in flight is
-    done and stdin's end is read. vLLM's own processes follow their parent, this one."""
+    done and stdin's end is read. vLLM's own processes follow their parent, this one. Linux ties this to
+    the thread that started the worker: start engines from a thread that outlives them (the stages and
+    benchmarks start them from the main thread)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
