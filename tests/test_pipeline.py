@@ -95,6 +95,13 @@ def test_dry_run_says_where_a_run_stands_and_runs_nothing(pipeline, tmp_path, ca
     run_overrides([o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={root}", "dry_run=true"])
     partial = [line for line in capsys.readouterr().out.splitlines() if line.startswith("partial")]
     assert len(partial) == 1 and partial[0].endswith("(4 of 4 rows complete)")
+    # rows made by another process (an eval of some configurations) before this eval's own directory exists
+    shutil.rmtree(root / refs["eval"].path.relative_to(refs["eval"].root))
+    for row in (root / "eval_rows").glob("merged-*"):
+        (row / "manifest.json").unlink()
+    run_overrides([o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={root}", "dry_run=true"])
+    partial = [line for line in capsys.readouterr().out.splitlines() if line.startswith("partial")]
+    assert len(partial) == 1 and partial[0].endswith("(3 of 4 rows complete; merged: math, code, instructions)")
 
 
 def test_rerun_is_a_no_op(pipeline, caplog):

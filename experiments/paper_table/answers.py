@@ -218,10 +218,12 @@ def answers(table: Table) -> tuple[str, dict]:
         return text, e, verdict(e, direction)
 
     ties = "merged_ties" if "merged_ties" in merges else (merges[0] if merges else None)
+    merged = ties or "a merge"
     claims = [
         claim("DPO gains on each domain (dpo > base, average)", average(gains["dpo"])),
-        claim(f"Merging loses specialisation ({ties} < dpo, average)", average(vs(ties, "dpo")) if ties else None, -1),
-        claim(f"Skillweave recovers it ({'skillweave > ' + ties if ties else 'vs merge'}, average)",
+        claim(f"Merging loses specialisation ({merged} < dpo, average)",
+              average(vs(ties, "dpo")) if ties else None, -1),
+        claim(f"Skillweave recovers it (skillweave > {merged}, average)",
               average(vs("skillweave", ties)) if ties else None),
         claim("Skillweave loses to dpo (skillweave < dpo, average)", average(recovery["skillweave - dpo"]), -1),
         *(claim(f"Skillweave beats {b} at near-equal bytes (average)", average(vs("skillweave", b)))

@@ -80,8 +80,8 @@ def planned(ctx: Context) -> list[Planned]:
 
 def plan_report(ctx: Context) -> str:
     """Where a run stands: each planned artifact complete (with its manifest's seconds), partial (a stopped
-    run's directory, which the next run resumes; with what it holds so far, where its stage says) or
-    missing, and the totals."""
+    run's directory, which the next run resumes, or work its stage says is held for it elsewhere: eval rows
+    made by another process; with what it holds so far) or missing, and the totals."""
     lines, seconds, counts = [], 0.0, {"complete": 0, "partial": 0, "missing": 0}
     for ref, at, domain in planned(ctx):
         so_far = ""
@@ -90,10 +90,11 @@ def plan_report(ctx: Context) -> str:
             seconds += took
             when = f"{took:9.0f} s"
         else:
-            state, when = ("partial" if ref.path.exists() else "missing"), " " * 11
-            progress = STAGES.get(ref.stage).progress
-            if state == "partial" and progress is not None:
-                so_far = f"  ({progress(at, domain, ref, {n: need.ref for n, need in plan(at, ref.stage, domain)[1].items()})})"
+            progress, when = STAGES.get(ref.stage).progress, " " * 11
+            if progress is not None:
+                held = progress(at, domain, ref, {n: need.ref for n, need in plan(at, ref.stage, domain)[1].items()})
+                so_far = f"  ({held})" if held else ""
+            state = "partial" if ref.path.exists() or so_far else "missing"
         counts[state] += 1
         lines.append(f"{state:9s} {when}  {ref.path.relative_to(ctx.root)}{so_far}")
     lines.append(f"{counts['complete']} complete ({seconds:.0f} s by their manifests), {counts['partial']} partial, "

@@ -230,7 +230,9 @@ def check(ctx: Context, domain: Optional[str]) -> None:
 
 
 def progress(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> str:
-    """The rows complete, and for each unfinished one the domains it has scored (its complete cells)."""
+    """The rows complete, and for each unfinished one the domains it has scored (its complete cells); ""
+    when none. Rows and cells are artifacts of their own: another process may have made them already.
+    (A configuration's own units, `Scorer.cached`, are keyed by what they score, known only once it runs.)"""
     done, partial = 0, []
     for name in ctx.cfg.eval.configurations:
         if row_ref(ctx, name, inputs).complete:
@@ -239,6 +241,8 @@ def progress(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict
         cells = [d for d in ctx.cfg.domains if cell_ref(ctx, name, inputs, d).complete]
         if cells:
             partial.append(f"{name}: {', '.join(cells)}")
+    if not done and not partial:
+        return ""
     return f"{done} of {len(ctx.cfg.eval.configurations)} rows complete" + "".join(f"; {p}" for p in partial)
 
 

@@ -175,7 +175,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 
 def progress(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> str:
-    return f"{len(list((ref.path / 'shards').glob('*.jsonl')))} batches written"
+    written = len(list((ref.path / "shards").glob("*.jsonl")))
+    return f"{written} batches written" if written else ""
 
 
 register_stage(Stage(
