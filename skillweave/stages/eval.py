@@ -61,16 +61,20 @@ ROWS = "eval_rows"
 """Where each configuration's row lives as its own artifact (`<root>/eval_rows/<name>-<key>/`)."""
 
 
+def _decoding(ev) -> dict:
+    """The eval settings that change an answer, as every row, cell and unit key holds them."""
+    return ({"max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path}
+            | ({"backend": "vllm"} if ev.backend == "vllm" else {}))
+
+
 def row_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
     """The artifact of one configuration's row: keyed by what that row depends on (its own inputs and
     settings, the tasks and generation settings), not by the other configurations of the eval, so a
     comparison that adds a configuration reuses every row it already has (base is evaluated once)."""
     conf = CONFIGURATIONS.get(name)
-    ev = ctx.cfg.eval
     config = {
         "configuration": name,
-        "eval": {"limit": ev.limit, "max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path}
-        | ({"backend": "vllm"} if ev.backend == "vllm" else {}),
+        "eval": {"limit": ctx.cfg.eval.limit} | _decoding(ctx.cfg.eval),
         "tasks": eval_tasks(ctx),
         "model": ctx.base_fingerprint,
         "task_files": task_digest(list(eval_tasks(ctx).values())),
@@ -81,46 +85,35 @@ def row_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef]) -> Artifact
 
 
 CELLS = "eval_cells"
-"""Where one configuration's score on one domain lives (`<root>/eval_cells/<name>-<domain>-<key>/`)."""
+"""Where one configuration's score on one domain lives (`<root>/eval_cells/<name>-<domain>-<key>/`), and
+each unit a configuration scores by itself (`<root>/eval_cells/<name>-<unit>-<key>/`)."""
 CELL_OUTPUTS = {"samples": "samples.jsonl", "score": "score.json"}
+
+
+def _cell(ctx: Context, name: str, inputs: dict[str, ArtifactRef], label: str, what: dict,
+          outputs: dict[str, str]) -> ArtifactRef:
+    """A cell of configuration `name`'s row: keyed by `what` it scores, the generation settings and the
+    row's own inputs and settings."""
+    conf = CONFIGURATIONS.get(name)
+    config = {"configuration": name, **what, "eval": _decoding(ctx.cfg.eval), "model": ctx.base_fingerprint,
+              "settings": conf.settings(ctx)}
+    return make_ref(ctx.root, CELLS, f"{name}-{label}", config, {k: inputs[k] for k in conf.needs(ctx)},
+                    outputs=outputs)
 
 
 def cell_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef], domain: str) -> ArtifactRef:
     """The artifact of one configuration's score on one domain, keyed by that domain's task and limit alone
     (with the row's own inputs and settings): a killed row resumes at its first unscored domain, and an
     eval that changes one domain's task (a second eval on HumanEval for code) re-scores that domain only."""
-    conf, ev = CONFIGURATIONS.get(name), ctx.cfg.eval
     task = eval_tasks(ctx)[domain]
-    config = {
-        "configuration": name,
-        "domain": domain,
-        "task": task,
-        "task_files": task_digest([task]),
-        "limit": eval_limits(ctx)[domain],
-        "eval": {"max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path}
-        | ({"backend": "vllm"} if ev.backend == "vllm" else {}),
-        "model": ctx.base_fingerprint,
-        "settings": conf.settings(ctx),
-    }
-    return make_ref(ctx.root, CELLS, f"{name}-{domain}", config, {k: inputs[k] for k in conf.needs(ctx)},
-                    outputs=CELL_OUTPUTS)
+    what = {"domain": domain, "task": task, "task_files": task_digest([task]), "limit": eval_limits(ctx)[domain]}
+    return _cell(ctx, name, inputs, domain, what, CELL_OUTPUTS)
 
 
 def unit_ref(ctx: Context, name: str, inputs: dict[str, ArtifactRef], unit: str, config: dict) -> ArtifactRef:
     """The artifact of one unit a configuration scores by itself (`Scorer.cached`: a routed group), keyed by
-    what the unit says it scores, the generation settings and the row's own inputs and settings."""
-    conf, ev = CONFIGURATIONS.get(name), ctx.cfg.eval
-    key = {
-        "configuration": name,
-        "unit": unit,
-        "scores": config,
-        "eval": {"max_gen_toks": ev.max_gen_toks, "batch_size": ev.batch_size, "integer_path": ev.integer_path}
-        | ({"backend": "vllm"} if ev.backend == "vllm" else {}),
-        "model": ctx.base_fingerprint,
-        "settings": conf.settings(ctx),
-    }
-    return make_ref(ctx.root, CELLS, f"{name}-{unit}", key, {k: inputs[k] for k in conf.needs(ctx)},
-                    outputs={"result": "result.json"})
+    what the unit says it scores (`config`)."""
+    return _cell(ctx, name, inputs, unit, {"unit": unit, "scores": config}, {"result": "result.json"})
 
 
 def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> dict:
