@@ -12,14 +12,15 @@ each used (vLLM's: this process's and every engine process's, its polling schedu
 engine stays up through the HF rounds, where its idle polling (~0.1 core here) competes with HF.
 
 `--skillpack int|fp` attaches bench/decode.py's random INT8 skillpack (rank 16, the tied embedding at
-rank 8) to the model: HF decodes it on that path (eval.integer_path true|false), vLLM serves the
-backbone with the skillpack exported as a LoRA adapter (its fp path), as `eval.backend=vllm` serves a
-skillweave row.
+rank 8) to the model: HF decodes it on that path (eval.integer_path true|false), vLLM serves its fp path
+as `eval.backend=vllm` serves a skillweave row (`--served`, eval.vllm_adapters): the backbone with the
+skillpack folded into its weights, or the backbone plus the skillpack exported as a LoRA adapter.
 
     python bench/eval.py                              # IFEval, 300 docs, 256 tokens, batch 8, 1 thread
     python bench/eval.py --quick                      # a tiny random Llama, 6 docs, 16 tokens
     python bench/eval.py --task skillweave_arith --limit 100
-    python bench/eval.py --limit 60 --skillpack int   # a skillpack row: HF's integer path vs vLLM + LoRA
+    python bench/eval.py --limit 60 --skillpack int   # a skillpack row: HF's integer path vs vLLM, folded
+    python bench/eval.py --limit 60 --skillpack int --served lora   # ... vs vLLM + LoRA
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ import torch
 
 from skillweave.app import load_plugins
 from skillweave.core.artifacts import atomic_write_json
-from skillweave.engines import Served, VLLMEngine, vllm_python
+from skillweave.engines import Served, VLLMEngine, adapter_deltas, fold_deltas, vllm_python
 from skillweave.evaluation import evaluate
 from skillweave.models import cache_dir, load_model, load_tokenizer, resolve_model_dir
-from skillweave.zip import attach_skillpack
+from skillweave.zip import attach_skillpack, backbone_modules
 from skillweave.zip.export import export_skillpack, lora_rank
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compiled-decode", default="auto", choices=["auto", "on", "off"], help="HF's model.compiled_decode")
     p.add_argument("--vllm-python", default="", help="default: $SKILLWEAVE_VLLM_PYTHON, else .venv-vllm")
     p.add_argument("--skillpack", choices=["none", "int", "fp"], default="none",
-                   help="a random skillpack attached, HF on this path, vLLM as a LoRA adapter (default none)")
+                   help="a random skillpack attached, HF on this path, vLLM on the fp path (default none)")
+    p.add_argument("--served", choices=["folded", "lora"], default="folded",
+                   help="how vLLM serves the skillpack (eval.vllm_adapters; default folded)")
     p.add_argument("--quick", action="store_true", help="6 docs, 16 tokens, batch 3 (use with a tiny --model)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -83,18 +86,23 @@ def main(argv: list[str] | None = None) -> None:
     length = min(model.config.max_position_embeddings, 4096)
     load_before, started = os.getloadavg()[0], time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="eval-bench-"))
-    adapter, rank = None, 0
+    served_dir, adapter, rank = model_dir, None, 0
     if args.skillpack != "none":
         skillpack = random_skillpack(model, 0)
-        adapter, rank = work / "skillpack", lora_rank(skillpack)
-        export_skillpack(skillpack, adapter, str(model_dir))
         attach_skillpack(model, skillpack, int_mm=args.skillpack == "int")
+        if args.served == "lora":
+            adapter, rank = work / "skillpack", lora_rank(skillpack)
+            export_skillpack(skillpack, adapter, str(model_dir))
+        with backbone_modules(model) as base:  # the dense residuals are in its weights either way
+            served_dir = work / "backbone"
+            deltas = adapter_deltas(model, "skillpack") if args.served == "folded" else {}
+            base.save_pretrained(served_dir, state_dict=fold_deltas(base.state_dict(), deltas))
     t0 = time.perf_counter()
-    with VLLMEngine(model_dir, python=args.vllm_python, dtype="float32", seed=0, max_model_len=length,
+    with VLLMEngine(served_dir, python=args.vllm_python, dtype="float32", seed=0, max_model_len=length,
                     threads=args.threads, log_path=cache_dir() / "logs" / "bench-eval-vllm.log",
                     max_lora_rank=rank) as engine:
         engine_start_s = time.perf_counter() - t0
-        served = Served(engine, adapter)
+        served = Served(engine, adapter, folded=args.skillpack != "none" and args.served == "folded")
         runs = {
             "hf": lambda: evaluate(model, tok, [args.task], limit=args.limit, max_gen_toks=args.max_gen_toks,
                                    batch_size=args.batch_size, compiled_decode=args.compiled_decode),
@@ -127,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "vllm": version, "threads": args.threads, "task": args.task, "limit": args.limit,
         "max_gen_toks": args.max_gen_toks, "batch_size": args.batch_size, "compiled_decode": args.compiled_decode,
-        "repeats": args.repeats, "skillpack": args.skillpack, "engine_start_s": round(engine_start_s, 1), "identical_answers": same,
+        "repeats": args.repeats, "skillpack": args.skillpack,
+        "served": args.served if args.skillpack != "none" else None, "engine_start_s": round(engine_start_s, 1),
+        "identical_answers": same,
         "wall_s": round(time.perf_counter() - started, 1), "load_average_1min": [load_before, os.getloadavg()[0]],
         "rows": rows,
     }

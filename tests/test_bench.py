@@ -228,10 +228,11 @@ def test_eval_bench_times_both_backends_on_the_same_docs(tmp_path, tiny_model_di
     assert len(hf["rounds_s"]) == len(vllm["rounds_s"]) == 2 and vllm["ratio_vs_hf"] > 0
     assert hf["score"] == vllm["score"] and hf["n"] == vllm["n"] == 6
     assert "| vllm |" in capsys.readouterr().out
-    try:  # a skillpack row: HF on the fp path, the engine with the skillpack as a LoRA adapter
-        bench.main(["--model", str(tiny_model_dir), "--quick", "--task", "skillweave_arith", "--skillpack", "fp",
-                    "--vllm-python", str(fake_vllm_python), "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
-    data = json.loads(out.read_text())
-    assert data["skillpack"] == "fp" and data["identical_answers"] == 6
+    for served in ("folded", "lora"):  # a skillpack row: HF on the fp path, the engine with it folded in or a LoRA
+        try:
+            bench.main(["--model", str(tiny_model_dir), "--quick", "--task", "skillweave_arith", "--skillpack", "fp",
+                        "--served", served, "--vllm-python", str(fake_vllm_python), "--out", str(out)])
+        finally:
+            torch.set_num_threads(threads)
+        data = json.loads(out.read_text())
+        assert (data["skillpack"], data["served"], data["identical_answers"]) == ("fp", served, 6)

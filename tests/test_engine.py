@@ -151,8 +151,11 @@ def test_the_paper_table_recipe_plans_each_domain_with_its_own_gain_recipe(tmp_p
                    "code": ("skillweave_codetasks", "reference_vs_fail", 1.0, None),
                    "instructions": ("skillweave_ifeval", "all_pass_fail", 0.0, None),
                    "dialogue": ("skillweave_dialogue", "all_pass_fail", 0.0, 200)}
-    assert len(ctx.cfg.eval.configurations) == 12 and ctx.cfg.dpo.nll_weight == 0.0
-    assert (ctx.cfg.eval.backend, ctx.cfg.eval.integer_path, ctx.cfg.eval.compare_to) == ("vllm", True, ["base", "dpo", "skillweave"])
+    assert len(ctx.cfg.eval.configurations) == 13 and ctx.cfg.dpo.nll_weight == 0.0
+    ev = ctx.cfg.eval  # skillpacks served by vLLM on their fp path, folded in; the integer path checked by HF
+    assert (ev.backend, ev.integer_path, ev.vllm_adapters) == ("vllm", False, "folded")
+    assert ev.compare_to == ["base", "dpo", "skillweave"]
+    assert "skillweave_intcheck" in ev.configurations and ev.integer_check_docs == 100
 
 
 def test_the_paper_tables_second_eval_scores_humaneval_and_default_math_on_the_same_artifacts(tmp_path, tiny_model_dir, fake_vllm_python):

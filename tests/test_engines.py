@@ -80,10 +80,17 @@ def test_sampling_through_the_engine_keeps_the_accounting(engine, tiny_model_dir
         assert r["truncated"] == (r["n_tokens"] == 10) and len(ids) <= r["n_tokens"]
 
 
-def skillpack_answers(python: Path, model_dir: Path, workdir: Path) -> dict[str, list[str]]:
+def served_ctx(python: Path, model_dir: Path, adapters: str) -> SimpleNamespace:
+    return SimpleNamespace(model_dir=str(model_dir), cfg=SimpleNamespace(
+        threads=1, model=SimpleNamespace(vllm_python=str(python), vllm_request_seed=False),
+        eval=SimpleNamespace(vllm_adapters=adapters)))
+
+
+def skillpack_answers(python: Path, model_dir: Path, workdir: Path, adapters: str) -> dict[str, list[str]]:
     """Greedy answers of `model_dir`'s model (tied embeddings) bare, with a random skillpack attached on its fp
     path (block linears, norms as dense residuals, the embedding and tied head), and that model as
-    ServedModels serves it: its backbone with the dense residuals in, plus the skillpack as a LoRA adapter."""
+    ServedModels serves it (`adapters`): its backbone with the dense residuals in, plus the skillpack folded
+    into the weights or as a LoRA adapter."""
     tok = load_tokenizer(model_dir)
     tok.padding_side = "left"
     model = load_model(model_dir, dtype=torch.float32)
@@ -97,19 +104,23 @@ def skillpack_answers(python: Path, model_dir: Path, workdir: Path) -> dict[str,
     assert sp.dense and "model.embed_tokens" in sp.factors
     attach_skillpack(model, sp, int_mm=False)
     answers["hf"] = sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)
-    ctx = SimpleNamespace(model_dir=str(model_dir), cfg=SimpleNamespace(
-        threads=1, model=SimpleNamespace(vllm_python=str(python), vllm_request_seed=False)))
-    with ServedModels(ctx, workdir) as served:
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    with ServedModels(served_ctx(python, model_dir, adapters), workdir) as served:
         engine = served.engine_for(model)
-        assert engine.label.endswith("+ LoRA")
+        assert engine.label.endswith({"lora": "+ LoRA", "folded": ", folded"}[adapters])
         answers["served"] = sample_batch(None, tok, PROMPTS, sampling, seed=0, greedy=True, engine=engine)
+        if adapters == "folded":  # tied in the weights the engine loaded, as in the model
+            written = load_model(engine.engine.model_dir, dtype=torch.float32)
+            assert written.lm_head.weight is written.model.embed_tokens.weight
     assert not list(workdir.glob(".vllm-*"))  # the backbone and adapter written for the engine, removed
+    assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())  # folding a copy, not the model
     return {k: [r["response"] for r in v] for k, v in answers.items()}
 
 
-def peft_answers(python: Path, model_dir: Path, workdir: Path) -> dict[str, list[str]]:
+def peft_answers(python: Path, model_dir: Path, workdir: Path, adapters: str) -> dict[str, list[str]]:
     """Greedy answers of `model_dir`'s model bare, with two random PEFT LoRAs loaded and the second ("math")
-    active, and that PeftModel as ServedModels serves it: its base weights plus the active adapter."""
+    active, and that PeftModel as ServedModels serves it (`adapters`): its base weights with the active
+    adapter folded in, or plus that adapter as a LoRA request."""
     from peft import LoraConfig, get_peft_model
 
     tok = load_tokenizer(model_dir)
@@ -123,26 +134,44 @@ def peft_answers(python: Path, model_dir: Path, workdir: Path) -> dict[str, list
     model.add_adapter("math", config)
     model.set_adapter("math")
     answers["hf"] = sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)
-    ctx = SimpleNamespace(model_dir=str(model_dir), cfg=SimpleNamespace(
-        threads=1, model=SimpleNamespace(vllm_python=str(python), vllm_request_seed=False)))
-    with ServedModels(ctx, workdir) as served:
+    with ServedModels(served_ctx(python, model_dir, adapters), workdir) as served:
         engine = served.engine_for(model)
-        assert engine.label.endswith("+ LoRA") and engine.lora.name == "math"
+        if adapters == "lora":
+            assert engine.label.endswith("+ LoRA") and engine.lora.name == "math"
+        else:
+            assert engine.label.endswith(", folded") and engine.lora is None
         answers["served"] = sample_batch(None, tok, PROMPTS, sampling, seed=0, greedy=True, engine=engine)
     assert not list(workdir.glob(".vllm-*"))
     return {k: [r["response"] for r in v] for k, v in answers.items()}
 
 
-def test_a_peft_lora_is_served_as_the_base_weights_plus_the_active_adapter(fake_python, tiny_model_dir, tmp_path):
-    answers = peft_answers(fake_python, tiny_model_dir, tmp_path)
+@pytest.mark.parametrize("adapters", ["folded", "lora"])
+def test_a_peft_lora_is_served_as_the_base_weights_with_the_active_adapter(fake_python, tiny_model_dir, tmp_path,
+                                                                            adapters):
+    answers = peft_answers(fake_python, tiny_model_dir, tmp_path, adapters)
     assert answers["served"] == answers["hf"]
     assert answers["hf"] != answers["bare"]
 
 
-def test_a_skillpack_on_its_fp_path_is_served_as_its_backbone_plus_a_lora(fake_python, tiny_model_dir, tmp_path):
-    answers = skillpack_answers(fake_python, tiny_model_dir, tmp_path)
+@pytest.mark.parametrize("adapters", ["folded", "lora"])
+def test_a_skillpack_on_its_fp_path_is_served_as_its_backbone_with_it(fake_python, tiny_model_dir, tmp_path, adapters):
+    answers = skillpack_answers(fake_python, tiny_model_dir, tmp_path, adapters)
     assert answers["served"] == answers["hf"]
     assert answers["hf"] != answers["bare"]  # the skillpack changes the answers: the adapter is not ignored
+
+
+def test_a_delta_on_one_of_two_tied_weights_is_not_folded():
+    """PEFT adapts a tied embedding and head apart: folding one delta into their one tensor would change
+    both, so only a LoRA request serves it; a delta on both (a skillpack's tied embedding) folds."""
+    from skillweave.engines import fold_deltas
+
+    shared, other = torch.ones(3, 2), torch.zeros(2)
+    state = {"embed.weight": shared, "head.weight": shared, "norm.weight": other}
+    delta = torch.full((3, 2), 0.5)
+    assert fold_deltas(state, {"head.weight": delta}) is None
+    out = fold_deltas(state, {"head.weight": delta, "embed.weight": delta})
+    assert out["embed.weight"] is out["head.weight"] and torch.equal(out["head.weight"], torch.full((3, 2), 1.5))
+    assert out["norm.weight"] is other and torch.equal(shared, torch.ones(3, 2))
 
 
 def test_what_vllm_cannot_serve_is_left_to_hf(tiny_model_dir, tmp_path):
@@ -225,8 +254,8 @@ def test_a_later_round_serves_the_policy_through_the_engine(vllm_runs):
 
 def test_eval_serves_plain_models_and_fp_skillpacks_by_vllm_and_the_integer_path_by_hf(tmp_path, tiny_model_dir, fake_python):
     """The fake engine decodes as transformers does, so every row scores as with eval.backend=hf; a skillpack
-    on the integer path is scored by HF, on the fp path by the engine as a LoRA adapter; each row says what
-    served it."""
+    on the integer path is scored by HF, on the fp path by the engine (folded in, or as a LoRA adapter); each
+    row says what served it."""
     ov = overrides(tmp_path, tiny_model_dir, "stage=eval", "domains=[math]", "eval.configurations=[base,dpo,skillweave]",
                    "eval.limit=3", "eval.max_gen_toks=12")
     (hf,) = [r for name, r in run_overrides([o for o in ov if o != "stage=eval"]).items() if name.split("/")[0] == "eval"]
@@ -244,20 +273,27 @@ def test_eval_serves_plain_models_and_fp_skillpacks_by_vllm_and_the_integer_path
         assert answers[0].read_text() == answers[1].read_text()
     assert not list((tmp_path / "artifacts").rglob(".vllm-model*"))
 
-    # On its fp path a skillpack is served too: its backbone (dense residuals in) plus its factors as a LoRA;
-    # skillweave_intcheck scores the integer path (HF) on the first documents, paired with the served row.
+    # On its fp path a skillpack is served too: its backbone (dense residuals in) with its factors folded in
+    # (eval.vllm_adapters=folded, the default) or as a LoRA; skillweave_intcheck scores the integer path (HF)
+    # on the first documents, paired with the served row.
     fp = [*ov, "eval.configurations=[skillweave]", "eval.integer_path=false"]
     (hf_fp,) = [r for name, r in run_overrides(fp).items() if name.split("/")[0] == "eval"]
-    (lora,) = [r for name, r in run_overrides([*fp, "eval.configurations=[skillweave,skillweave_intcheck]",
-                                                "eval.integer_check_docs=2", "eval.compare_to=[skillweave]",
-                                                "eval.backend=vllm", f"model.vllm_python={fake_python}",
-                                                "model.generation_backend=hf"]).items() if name.split("/")[0] == "eval"]
-    row, check = json.loads(lora.file("results").read_text())["configurations"]
-    assert row["details"]["served_by"] == {"math": "vllm 0.0+fake + LoRA"}
+    served = [*fp, "eval.configurations=[skillweave,skillweave_intcheck]", "eval.integer_check_docs=2",
+              "eval.compare_to=[skillweave]", "eval.backend=vllm", f"model.vllm_python={fake_python}",
+              "model.generation_backend=hf"]
+    (folded,) = [r for name, r in run_overrides(served).items() if name.split("/")[0] == "eval"]
+    (lora,) = [r for name, r in run_overrides([*served, "eval.vllm_adapters=lora"]).items()
+               if name.split("/")[0] == "eval"]
     (hf_row,) = json.loads(hf_fp.file("results").read_text())["configurations"]
-    assert row["scores"] == hf_row["scores"] and row["bytes"] == hf_row["bytes"]
-    answers = [r.path / "samples" / "skillweave-math.jsonl" for r in (lora, hf_fp)]
-    assert answers[0].read_text() == answers[1].read_text()
+    rows = {}
+    for ref, label in ((folded, "vllm 0.0+fake, folded"), (lora, "vllm 0.0+fake + LoRA")):
+        row, check = json.loads(ref.file("results").read_text())["configurations"]
+        assert row["details"]["served_by"] == {"math": label}
+        assert row["scores"] == hf_row["scores"] and row["bytes"] == hf_row["bytes"]
+        answers = [r.path / "samples" / "skillweave-math.jsonl" for r in (ref, hf_fp)]
+        assert answers[0].read_text() == answers[1].read_text()
+        rows[label] = row["row"]
+    assert len(set(rows.values())) == 2  # the row is keyed by how its skillpack was served
     assert not list((tmp_path / "artifacts").rglob(".vllm-*"))
     integer = [json.loads(line) for line in (hf.path / "samples" / "skillweave-math.jsonl").open()]  # eval.integer_path
     checked = [json.loads(line) for line in (lora.path / "samples" / "skillweave_intcheck-math.jsonl").open()]

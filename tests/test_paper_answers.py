@@ -88,6 +88,21 @@ def test_the_report_answers_each_question(table):
     assert "multitask" not in md and "lora" not in md  # rows absent from the eval are left out
 
 
+def test_the_integer_path_check_is_paired_with_skillweave_on_its_documents(tmp_path):
+    first = write_eval(tmp_path / "a", {"arith": "skillweave_arith", "code": "skillweave_codetasks"}, RIGHT)
+    results = json.loads((first / "results.json").read_text())
+    results["configurations"].append({"name": "skillweave_intcheck", "bytes": 2**20 * 500})
+    (first / "results.json").write_text(json.dumps(results))
+    for domain, k in (("arith", 19), ("code", 20)):  # the first 20 documents; skillweave answers all 20 right
+        lines = [json.dumps({"doc_id": i, "score": float(i < k), "response": ""}) for i in range(20)]
+        (first / "samples" / f"skillweave_intcheck-{domain}.jsonl").write_text("\n".join(lines) + "\n")
+    md, numbers = answers.answers(answers.load([first]))
+    check = numbers["integer_path"]["skillweave_intcheck - skillweave"]
+    assert check["arith (skillweave_arith)"] == {"value": pytest.approx(-0.05), "stderr": pytest.approx(0.05), "n": 20}
+    assert check["code (skillweave_codetasks)"] == {"value": 0.0, "stderr": 0.0, "n": 20}
+    assert "| skillweave_intcheck - skillweave | -5.0 ± 5.0 | +0.0 ± 0.0 | -2.5 ± 2.5 |" in md
+
+
 def test_a_second_eval_adds_its_columns_and_the_cli_writes_both_files(tmp_path, capsys):
     first = write_eval(tmp_path / "a", {"arith": "skillweave_arith", "code": "skillweave_codetasks"}, RIGHT)
     second = write_eval(tmp_path / "b", {"arith": "skillweave_arith", "code": "skillweave_humaneval"}, RIGHT)

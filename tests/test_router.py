@@ -267,8 +267,8 @@ def routed_run(tmp_path_factory, tiny_model_dir):
 
 
 def test_routed_groups_on_the_fp_path_are_served_by_the_engine(routed_run, fake_vllm_python):
-    """eval.backend=vllm: each routed group's skillpack (fp path) goes through the engine as a LoRA adapter;
-    the fake engine decodes as transformers does, so every routed answer is HF's."""
+    """eval.backend=vllm: each routed group's skillpack (fp path) goes through the engine, folded into the
+    backbone's weights; the fake engine decodes as transformers does, so every routed answer is HF's."""
     from test_pipeline import run_overrides
 
     ov = [*routed_run["overrides"], "stage=eval", "eval.configurations=[skillweave_routed]", "eval.integer_path=false"]
@@ -276,7 +276,7 @@ def test_routed_groups_on_the_fp_path_are_served_by_the_engine(routed_run, fake_
     (vllm,) = run_overrides([*ov, "eval.backend=vllm", f"model.vllm_python={fake_vllm_python}",
                              "model.generation_backend=hf"]).values()  # the same samples: the same skillpacks
     (row,) = json.loads(vllm.file("results").read_text())["configurations"]
-    assert row["details"]["served_by"] == {"instructions": "vllm 0.0+fake + LoRA", "math": "vllm 0.0+fake + LoRA"}
+    assert row["details"]["served_by"] == {"instructions": "vllm 0.0+fake, folded", "math": "vllm 0.0+fake, folded"}
     (hf_row,) = json.loads(hf.file("results").read_text())["configurations"]
     assert "served_by" not in hf_row["details"] and row["scores"] == hf_row["scores"]
     for d in ("math", "instructions"):

@@ -125,14 +125,17 @@ def test_eval_reports_bytes_of_the_tensors_held(pipeline, tiny_model_dir):
         assert set(r["scores"]) == set(DOMAINS) and all(n == 2 for n in r["n"].values())
 
 
-def test_the_lora_row_is_served_as_the_backbone_plus_each_adapter(pipeline, fake_vllm_python):
-    """eval.backend=vllm: one engine on the backbone, each domain's PEFT adapter a LoRA request; the fake engine
-    decodes as transformers and PEFT do, so every answer is the HF row's."""
+@pytest.mark.parametrize("adapters,label", [("lora", "vllm 0.0+fake + LoRA"), ("folded", "vllm 0.0+fake, folded")])
+def test_the_lora_row_is_served_as_the_backbone_with_each_adapter(pipeline, fake_vllm_python, adapters, label):
+    """eval.backend=vllm: one engine on the backbone, each domain's PEFT adapter a LoRA request, or one engine
+    per domain with its adapter folded in; the fake engine decodes as transformers and PEFT do, so every
+    answer is the HF row's."""
     _, ov, refs = pipeline
     (vllm,) = run_overrides([*ov, "stage=eval", "eval.configurations=[base,lora]", "eval.backend=vllm",
-                             f"model.vllm_python={fake_vllm_python}", "model.generation_backend=hf"]).values()
+                             f"eval.vllm_adapters={adapters}", f"model.vllm_python={fake_vllm_python}",
+                             "model.generation_backend=hf"]).values()
     rows = {r["name"]: r for r in json.loads(vllm.file("results").read_text())["configurations"]}
-    assert rows["lora"]["details"]["served_by"] == {d: "vllm 0.0+fake + LoRA" for d in DOMAINS}
+    assert rows["lora"]["details"]["served_by"] == {d: label for d in DOMAINS}
     assert rows["base"]["details"]["served_by"] == {d: "vllm 0.0+fake" for d in DOMAINS}
     for d in DOMAINS:  # (the tiny model's answers here are mostly empty: test_engines checks answers that differ)
         served, hf = (r.path / "samples" / f"lora-{d}.jsonl" for r in (vllm, refs["eval"]))

@@ -1,7 +1,7 @@
 """The real vLLM (the environment `make vllm` builds; `make test` builds it first): its greedy answers in
 fp32 equal transformers' on a small random Llama, through skillweave's engine and sample_batch, and a
-skillpack's fp path served as its backbone plus a LoRA adapter answers as HF's fp path does, and a PEFT
-LoRA served as base weights plus adapter as PEFT does.
+skillpack's fp path served as its backbone with the skillpack folded in or as a LoRA adapter answers as HF's
+fp path does, and a PEFT LoRA served either way as PEFT does.
 $SKILLWEAVE_TEST_VLLM_PYTHON points the test at another vLLM environment."""
 
 from __future__ import annotations
@@ -54,14 +54,16 @@ def test_vllm_greedy_answers_are_transformers_answers(llama_dir, tmp_path):
     assert len({r["response"] for r in sampled}) > 1  # sampled, not greedy
 
 
-def test_vllm_serves_a_skillpack_as_its_backbone_plus_a_lora(llama_dir, tmp_path):
-    answers = skillpack_answers(PYTHON, llama_dir, tmp_path)
+@pytest.mark.parametrize("adapters", ["folded", "lora"])
+def test_vllm_serves_a_skillpack_as_its_backbone_with_it(llama_dir, tmp_path, adapters):
+    answers = skillpack_answers(PYTHON, llama_dir, tmp_path, adapters)
     assert answers["served"] == answers["hf"]
     assert answers["hf"] != answers["bare"] and all(answers["hf"])
 
 
-def test_vllm_serves_a_peft_lora_as_the_base_weights_plus_the_adapter(llama_dir, tmp_path):
-    answers = peft_answers(PYTHON, llama_dir, tmp_path)
+@pytest.mark.parametrize("adapters", ["folded", "lora"])
+def test_vllm_serves_a_peft_lora_as_the_base_weights_with_the_adapter(llama_dir, tmp_path, adapters):
+    answers = peft_answers(PYTHON, llama_dir, tmp_path, adapters)
     assert answers["served"] == answers["hf"]
     assert answers["hf"] != answers["bare"] and all(answers["hf"])
 

@@ -12,7 +12,9 @@ Every comparison is paired on the documents both rows answered. A share of the d
 (row - base) / (dpo - base), gets a bootstrap standard error over documents (seeded); it is reported only
 where the own gain (dpo - base) is beyond two standard errors, since a ratio to a gain that may be zero
 says nothing. SkillZip retention is skillweave's share: dpo is the merged backbone plus the exact
-residual, skillweave the same backbone plus the compressed one. A claim "holds" when its difference is
+residual, skillweave the same backbone plus the compressed one. Where skillweave is scored on the
+skillpacks' fp path (served by vLLM), skillweave_intcheck - skillweave on its documents is what the
+integer path changes. A claim "holds" when its difference is
 beyond two standard errors in the claimed direction, "fails" when beyond two in the other, and is
 "unresolved" otherwise. With --manifests (what experiments/collect.py writes), a cost table: each
 artifact's seconds by its manifest, and each stage's total.
@@ -190,6 +192,9 @@ def answers(table: Table) -> tuple[str, dict]:
     retention = shares("skillweave")
     md += _shares(table, "SkillZip retention: skillweave's share of the own gain, (skillweave - base) / (dpo - base); "
                   "goal >= 95%", {"skillweave": retention})
+    integer = {"skillweave_intcheck - skillweave": vs("skillweave_intcheck", "skillweave")}
+    md += _grid(table, "The integer path (as deployed, decoded by HF) vs the fp path the skillweave row is scored on "
+                "(served by vLLM), on the first documents of each domain", integer)
     md += ["| row | MiB | x base |", "|---|---|---|"]
     base_bytes = rows["base"]["bytes"] if "base" in rows else None
     for n in present:
@@ -242,7 +247,8 @@ def answers(table: Table) -> tuple[str, dict]:
     numbers |= {
         "own_gain": dump(gains), "interference": dump({m: vs(m, "dpo") for m in merges}),
         "kept_share": dump({m: shares(m) for m in merges}), "recovery": dump(recovery),
-        "retention": dump({"skillweave": retention}), "equal_bytes": dump(equal), "routed": dump(routed),
+        "retention": dump({"skillweave": retention}), "integer_path": dump(integer), "equal_bytes": dump(equal),
+        "routed": dump(routed),
         "others": dump(others),
         "claims": [{"claim": t, "estimate": None if e is None else e.__dict__, "verdict": v} for t, e, v in claims],
     }

@@ -76,3 +76,10 @@ def limits_key(ctx: Context) -> dict:
     if all(ctx.for_domain(d).domain.eval_limit is None for d in ctx.cfg.domains):
         return {}
     return {"limits": eval_limits(ctx)}
+
+
+def served_adapters(ctx: Context) -> dict:
+    """What the key of a row that serves an adapter (a skillpack on its fp path, a PEFT LoRA) adds under
+    `eval.backend=vllm`: how the engine serves it (`eval.vllm_adapters`: folded in or a LoRA request)."""
+    ev = ctx.cfg.eval
+    return {"vllm_adapters": str(ev.vllm_adapters)} if ev.backend == "vllm" else {}

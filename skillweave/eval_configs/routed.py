@@ -28,7 +28,14 @@ import statistics
 import torch
 
 from ..core.compressors import COMPRESSORS, CompressContext
-from ..core.configurations import Configuration, Scorer, eval_limits, eval_tasks, register_configuration
+from ..core.configurations import (
+    Configuration,
+    Scorer,
+    eval_limits,
+    eval_tasks,
+    register_configuration,
+    served_adapters,
+)
 from ..core.engine import Context, Need, per_domain_needs
 from ..core.errors import ConfigError
 from ..deltas import load_delta, param_bytes
@@ -181,7 +188,7 @@ def _route(ctx: Context) -> dict[str, Need]:
 register_configuration("skillweave_routed", Configuration(
         needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain_needs(ctx, "zip") | _route(ctx),
         run=_skillweave_routed,
-        settings=lambda ctx: {"router_max_length": ctx.cfg.router.max_length},
+        settings=lambda ctx: {"router_max_length": ctx.cfg.router.max_length} | served_adapters(ctx),
     )
 )
 register_configuration("twin_merging", Configuration(

@@ -10,7 +10,14 @@ that domain's prompts (integer GEMMs when `eval.integer_path`), detached after.
 
 from __future__ import annotations
 
-from ..core.configurations import Configuration, Scorer, eval_limits, eval_tasks, register_configuration
+from ..core.configurations import (
+    Configuration,
+    Scorer,
+    eval_limits,
+    eval_tasks,
+    register_configuration,
+    served_adapters,
+)
 from ..core.engine import Context, Need, per_domain_needs
 from ..deltas import param_bytes
 from ..eval_tasks import task_digest
@@ -39,6 +46,7 @@ def _skillweave(ctx: Context, refs: dict, score: Scorer) -> dict:
 
 register_configuration("skillweave", Configuration(
     needs=lambda ctx: {"merge": Need(ctx, "merge")} | per_domain_needs(ctx, "zip"), run=_skillweave,
+    settings=served_adapters,
 ))
 
 

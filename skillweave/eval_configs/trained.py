@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from ..core.configurations import Configuration, Scorer, register_configuration
+from ..core.configurations import Configuration, Scorer, register_configuration, served_adapters
 from ..core.engine import Context, Need, per_domain_needs
 from ..deltas import add_delta, load_delta, param_bytes
 from ..lora_io import load_lora
@@ -42,4 +42,5 @@ def _lora(ctx: Context, refs: dict, score: Scorer) -> dict:
 
 register_configuration("multitask", Configuration(needs=lambda ctx: {"dpo_multitask": Need(ctx, "dpo_multitask")}, run=_multitask)
 )
-register_configuration("lora", Configuration(needs=lambda ctx: per_domain_needs(ctx, "lora"), run=_lora))
+register_configuration("lora", Configuration(needs=lambda ctx: per_domain_needs(ctx, "lora"), run=_lora,
+                                             settings=served_adapters))
