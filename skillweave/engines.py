@@ -130,11 +130,13 @@ def served_form(model) -> tuple[str, Optional[int]] | None:
     """How vLLM serves `model`, or None where it cannot (HF scores it):
     - ("model", None): a plain transformers model, as it is;
     - ("skillpack", rank): a skillpack attached on its fp path: its backbone (the dense residuals added in, as
-      attached) plus the skillpack's factors as a LoRA adapter, which computes that path exactly
-      (skillweave.zip.export). The integer path is HF's alone: vLLM has no int8-activation LoRA, so a row
-      that asks for it (`eval.integer_path`) is scored by HF;
-    - ("peft", rank): a PeftModel with a plain LoRA active: its base weights plus that adapter.
-    `rank` is the engine's: the least vLLM takes (LORA_RANKS) that holds the adapter's."""
+      attached) with the skillpack's factors folded into its weights, or plus them as a LoRA adapter
+      (skillweave.zip.export); either computes that path exactly. The integer path is HF's alone: vLLM has
+      no int8-activation kernels for it, so a row that asks for it (`eval.integer_path`) is scored by HF;
+    - ("peft", rank): a PeftModel with a plain LoRA active: its base weights with that adapter folded in, or
+      plus it as a LoRA adapter.
+    `rank` is the engine's where it serves the adapter as a LoRA: the least vLLM takes (LORA_RANKS) that
+    holds the adapter's."""
     from .zip import attached_skillpack, backbone_modules
     from .zip.export import lora_rank
 

@@ -2,7 +2,8 @@
 that domain's prompts (integer GEMMs when `eval.integer_path`), detached after.
 
   skillweave           every domain's eval subset; with eval.backend=vllm and eval.integer_path=false
-                       served by vLLM as the backbone plus each skillpack as a LoRA adapter (its fp path)
+                       served by vLLM on the skillpacks' fp path (the backbone with each one folded in,
+                       or plus it as a LoRA adapter: eval.vllm_adapters)
   skillweave_intcheck  the same skillpacks on the integer path, scored by HF on the first
                        `eval.integer_check_docs` documents of each domain's subset: paired with the
                        skillweave row (eval.compare_to), what the integer path changes on those documents
