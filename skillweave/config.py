@@ -67,7 +67,9 @@ class AdapterServing(StrEnum):
     folded = "folded"
     """Its weights with the adapter's delta added in (fp32), served as a plain model: one engine per
     adapter, each decoding at the engine's full speed. On this CPU a LoRA request costs vLLM 1.4-2.8x its
-    backbone per step (bench/README.md, decode.py), so this is the default."""
+    backbone per step (bench/README.md, decode.py), so this is the default. A PEFT LoRA on one of two tied
+    weights (a tied embedding and head) cannot be folded exactly: it goes as a LoRA request, and the row's
+    `served_by` says so."""
     lora = "lora"
     """The base weights plus the adapter as a LoRA request (PEFT format): one engine for every adapter on
     the same base weights, vLLM's fused LoRA kernels on a GPU."""
