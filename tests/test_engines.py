@@ -174,6 +174,20 @@ def test_a_delta_on_one_of_two_tied_weights_is_not_folded():
     assert out["norm.weight"] is other and torch.equal(shared, torch.ones(3, 2))
 
 
+def test_a_lora_on_a_tied_head_goes_as_a_lora_request(fake_python, tiny_model_dir, tmp_path):
+    """eval.vllm_adapters=folded, and a PEFT LoRA on the tied lm_head alone: folding it would change the
+    embedding too, so ServedModels serves it as a LoRA request, and its label says so."""
+    from peft import LoraConfig, get_peft_model
+
+    model = load_model(tiny_model_dir, dtype=torch.float32)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["lm_head"], init_lora_weights=False))
+    with ServedModels(served_ctx(fake_python, tiny_model_dir, "folded"), tmp_path) as served:
+        engine = served.engine_for(model)
+        assert engine.label.endswith("+ LoRA") and engine.lora is not None
+
+
 def test_what_vllm_cannot_serve_is_left_to_hf(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
