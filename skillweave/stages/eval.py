@@ -50,7 +50,10 @@ log = logging.getLogger("skillweave")
 
 
 def plan(ctx: Context, domain: Optional[str]):
-    config = {"eval": asdict(ctx.cfg.eval), "tasks": eval_tasks(ctx), "model": ctx.base_fingerprint,
+    ev = asdict(ctx.cfg.eval)
+    if ctx.cfg.eval.backend != "vllm":
+        del ev["vllm_adapters"]  # HF serves every row: nothing it changes (keys made before it existed stay)
+    config = {"eval": ev, "tasks": eval_tasks(ctx), "model": ctx.base_fingerprint,
               "task_files": task_digest(list(eval_tasks(ctx).values()))} | limits_key(ctx)
     settings = {name: CONFIGURATIONS.get(name).settings(ctx) for name in ctx.cfg.eval.configurations}
     config["settings"] = {name: s for name, s in settings.items() if s}
