@@ -625,8 +625,15 @@ class SkillEvalConfig:
     batch_size: int = 8
     ties_density: float = 0.5
     """The share of each adapter's entries PEFT's `add_weighted_adapter(combination_type="ties")` keeps."""
+    backend: GenerationBackend = GenerationBackend.hf
+    """hf | vllm: what decodes the rows vLLM can serve (as `eval.backend`: the backbone, PEFT LoRAs as
+    `eval.vllm_adapters` says, a skillpack on its fp path); a composition (CAT's learned weights) or the
+    integer path is decoded by HF whatever this says. Rows are keyed by it; each says what served it."""
 
     def __post_init__(self) -> None:
+        if self.backend == GenerationBackend.auto:
+            raise ConfigError("skill_eval.backend=auto: choose skill_eval.backend=hf or skill_eval.backend=vllm (rows "
+                              "are paired: the backend is chosen, not found)")
         if not 1 <= self.n <= 200:
             raise ConfigError(f"skill_eval.n must be in 1..200 (a skill's eval pool), got {self.n}")
         if min(self.max_gen_toks, self.batch_size) < 1:

@@ -15,7 +15,8 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from .core.artifacts import (
     write_manifest,
 )
 from .core.engine import Context, Need
+from .engines import ServedModels, resolve_backend
 from .eval_tasks import task_digest
 from .evaluation import evaluate
 from .reports import compare_with, paired_table
@@ -72,10 +74,31 @@ def backbone(ctx: Context) -> Callable[[dict[str, ArtifactRef]], tuple[Any, int,
     return build
 
 
+def served(ctx: Context) -> dict:
+    """What serving through vLLM adds to a key (nothing under HF: keys made before the backend existed stay)."""
+    if ctx.cfg.skill_eval.backend != "vllm":
+        return {}
+    return {"backend": "vllm", "vllm_adapters": str(ctx.cfg.eval.vllm_adapters)}
+
+
+def settings_key(ctx: Context) -> dict:
+    """`skill_eval` as a comparison's key holds it."""
+    se = asdict(ctx.cfg.skill_eval)
+    del se["backend"]
+    return se | served(ctx)
+
+
+def check_backend(ctx: Context, domain=None) -> None:
+    """skill_eval.backend=vllm without a vLLM environment: one line before any model loads."""
+    if ctx.cfg.skill_eval.backend == "vllm":
+        resolve_backend("vllm", ctx.cfg.model.vllm_python, "skill_eval.backend")
+
+
 def row_ref(ctx: Context, row: Row, skills: Sequence[str], inputs: dict[str, ArtifactRef]) -> ArtifactRef:
     tasks = {s: eval_task_name(s, row.with_skill_text) for s in skills}
     se = ctx.cfg.skill_eval
-    config = {"configuration": row.name, "skill_eval": {"n": se.n, "max_gen_toks": se.max_gen_toks, "batch_size": se.batch_size},
+    config = {"configuration": row.name,
+              "skill_eval": {"n": se.n, "max_gen_toks": se.max_gen_toks, "batch_size": se.batch_size} | served(ctx),
               "tasks": tasks, "task_files": task_digest(list(tasks.values())), "model": ctx.base_fingerprint,
               "settings": row.settings}
     return make_ref(ctx.root, ROWS, row.name, config, {k: inputs[k] for k in row.needs})
@@ -91,17 +114,19 @@ def finished_cell(out: ArtifactRef, skill: str) -> dict | None:
     return cell if cell.pop("sha256") == file_digest(samples) else None
 
 
-def score(model, tok, skill: str, with_skill_text: bool, ctx: Context) -> dict:
-    """The row's cell for one skill: pass rate, stderr, n, each check's rate, prompt tokens per request, samples."""
+def score(model, tok, skill: str, with_skill_text: bool, ctx: Context, engines: ServedModels | None = None) -> dict:
+    """The row's cell for one skill: pass rate, stderr, n, each check's rate, prompt tokens per request, samples,
+    and what decoded them (`engines`: vLLM where it serves `model`, else HF)."""
     se = ctx.cfg.skill_eval
     task = eval_task_name(skill, with_skill_text)
-    r = evaluate(model, tok, [task], limit=se.n, max_gen_toks=se.max_gen_toks, batch_size=se.batch_size,
-                 compiled_decode=ctx.cfg.model.compiled_decode)[task]
+    engine = engines.engine_for(model) if engines is not None else None
+    r = evaluate(None if engine else model, tok, [task], limit=se.n, max_gen_toks=se.max_gen_toks,
+                 batch_size=se.batch_size, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine)[task]
     samples = r["samples"]
     tokens = [len(tok(s["prompt"], add_special_tokens=False)["input_ids"]) for s in samples]
     checks = {c: sum(s["also"][c] for s in samples) / len(samples) for c in samples[0].get("also", {})}
     return {"task": task, "score": r["score"], "stderr": r["stderr"], "n": r["n"], "checks": checks,
-            "prompt_tokens": sum(tokens) / len(tokens), "samples": samples}
+            "prompt_tokens": sum(tokens) / len(tokens), "served_by": engine.label if engine else "hf", "samples": samples}
 
 
 def run_rows(ctx: Context, ref: ArtifactRef, rows: Sequence[Row], skills: Sequence[str], inputs: dict[str, ArtifactRef],
@@ -121,18 +146,23 @@ def run_rows(ctx: Context, ref: ArtifactRef, rows: Sequence[Row], skills: Sequen
                 started = time.time()
                 model, nbytes, details = row.build(inputs)
                 cells = {}
-                for skill in skills:
-                    cells[skill] = finished_cell(out, skill)
-                    if cells[skill] is not None:
-                        log.info("%s on %s: %.3f, scored before: reused", row.name, skill, cells[skill]["score"])
-                        continue
-                    row.select(model, skill)
-                    cell = score(model, tok, skill, row.with_skill_text, ctx)
-                    write_jsonl(out.path / f"{skill}.jsonl", cell.pop("samples"))
-                    atomic_write_json(out.path / f"{skill}.cell.json", cell | {"sha256": file_digest(out.path / f"{skill}.jsonl")})
-                    cells[skill] = cell
-                    log.info("%s on %s: %.3f ± %.3f", row.name, skill, cell["score"], cell["stderr"])
+                vllm = ctx.cfg.skill_eval.backend == "vllm"
+                with ServedModels(ctx, out.path) if vllm else nullcontext() as engines:
+                    for skill in skills:
+                        cells[skill] = finished_cell(out, skill)
+                        if cells[skill] is not None:
+                            log.info("%s on %s: %.3f, scored before: reused", row.name, skill, cells[skill]["score"])
+                            continue
+                        row.select(model, skill)
+                        cell = score(model, tok, skill, row.with_skill_text, ctx, engines)
+                        write_jsonl(out.path / f"{skill}.jsonl", cell.pop("samples"))
+                        digest = file_digest(out.path / f"{skill}.jsonl")
+                        atomic_write_json(out.path / f"{skill}.cell.json", cell | {"sha256": digest})
+                        cells[skill] = cell
+                        log.info("%s on %s: %.3f ± %.3f", row.name, skill, cell["score"], cell["stderr"])
                 del model
+                if vllm:  # what decoded each skill's answers
+                    details = details | {"served_by": {s: c["served_by"] for s, c in cells.items()}}
                 result = {"name": row.name, "bytes": nbytes, "with_skill_text": row.with_skill_text,
                           "scores": {s: c["score"] for s, c in cells.items()},
                           "stderr": {s: c["stderr"] for s, c in cells.items()},

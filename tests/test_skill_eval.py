@@ -210,6 +210,9 @@ def test_s2l_shared_trains_one_adapter_on_every_skills_examples(skill_evals):
     (["stage=s2l_shared", "skills=[ev_first]"], "two or more"),
     (["stage=s2l_shared", "s2l.training=dpo"], "s2l.training=sft"),
     (["stage=s2l_eval", "skill_eval.n=0"], "skill_eval.n"),
+    (["stage=s2l_eval", "skill_eval.backend=auto"], "skill_eval.backend=auto: choose"),
+    (["stage=cat_eval", "skill_eval.backend=vllm", "model.vllm_python=/nonexistent/python"],
+     "skill_eval.backend=vllm: no vLLM environment"),
 ])
 def test_bad_skill_eval_input_is_one_line(skill_evals, extra, words):
     _, ov, _, _ = skill_evals
@@ -225,3 +228,23 @@ def test_a_skill_eval_tasks_texts_are_the_docs_it_scores(skill_evals):
 
     texts = EVAL_TASKS.get("skillweave_skill_ev_both").eval_texts()
     assert len(texts) == 20 == len(set(texts))
+
+
+def test_s2l_eval_through_vllm_serves_what_it_can_and_answers_as_hf(skill_evals, fake_vllm_python):
+    """skill_eval.backend=vllm: the backbone and the S2L LoRAs (folded in) through the engine, the INT8 row on
+    its integer path by HF; the fake engine decodes as transformers does, so every answer is the HF row's.
+    Last in this file: its rows join the module's artifacts root, which the tests above count."""
+    _, ov, _, hf_refs = skill_evals
+    vllm_refs = run_overrides([*ov, "stage=s2l_eval", "skill_eval.backend=vllm", f"model.vllm_python={fake_vllm_python}",
+                               "model.generation_backend=hf"])
+    (report, vllm), (hf_report, hf) = results(vllm_refs), results(hf_refs)
+    served = {name: r["details"]["served_by"] for name, r in rows(report).items()}
+    assert served["base"] == served["base_in_context"] == {"ev_first": "vllm 0.0+fake", "ev_second": "vllm 0.0+fake"}
+    assert served["s2l"] == served["shared"] == {"ev_first": "vllm 0.0+fake, folded", "ev_second": "vllm 0.0+fake, folded"}
+    assert served["s2l_int8"] == {"ev_first": "hf", "ev_second": "hf"}
+    assert "served_by" not in rows(hf_report)["s2l"]["details"]
+    for name in rows(report):
+        assert rows(report)[name]["row"] != rows(hf_report)[name]["row"]  # keyed by the backend
+        for skill in ("ev_first", "ev_second"):
+            answers = [(r.path / "samples" / f"{name}-{skill}.jsonl").read_text() for r in (vllm, hf)]
+            assert answers[0] == answers[1], (name, skill)

@@ -18,7 +18,6 @@ Run alone it trains every skillpack and the composition it scores first.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Optional
 
 from ..composition import attach_composition, from_peft_adapter, load_composition
@@ -30,7 +29,7 @@ from ..eval_tasks import EVAL_TASKS, task_digest
 from ..lora_io import load_lora
 from ..models import load_model
 from ..skill import SKILLS, eval_task_name
-from ..skill_eval import Row, adapter_nbytes, adapter_needs, backbone, run_rows
+from ..skill_eval import Row, adapter_nbytes, adapter_needs, backbone, check_backend, run_rows, settings_key
 
 PEFT_COMBINATIONS = ("linear", "cat", "ties")
 
@@ -54,7 +53,7 @@ def plan(ctx: Context, domain: Optional[str]):
     task, skills = _check(ctx)
     needs = adapter_needs(ctx, skills)
     needs |= {"mixed": Need(ctx, "s2l_shared"), "cat": Need(ctx, "cat")}
-    return {"skill_eval": asdict(ctx.cfg.skill_eval), "task": task, "skills": skills,
+    return {"skill_eval": settings_key(ctx), "task": task, "skills": skills,
             "task_files": task_digest([eval_task_name(task, t) for t in (False, True)]), "model": ctx.base_fingerprint}, needs
 
 
@@ -128,5 +127,5 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 register_stage(Stage(
     "cat_eval", per_domain=False, plan=plan, run=run, outputs={"results": "results.json", "table": "results.md"},
-    pulls=Pulls.everything, label=lambda ctx: ctx.cfg.task or "none",
+    pulls=Pulls.everything, check=check_backend, label=lambda ctx: ctx.cfg.task or "none",
 ))

@@ -15,7 +15,6 @@ Run alone it trains every skillpack it scores first.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Optional
 
 from ..core.artifacts import ArtifactRef
@@ -26,7 +25,7 @@ from ..eval_tasks import EVAL_TASKS, task_digest
 from ..lora_io import load_lora, lora_dense_delta
 from ..models import load_model
 from ..skill import SKILLS, eval_task_name
-from ..skill_eval import Row, adapter_nbytes, adapter_needs, backbone, run_rows
+from ..skill_eval import Row, adapter_nbytes, adapter_needs, backbone, check_backend, run_rows, settings_key
 from ..zip import (
     attach_skillpack,
     attached_domain,
@@ -58,7 +57,7 @@ def plan(ctx: Context, domain: Optional[str]):
     if len(skills) > 1:
         needs["shared"] = Need(ctx, "s2l_shared")
     tasks = [eval_task_name(s, t) for s in skills for t in (False, True)]
-    return {"skill_eval": asdict(ctx.cfg.skill_eval), "skills": skills, "task_files": task_digest(tasks),
+    return {"skill_eval": settings_key(ctx), "skills": skills, "task_files": task_digest(tasks),
             "model": ctx.base_fingerprint}, needs
 
 
@@ -131,5 +130,5 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 register_stage(Stage(
     "s2l_eval", per_domain=False, plan=plan, run=run, outputs={"results": "results.json", "table": "results.md"},
-    pulls=Pulls.everything, label=lambda ctx: "+".join(ctx.cfg.skills) or "none",
+    pulls=Pulls.everything, check=check_backend, label=lambda ctx: "+".join(ctx.cfg.skills) or "none",
 ))
