@@ -28,7 +28,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -358,6 +359,32 @@ def attach_composition(
     composition = Composition(list(skills), alpha, fingerprint)
     setattr(model, _ATTACHMENT, composition)
     return composition
+
+
+def attached_composition(model: nn.Module) -> Composition | None:
+    """The composition attached to `model`, or None."""
+    return getattr(model, _ATTACHMENT, None)
+
+
+@contextmanager
+def composition_backbone(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with its composition's wrappers swapped back for the backbone's modules while the block runs
+    (its weights untouched: the backbone as it was), the wrappers back on exit whatever happens.
+
+    Raises:
+        ArtifactError: no composition is attached.
+    """
+    composition = attached_composition(model)
+    if composition is None:
+        raise ArtifactError("no composition is attached to this model")
+    wrappers = {name: model.get_submodule(name) for name in composition.alpha}
+    for name, wrapper in wrappers.items():
+        model.set_submodule(name, wrapper.base)
+    try:
+        yield model
+    finally:
+        for name, wrapper in wrappers.items():
+            model.set_submodule(name, wrapper)
 
 
 def detach_composition(model: nn.Module) -> None:

@@ -69,7 +69,8 @@ class AdapterServing(StrEnum):
     adapter, each decoding at the engine's full speed. On this CPU a LoRA request costs vLLM 1.4-2.8x its
     backbone per step (bench/README.md, decode.py), so this is the default. A PEFT LoRA on one of two tied
     weights (a tied embedding and head) cannot be folded exactly: it goes as a LoRA request, and the row's
-    `served_by` says so."""
+    `served_by` says so. A composition of skills (CAT) has no LoRA form: it is folded in either way where
+    that is exact, else decoded by HF."""
     lora = "lora"
     """The base weights plus the adapter as a LoRA request (PEFT format): one engine for every adapter on
     the same base weights, vLLM's fused LoRA kernels on a GPU."""
@@ -627,8 +628,9 @@ class SkillEvalConfig:
     """The share of each adapter's entries PEFT's `add_weighted_adapter(combination_type="ties")` keeps."""
     backend: GenerationBackend = GenerationBackend.hf
     """hf | vllm: what decodes the rows vLLM can serve (as `eval.backend`: the backbone, PEFT LoRAs as
-    `eval.vllm_adapters` says, a skillpack on its fp path); a composition (CAT's learned weights) or the
-    integer path is decoded by HF whatever this says. Rows are keyed by it; each says what served it."""
+    `eval.vllm_adapters` says, a skillpack on its fp path, a composition folded in); the integer path, or a
+    composition that weighs a tied embedding and head apart, is decoded by HF whatever this says. Rows are
+    keyed by it; each says what served it."""
 
     def __post_init__(self) -> None:
         if self.backend == GenerationBackend.auto:

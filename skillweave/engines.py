@@ -134,9 +134,12 @@ def served_form(model) -> tuple[str, Optional[int]] | None:
       (skillweave.zip.export); either computes that path exactly. The integer path is HF's alone: vLLM has
       no int8-activation kernels for it, so a row that asks for it (`eval.integer_path`) is scored by HF;
     - ("peft", rank): a PeftModel with a plain LoRA active: its base weights with that adapter folded in, or
-      plus it as a LoRA adapter.
+      plus it as a LoRA adapter;
+    - ("composition", None): skills composed with weights (skillweave.composition, CAT): its backbone with
+      the weighted sum folded in, where that is exact (`fold_deltas`); no LoRA form.
     `rank` is the engine's where it serves the adapter as a LoRA: the least vLLM takes (LORA_RANKS) that
     holds the adapter's."""
+    from .composition import attached_composition, composition_backbone
     from .zip import attached_skillpack, backbone_modules
     from .zip.export import lora_rank
 
@@ -149,6 +152,9 @@ def served_form(model) -> tuple[str, Optional[int]] | None:
     if peft_lora is not None:
         rank = bucket(peft_lora[1].r)
         return ("peft", rank) if rank is not None and servable(model.get_base_model(), also=("peft.",)) else None
+    if attached_composition(model) is not None:
+        with composition_backbone(model):
+            return ("composition", None) if servable(model) else None
     attached = attached_skillpack(model)
     if attached is None or attached[1]:
         return None
@@ -162,10 +168,14 @@ def _base_of(model, kind: str) -> Iterator[tuple[object, Optional[dict]]]:
     """(a transformers model, its state dict to save or None for its own) that an engine loads for `model`
     of served form `kind`: the model itself, its backbone under an attached skillpack, or a PeftModel's base
     weights (the LoRA layers' `base_layer` weights under the plain names, without the adapters)."""
+    from .composition import composition_backbone
     from .zip import backbone_modules
 
     if kind == "skillpack":
         with backbone_modules(model) as base:
+            yield base, None
+    elif kind == "composition":
+        with composition_backbone(model) as base:
             yield base, None
     elif kind == "peft":
         base = model.get_base_model()
@@ -176,12 +186,16 @@ def _base_of(model, kind: str) -> Iterator[tuple[object, Optional[dict]]]:
 
 def adapter_deltas(model, kind: str) -> dict[str, torch.Tensor]:
     """Weight name (as `_base_of` names it) -> the float32 delta the adapter of `model` (served form `kind`)
-    adds to it: the attached skillpack's A @ B, or each LoRA layer's of the active adapter (PEFT's own
-    `get_delta_weight`: its scaling and layout)."""
+    adds to it: the attached skillpack's A @ B, a composition's sum_k alpha_k A_k B_k (and its dense
+    residuals), or each LoRA layer's of the active adapter (PEFT's own `get_delta_weight`: its scaling and
+    layout)."""
+    from .composition import attached_composition, merged_delta
     from .zip import skillpack_weight_deltas
 
     if kind == "skillpack":
         return skillpack_weight_deltas(model)
+    if kind == "composition":
+        return merged_delta(attached_composition(model))
     from peft.tuners.lora import LoraLayer
 
     name = model.active_adapter
@@ -192,15 +206,15 @@ def adapter_deltas(model, kind: str) -> dict[str, torch.Tensor]:
 
 def fold_deltas(state: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor]) -> Optional[dict[str, torch.Tensor]]:
     """`state` with each delta added in float32 (the engine serves float32), weights that share one tensor
-    (tied embeddings) still sharing it; None where a delta changes a tied weight but not its twin (PEFT
-    adapts the two modules apart: only a LoRA request computes that)."""
+    (tied embeddings) still sharing it; None where tied weights get different deltas (PEFT or a composition
+    adapts a tied embedding and head apart: folded, one would change the other)."""
     groups: dict[int, list[str]] = {}
     for key, t in state.items():
         groups.setdefault(t.data_ptr(), []).append(key)
     out = {}
     for keys in groups.values():
-        delta = deltas.get(keys[0])
-        if any(deltas.get(k) is not delta for k in keys[1:]):
+        delta = next((deltas[k] for k in keys if k in deltas), None)
+        if delta is not None and any(k not in deltas or not torch.equal(deltas[k], delta) for k in keys):
             return None
         t = state[keys[0]]
         folded = t if delta is None else t.detach().float() + delta.to(t.device)
@@ -287,8 +301,10 @@ class ServedModels:
         kind, rank = form
         with _base_of(model, kind) as (base, state):
             folded = None
-            if kind != "model" and self.folding:
+            if kind != "model" and (self.folding or kind == "composition"):
                 folded = fold_deltas(state or base.state_dict(), adapter_deltas(model, kind))
+            if kind == "composition" and folded is None:
+                return None  # a composition has no LoRA form: HF decodes it
             if folded is not None:
                 state, rank = folded, None
             key = (weights_digest(base, state), rank)

@@ -174,6 +174,46 @@ def test_a_delta_on_one_of_two_tied_weights_is_not_folded():
     assert out["norm.weight"] is other and torch.equal(shared, torch.ones(3, 2))
 
 
+def test_a_composition_is_served_folded_where_that_is_exact(fake_python, tiny_model_dir, tmp_path):
+    """A composition of two skills (CAT's weights, per module) has no LoRA form: the engine serves the backbone
+    with sum_k alpha_k A_k B_k folded in, and answers as HF does; weighted apart on the tied embedding and
+    head it cannot be folded, and HF decodes it."""
+    from skillweave.composition import LowRankSkill, attach_composition, detach_composition
+
+    tok = load_tokenizer(tiny_model_dir)
+    tok.padding_side = "left"
+    model = load_model(tiny_model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+
+    def skill(name: str, modules: list[str]) -> LowRankSkill:
+        factors = {}
+        for m in modules:
+            w = model.get_submodule(m).weight
+            a, b = torch.randn(w.shape[0], 4, generator=g), torch.randn(4, w.shape[1], generator=g)
+            factors[m] = (0.3 * a, w.std() * b)
+        return LowRankSkill(name, "peft", None, factors)
+
+    linears = sorted(block_linear_names(model))
+    skills = [skill("a", linears[::2]), skill("b", linears[1::2])]
+    sampling = SamplingConfig(max_new_tokens=12)
+    bare = sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)
+    alphas = {m: torch.tensor([0.7, 1.3]) for m in linears}
+    attach_composition(model, skills, alphas)
+    hf = sample_batch(model, tok, PROMPTS, sampling, seed=0, greedy=True)
+    with ServedModels(served_ctx(fake_python, tiny_model_dir, "lora"), tmp_path) as served:
+        engine = served.engine_for(model)  # folded whatever vllm_adapters says: no LoRA form
+        assert engine.label.endswith(", folded")
+        served_answers = sample_batch(None, tok, PROMPTS, sampling, seed=0, greedy=True, engine=engine)
+        assert served_answers == hf != bare
+    detach_composition(model)
+    tied = [skill("t", ["model.embed_tokens"]), skill("u", ["lm_head"])]
+    tied[1].factors["lm_head"] = tied[0].factors["model.embed_tokens"]
+    weights = {"model.embed_tokens": torch.tensor([1.0, 0.0]), "lm_head": torch.tensor([0.0, 0.5])}
+    attach_composition(model, tied, weights)
+    with ServedModels(served_ctx(fake_python, tiny_model_dir, "folded"), tmp_path) as served:
+        assert served.engine_for(model) is None
+
+
 def test_a_lora_on_a_tied_head_goes_as_a_lora_request(fake_python, tiny_model_dir, tmp_path):
     """eval.vllm_adapters=folded, and a PEFT LoRA on the tied lm_head alone: folding it would change the
     embedding too, so ServedModels serves it as a LoRA request, and its label says so."""
