@@ -9,9 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .config import LoRAConfig
 from .core.errors import ArtifactError
-
 
 STAMP = "skillweave.json"
 
@@ -19,8 +17,9 @@ STAMP = "skillweave.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def peft_config(settings: LoRAConfig):
-    """The `peft.LoraConfig` of `lora.*`."""
+def peft_config(settings):
+    """The `peft.LoraConfig` of `lora.*` (`settings`: a config.LoRAConfig; not imported here, which would
+    tie this reader of adapter files to the config module and close an import cycle through engines)."""
     from peft import LoraConfig
 
     return LoraConfig(
