@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             export_skillpack(skillpack, adapter, str(model_dir))
         with backbone_modules(model) as base:  # the dense residuals are in its weights either way
             served_dir = work / "backbone"
-            deltas = adapter_deltas(model, "skillpack") if args.served == "folded" else {}
-            base.save_pretrained(served_dir, state_dict=fold_deltas(base.state_dict(), deltas))
+            folded = args.served == "folded"
+            state = fold_deltas(base.state_dict(), adapter_deltas(model, "skillpack")) if folded else None
+            base.save_pretrained(served_dir, state_dict=state)
     t0 = time.perf_counter()
     with VLLMEngine(served_dir, python=args.vllm_python, dtype="float32", seed=0, max_model_len=length,
                     threads=args.threads, log_path=cache_dir() / "logs" / "bench-eval-vllm.log",

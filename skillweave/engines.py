@@ -186,14 +186,16 @@ def _base_of(model, kind: str) -> Iterator[tuple[object, Optional[dict]]]:
 
 def adapter_deltas(model, kind: str) -> dict[str, torch.Tensor]:
     """Weight name (as `_base_of` names it) -> the float32 delta the adapter of `model` (served form `kind`)
-    adds to it: the attached skillpack's A @ B, a composition's sum_k alpha_k A_k B_k (and its dense
+    adds to it: the attached skillpack's A @ B (its fp path; a tied head's is the embedding's, and its dense
+    residuals are in the backbone's weights already), a composition's sum_k alpha_k A_k B_k (and its dense
     residuals), or each LoRA layer's of the active adapter (PEFT's own `get_delta_weight`: its scaling and
     layout)."""
-    from .composition import attached_composition, merged_delta
-    from .zip import skillpack_weight_deltas
+    from .composition import attached_composition, from_skillpack, merged_delta
+    from .zip import attached_skillpack
 
     if kind == "skillpack":
-        return skillpack_weight_deltas(model)
+        skill = from_skillpack(attached_skillpack(model)[0])
+        return {f"{m}.weight": a @ b for m, (a, b) in skill.factors.items()}
     if kind == "composition":
         return merged_delta(attached_composition(model))
     from peft.tuners.lora import LoraLayer

@@ -17,7 +17,6 @@ from skillweave.zip.attach import (
     backbone_modules,
     detach_skillpack,
     skillpack_attached,
-    skillpack_weight_deltas,
 )
 from skillweave.zip.compress import block_linear_names, calibrate_act_scales, compress_residual
 from skillweave.zip.format import (
@@ -51,5 +50,4 @@ __all__ = [
     "save_skillpack",
     "skillpack_attached",
     "skillpack_nbytes",
-    "skillpack_weight_deltas",
 ]

@@ -69,26 +69,6 @@ def backbone_modules(model: nn.Module) -> Iterator[nn.Module]:
             model.set_submodule(name, wrapper)
 
 
-def skillpack_weight_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Weight name -> what the attached skillpack's fp path adds to it, A @ B in float32 (a tied head's is
-    the embedding's, the same tensor under both names): folded into the backbone's weights, the model
-    computes that path as a plain one (the dense residuals are in them already).
-
-    Raises:
-        SkillpackError: no skillpack is attached.
-    """
-    attachment = getattr(model, _ATTACHMENT, None)
-    if attachment is None:
-        raise SkillpackError("no skillpack is attached to this model")
-    factors = attachment.skillpack.factors
-    with torch.no_grad():
-        deltas = {f"{name}.weight": f.a() @ f.b() for name, f in factors.items()}
-    embedding = next((n for n, m in attachment.modules.items() if isinstance(m, nn.Embedding)), None)
-    for name in attachment.modules.keys() - factors.keys():  # attach_skillpack wraps only a tied head besides
-        deltas[f"{name}.weight"] = deltas[f"{embedding}.weight"]
-    return deltas
-
-
 def tied_head(model: nn.Module, embedding: nn.Embedding) -> tuple[str, nn.Linear] | None:
     """The output head's name and module when its weight is `embedding`'s (tied), else None."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
