@@ -27,14 +27,19 @@ import traceback
 def die_with_parent() -> None:
     """On Linux, be sent SIGTERM when the process that started this one dies: a killed stage (SIGKILL, the
     OOM killer) must not leave its engine running, with gigabytes of memory, until the request in flight is
-    done and stdin's end is read. vLLM's own processes follow their parent, this one. Linux ties this to
-    the thread that started the worker: start engines from a thread that outlives them (the stages and
-    benchmarks start them from the main thread)."""
+    done and stdin's end is read. Linux ties this to the thread that started the worker: start engines from
+    a thread that outlives them (the stages and benchmarks start them from the main thread).
+
+    vLLM's own processes (its engine core and model worker) do not follow this one when it dies by a
+    signal: they were found orphaned after killed stages, 4.4 GB each and polling a core. The parent
+    starts the worker as the leader of a process group of its own, so SIGTERM here kills that whole group."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
     import signal
 
+    if os.getpgid(0) == os.getpid():  # a group of our own: everything in it is this engine's
+        signal.signal(signal.SIGTERM, lambda *_: os.killpg(os.getpid(), signal.SIGKILL))
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above

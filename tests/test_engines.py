@@ -364,10 +364,12 @@ def test_eval_backend_vllm_without_vllm_is_one_line(tmp_path, tiny_model_dir):
         run_overrides(overrides(tmp_path, tiny_model_dir, "stage=eval", "eval.backend=auto"))
 
 
-def test_the_engine_worker_dies_with_the_process_that_started_it(tmp_path):
+def test_the_engine_worker_and_its_processes_die_with_the_process_that_started_it(tmp_path):
     """A stage killed mid-request (SIGKILL, the OOM killer) must not leave its engine holding memory: the
-    worker asks Linux for SIGTERM when its parent dies. Here a parent starts a process that calls
-    die_with_parent and sleeps, then kills itself; without the call the sleeper would outlive it by a minute."""
+    worker asks Linux for SIGTERM when its parent dies, and takes its process group (vLLM's engine core and
+    model worker) with it. Here a parent starts a worker, in a session of its own as VLLMEngine does, which
+    calls die_with_parent and starts a sleeper of its own; then the parent kills itself. Without the call the
+    worker would outlive it by a minute; without the group kill, the sleeper would."""
     import signal
     import subprocess
     import sys
@@ -376,17 +378,22 @@ def test_the_engine_worker_dies_with_the_process_that_started_it(tmp_path):
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux's")
     worker = Path(skillweave.__file__).with_name("vllm_worker.py")
-    child = (f"import importlib.util, time; s = importlib.util.spec_from_file_location('w', {str(worker)!r}); "
-             "w = importlib.util.module_from_spec(s); s.loader.exec_module(w); w.die_with_parent(); time.sleep(60)")
-    parent = (f"import os, signal, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
-              "print(p.pid, flush=True); time.sleep(2); os.kill(os.getpid(), signal.SIGKILL)")
+    child = ("import importlib.util, subprocess, sys, time; "
+             f"s = importlib.util.spec_from_file_location('w', {str(worker)!r}); "
+             "w = importlib.util.module_from_spec(s); s.loader.exec_module(w); w.die_with_parent(); "
+             "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+             "print(g.pid, flush=True); time.sleep(60)")
+    parent = (f"import os, signal, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}], "
+              "stdout=subprocess.PIPE, text=True, start_new_session=True); "
+              "print(p.pid, p.stdout.readline().strip(), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
     assert out.returncode == -signal.SIGKILL
-    pid = int(out.stdout.split()[0])
+    pids = [int(pid) for pid in out.stdout.split()]
+    assert len(pids) == 2
     deadline = time.time() + 10
-    while time.time() < deadline and _alive(pid):
+    while time.time() < deadline and any(map(_alive, pids)):
         time.sleep(0.1)
-    assert not _alive(pid)
+    assert not any(map(_alive, pids))
 
 
 def _alive(pid: int) -> bool:

@@ -76,3 +76,42 @@ def test_a_model_whose_heads_vllm_cannot_attend_is_refused_at_start_with_the_fix
     with pytest.raises(EngineError, match=r"head sizes \[32, .*this model's is 16: decode it with HF \(model.generation_backend=hf"):
         VLLMEngine(tiny_model_dir, python=PYTHON, dtype="float32", seed=0, max_model_len=128,
                    log_path=tmp_path / "vllm.log", enforce_eager=True, threads=1)
+
+
+def test_a_killed_stage_leaves_no_vllm_process_behind(llama_dir, tmp_path):
+    """vLLM's engine core and model worker were found orphaned (4.4 GB each, polling a core) after stages were
+    killed: here a process starts a real engine and is killed by SIGKILL, and every process of the engine's
+    group must be gone within seconds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_engines import _alive
+
+    stage = (f"import os, signal; from pathlib import Path; from skillweave.engines import VLLMEngine; "
+             f"e = VLLMEngine(Path({str(llama_dir)!r}), python=Path({str(PYTHON)!r}), dtype='float32', seed=0, "
+             f"max_model_len=128, log_path=Path({str(tmp_path / 'vllm.log')!r}), enforce_eager=True, threads=1); "
+             "print(e._proc.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    out = subprocess.run([sys.executable, "-c", stage], capture_output=True, text=True, timeout=600)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    group = int(out.stdout.split()[-1])
+
+    def members() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and _alive(int(stat.parent.name)):
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.time() + 30
+    while time.time() < deadline and members():
+        time.sleep(0.2)
+    left = members()
+    if left:  # a failure must not leave gigabytes behind for the rest of the run
+        os.killpg(group, signal.SIGKILL)
+    assert left == []
