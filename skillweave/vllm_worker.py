@@ -38,8 +38,16 @@ def die_with_parent() -> None:
     import ctypes
     import signal
 
-    if os.getpgid(0) == os.getpid():  # a group of our own: everything in it is this engine's
-        signal.signal(signal.SIGTERM, lambda *_: os.killpg(os.getpid(), signal.SIGKILL))
+    group = os.getpid()
+
+    def kill_group(signum, frame) -> None:
+        if os.getpid() == group:
+            os.killpg(group, signal.SIGKILL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child that kept the handler: die as usual
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if os.getpgid(0) == group:  # a group of our own: everything in it is this engine's
+        signal.signal(signal.SIGTERM, kill_group)
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above
