@@ -331,6 +331,42 @@ def test_a_killed_eval_resumes_at_its_first_unfinished_configuration(pipeline, m
     assert json.loads((ref.path / "results.json").read_text())["configurations"] == before["configurations"]
 
 
+def test_an_eval_leaves_a_row_another_job_is_making_for_last(pipeline, monkeypatch):
+    """Two evals sharing rows (a second process beside the main run, tasks of a sweep) do not queue behind
+    each other: a row another job holds is made last (here by this eval, as the other job stops without
+    finishing it), the other rows first; the table keeps the configured order."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from skillweave.core.artifacts import artifact_lock
+
+    tmp, ov, refs = pipeline
+    ref = refs["eval"]
+    before = json.loads((ref.path / "results.json").read_text())
+    rows = {r["name"]: tmp / "artifacts" / r["row"] for r in before["configurations"]}
+    for name in ("merged", "skillweave"):
+        (rows[name] / "manifest.json").unlink()
+    (ref.path / "manifest.json").unlink()
+    held = threading.Event()
+
+    def other_job() -> None:  # holds merged's row until skillweave's is made (or a minute passes)
+        with artifact_lock(SimpleNamespace(path=rows["merged"])):
+            held.set()
+            deadline = time.time() + 60
+            while time.time() < deadline and not (rows["skillweave"] / "manifest.json").is_file():
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=other_job)
+    thread.start()
+    held.wait(10)
+    ran = _count_runs(monkeypatch, rows)
+    run_overrides([*ov, "stage=eval"])
+    thread.join()
+    assert ran == ["skillweave", "merged"]
+    assert json.loads((ref.path / "results.json").read_text())["configurations"] == before["configurations"]
+
+
 def test_another_comparison_reuses_the_rows_it_shares_and_pairs_them_with_base(pipeline, monkeypatch):
     tmp, ov, refs = pipeline
     ran = _count_runs(monkeypatch, ["base", "dpo", "merged", "skillweave"])

@@ -159,13 +159,18 @@ def tmp_path_for(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def artifact_lock(ref: ArtifactRef) -> Iterator[None]:
-    """Exclusive lock on an artifact directory (fcntl, so it also holds on NFS with lockd)."""
+def artifact_lock(ref: ArtifactRef, *, wait: bool = True) -> Iterator[bool]:
+    """Exclusive lock on an artifact directory (fcntl, so it also holds on NFS with lockd); yields whether it
+    is held. `wait=False`: where another job holds it, yields False at once instead of waiting its turn."""
     ref.path.mkdir(parents=True, exist_ok=True)
     with open(ref.path / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 

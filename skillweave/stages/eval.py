@@ -159,35 +159,50 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
         return Scorer(score, lambda model: served.engine_for(model) if served is not None else None, cached)
 
-    rows = []
-    for name in ev.configurations:
-        # Each finished row is a complete artifact: a killed eval resumes at the first unfinished one,
-        # and another eval with the same row (same inputs and settings) reads it instead of recomputing.
-        row = row_ref(ctx, name, inputs)
-        with artifact_lock(row):
-            if not row.complete:
-                started = time.time()
-                (row.path / "samples").mkdir(exist_ok=True)
-                served_by: dict[str, str] = {}
-                with (ServedModels(ctx, row.path) if ev.backend == "vllm" else nullcontext()) as served:
-                    out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name, row, served, served_by))
-                if ev.backend == "vllm":
-                    out["details"] = {"served_by": served_by, **out.get("details", {})}  # a row's own wins
-                for d, answers in out.get("samples", {}).items():
-                    write_jsonl(row.path / "samples" / f"{d}.jsonl", answers)
-                scores = {d: s["score"] for d, s in out["scores"].items()}
-                result = {
-                    "name": name,
-                    "bytes": out["bytes"],
-                    "scores": scores,
-                    "stderr": {d: s["stderr"] for d, s in out["scores"].items()},
-                    "n": {d: s["n"] for d, s in out["scores"].items()},
-                    "average": sum(scores.values()) / len(scores),
-                } | ({"details": out["details"]} if out.get("details") else {})
-                atomic_write_json(row.path / "row.json", result)
-                write_manifest(row, {"average": result["average"]}, started)
+    def make_row(name: str, row: ArtifactRef) -> None:
+        """Scores configuration `name` into its row artifact (the caller holds the row's lock)."""
+        started = time.time()
+        (row.path / "samples").mkdir(exist_ok=True)
+        served_by: dict[str, str] = {}
+        with (ServedModels(ctx, row.path) if ev.backend == "vllm" else nullcontext()) as served:
+            out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name, row, served, served_by))
+        if ev.backend == "vllm":
+            out["details"] = {"served_by": served_by, **out.get("details", {})}  # a row's own wins
+        for d, answers in out.get("samples", {}).items():
+            write_jsonl(row.path / "samples" / f"{d}.jsonl", answers)
+        scores = {d: s["score"] for d, s in out["scores"].items()}
+        result = {
+            "name": name,
+            "bytes": out["bytes"],
+            "scores": scores,
+            "stderr": {d: s["stderr"] for d, s in out["scores"].items()},
+            "n": {d: s["n"] for d, s in out["scores"].items()},
+            "average": sum(scores.values()) / len(scores),
+        } | ({"details": out["details"]} if out.get("details") else {})
+        atomic_write_json(row.path / "row.json", result)
+        write_manifest(row, {"average": result["average"]}, started)
+
+    # Each finished row is a complete artifact: a killed eval resumes at the first unfinished one, and
+    # another eval with the same row (same inputs and settings) reads it instead of recomputing. A row that
+    # another job is making (a second eval beside this one, another task of a sweep) is left to it: this
+    # eval makes its other rows first and then waits its turn for that one, which it then reuses.
+    refs = {name: row_ref(ctx, name, inputs) for name in ev.configurations}
+    busy = []
+    for name, row in refs.items():
+        with artifact_lock(row, wait=False) as held:
+            if not held:
+                log.info("eval row %s is being made by another job: its turn comes after the other rows", row)
+                busy.append(name)
+            elif not row.complete:
+                make_row(name, row)
             else:
                 log.info("eval row %s is complete: reused", row)
+    for name in busy:
+        with artifact_lock(refs[name]):
+            if not refs[name].complete:  # the other job stopped before finishing it
+                make_row(name, refs[name])
+    rows = []
+    for name, row in refs.items():
         rows.append(json.loads((row.path / "row.json").read_text()) | {"row": str(row)})
         for f in sorted((row.path / "samples").glob("*.jsonl")):
             shutil.copyfile(f, ref.path / "samples" / f"{name}-{f.name}")
