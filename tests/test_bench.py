@@ -236,3 +236,19 @@ def test_eval_bench_times_both_backends_on_the_same_docs(tmp_path, tiny_model_di
             torch.set_num_threads(threads)
         data = json.loads(out.read_text())
         assert (data["skillpack"], data["served"], data["identical_answers"]) == ("fp", served, 6)
+
+
+def test_vllm_start_bench_starts_an_engine_per_setting_and_round(tmp_path, tiny_model_dir, fake_vllm_python, capsys,
+                                                               monkeypatch):
+    bench = load_bench("vllm_start")
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)  # the bench sets it for each start
+    out = tmp_path / "vllm_start.json"
+    bench.main(["--model", str(tiny_model_dir), "--rounds", "2", "--no-warm-up", "--max-new-tokens", "4",
+                "--vllm-python", str(fake_vllm_python), "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["vllm"] == "0.0+fake" and data["identical_answers"] is True
+    assert [(r["cache"], r["VLLM_USE_AOT_COMPILE"], len(r["rounds_s"])) for r in data["rows"]] == [
+        ("aot", "1", 2), ("torch.compile", "0", 2)]
+    assert data["rows"][0]["ratio_vs_aot"] == 1.0 and data["rows"][1]["ratio_vs_aot"] > 0
+    assert all(r["load_failures"] == 0 for r in data["rows"])  # the fake engine has no compile cache
+    assert "| torch.compile | 0 |" in capsys.readouterr().out

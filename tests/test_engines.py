@@ -54,7 +54,9 @@ def test_the_engine_outlives_a_starved_step_and_gets_its_ranks_gpu():
     assert "PYTHONPATH" not in env and "VIRTUAL_ENV" not in env
     assert int(env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"]) >= 24 * 3600  # vLLM's 300 s killed a paused run
     assert (env["OMP_NUM_THREADS"], env["VLLM_CPU_OMP_THREADS_BIND"], env["CUDA_VISIBLE_DEVICES"]) == ("2", "nobind", "5")
-    assert worker_env({"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "60"}, None) == {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "60"}
+    assert env["VLLM_USE_AOT_COMPILE"] == "0"  # its cache fails to load: a compile at every start
+    mine = {"VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "60", "VLLM_USE_AOT_COMPILE": "1"}
+    assert worker_env(mine, None) == mine
 
 
 def test_greedy_answers_through_the_engine_are_transformers_answers(engine, tiny_model_dir):
