@@ -241,7 +241,7 @@ def test_eval_bench_times_both_backends_on_the_same_docs(tmp_path, tiny_model_di
 def test_vllm_start_bench_starts_an_engine_per_setting_and_round(tmp_path, tiny_model_dir, fake_vllm_python, capsys,
                                                                monkeypatch):
     bench = load_bench("vllm_start")
-    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)  # the bench sets it for each start
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "")  # the bench sets it for each start: undone after the test
     out = tmp_path / "vllm_start.json"
     bench.main(["--model", str(tiny_model_dir), "--rounds", "2", "--no-warm-up", "--max-new-tokens", "4",
                 "--vllm-python", str(fake_vllm_python), "--out", str(out)])
