@@ -363,6 +363,20 @@ def worker_env(parent: Mapping[str, str], threads: int | None) -> dict[str, str]
     return env
 
 
+def process_group(pgid: int) -> dict[int, tuple[str, float]]:
+    """The processes of group `pgid` (Linux /proc): pid -> (state letter, CPU seconds used). A vLLM
+    engine's processes are one group: what it costs, and whether any of it outlived its stage, is read here."""
+    found, tick = {}, os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that ended meanwhile
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat, the process group; 14 and 15: utime, stime
+            found[int(stat.parent.name)] = (fields[0], (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
 class VLLMEngine:
     """A vLLM engine serving one model directory, in its own process; a context manager.
 
@@ -428,15 +442,7 @@ class VLLMEngine:
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the engine's processes have used so far, all of them (on Linux: its
         process group). vLLM runs a scheduler process beside the model's worker, which polls: count both."""
-        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:  # a process that ended meanwhile
-                continue
-            if int(fields[2]) == self._proc.pid:  # field 5 of stat, the process group
-                total += (int(fields[11]) + int(fields[12])) / tick  # fields 14 and 15: utime, stime
-        return total
+        return sum(cpu for _, cpu in process_group(self._proc.pid).values())
 
     def close(self) -> None:
         if self._proc.poll() is None:

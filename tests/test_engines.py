@@ -17,7 +17,8 @@ from test_pipeline import overrides, run_overrides
 import skillweave
 from skillweave.config import SamplingConfig
 from skillweave.core.errors import ConfigError
-from skillweave.engines import EngineError, ServedModels, VLLMEngine, resolve_backend, served_form, worker_env
+from skillweave.engines import (EngineError, ServedModels, VLLMEngine, process_group, resolve_backend, served_form,
+                                worker_env)
 from skillweave.evaluation import evaluate
 from skillweave.models import load_model, load_tokenizer
 from skillweave.sampling import sample_batch
@@ -393,14 +394,44 @@ def test_the_engine_worker_and_its_processes_die_with_the_process_that_started_i
     pids = [int(pid) for pid in out.stdout.split()]
     assert len(pids) == 2
     deadline = time.time() + 10
-    while time.time() < deadline and any(map(_alive, pids)):
+    while time.time() < deadline and _running(pids[0]):
         time.sleep(0.1)
-    assert not any(map(_alive, pids))
+    assert _running(pids[0]) == []
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie left for its reaper."""
+def _running(group: int) -> list[int]:
+    """The group's processes that still run (a zombie waits for its reaper and holds nothing)."""
+    return [pid for pid, (state, _) in process_group(group).items() if state != "Z"]
+
+
+def test_process_group_finds_every_process_of_a_group_and_the_cpu_it_used():
+    """What an engine's cost and its clean-up are read from: a leader of its own group whose child burns
+    ~0.3 s of CPU; both are found with their CPU time, nothing outside the group is, and none after a kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads Linux's /proc")
+    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 0.3: pass'); time.sleep(60)"
+    leader = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; "
+                               f"c = subprocess.Popen([sys.executable, '-c', {burn!r}]); print(c.pid, flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+        child = int(leader.stdout.readline())
+        deadline = time.time() + 20
+        while time.time() < deadline and process_group(leader.pid).get(child, ("", 0.0))[1] < 0.3:
+            time.sleep(0.1)
+        found = process_group(leader.pid)
+        assert sorted(found) == sorted([leader.pid, child])
+        assert found[child][1] >= 0.3 and found[child][0] in "RS"
+        assert os.getpid() not in found
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and _running(leader.pid):
+        time.sleep(0.1)
+    assert _running(leader.pid) == []

@@ -87,7 +87,7 @@ def test_a_killed_stage_leaves_no_vllm_process_behind(llama_dir, tmp_path):
     import sys
     import time
 
-    from test_engines import _alive
+    from skillweave.engines import process_group
 
     stage = (f"import os, signal; from pathlib import Path; from skillweave.engines import VLLMEngine; "
              f"e = VLLMEngine(Path({str(llama_dir)!r}), python=Path({str(PYTHON)!r}), dtype='float32', seed=0, "
@@ -97,16 +97,8 @@ def test_a_killed_stage_leaves_no_vllm_process_behind(llama_dir, tmp_path):
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     group = int(out.stdout.split()[-1])
 
-    def members() -> list[int]:
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == group and _alive(int(stat.parent.name)):
-                found.append(int(stat.parent.name))
-        return found
+    def members() -> list[int]:  # a zombie waits for its reaper and holds no memory
+        return [pid for pid, (state, _) in process_group(group).items() if state != "Z"]
 
     deadline = time.time() + 30
     while time.time() < deadline and members():
