@@ -118,6 +118,28 @@ def test_a_second_eval_adds_its_columns_and_the_cli_writes_both_files(tmp_path, 
         answers.main([str(first), "--out", str(tmp_path / "none")])
 
 
+def test_a_variant_eval_adds_its_other_rows_paired_with_theirs(tmp_path, capsys):
+    """A rank-32 skillweave row (another artifact) beside the rank-16 one; base, reused, is not a variant."""
+    tasks = {"arith": "skillweave_arith", "code": "skillweave_codetasks"}
+    first = write_eval(tmp_path / "a", tasks, RIGHT)
+    second = write_eval(tmp_path / "b", tasks, {d: r | {"skillweave": r["dpo"]} for d, r in RIGHT.items()})
+    for path, rank in ((first, 16), (second, 32)):
+        results = json.loads((path / "results.json").read_text())
+        for r in results["configurations"]:
+            r["row"] = f"eval_rows/{r['name']}-" + ("r32" if r["name"] == "skillweave" and rank == 32 else "k")
+        (path / "results.json").write_text(json.dumps(results))
+    answers.main([str(first), "--variant", f"rank32={second}", "--out", str(tmp_path / "out")])
+    md = capsys.readouterr().out
+    numbers = json.loads((tmp_path / "out" / "answers.json").read_text())
+    assert list(numbers["variants"]) == ["skillweave@rank32 - skillweave"]
+    assert numbers["variants"]["skillweave@rank32 - skillweave"]["arith (skillweave_arith)"]["value"] == pytest.approx(0.02)
+    assert "| skillweave@rank32 | 100% ± 0% | 100% ± 0% |" in md  # rank 32 answers as dpo does: all of the gain
+    assert "| skillweave@rank32 | 500.0 | 1.00 |" in md
+    assert numbers["retention"]["skillweave"]["arith (skillweave_arith)"]["value"] == pytest.approx(0.95)
+    with pytest.raises(SystemExit, match="--variant rank32: write LABEL="):
+        answers.main([str(first), "--variant", "rank32"])
+
+
 def test_the_cost_table_sums_each_stages_manifests(tmp_path):
     manifests = {"dpo/arith": {"seconds": 5408.0}, "dpo/code": {"seconds": 2386.0}, "eval_rows/base": {"seconds": 600.0},
                  "generate/arith": {"seconds": None}}

@@ -1,7 +1,7 @@
 """The paper table's questions, answered from its eval artifacts with paired standard errors.
 
     python experiments/paper_table/answers.py <eval artifact dir> [<eval artifact dir> ...] [--out DIR]
-        [--manifests experiments/paper_table/manifests.json]
+        [--manifests experiments/paper_table/manifests.json] [--variant LABEL=<eval artifact dir> ...]
 
 Reads each eval's results.json and its per-document answers (samples/<row>-<domain>.jsonl); a column is
 one (domain, task), so a second eval of the same artifacts on other tasks (HumanEval, the
@@ -17,7 +17,9 @@ skillpacks' fp path (served by vLLM), skillweave_intcheck - skillweave on its do
 integer path changes. A claim "holds" when its difference is
 beyond two standard errors in the claimed direction, "fails" when beyond two in the other, and is
 "unresolved" otherwise. With --manifests (what experiments/collect.py writes), a cost table: each
-artifact's seconds by its manifest, and each stage's total.
+artifact's seconds by its manifest, and each stage's total. A --variant is an eval of the same rows under
+other settings (rank-32 skillpacks, another seed): each of its rows that is another artifact than the
+row of that name becomes `<row>@<LABEL>`, paired with that row and with base, with its share of the own gain.
 """
 
 from __future__ import annotations
@@ -77,6 +79,27 @@ def load(eval_dirs: list[Path]) -> Table:
                     answers = map(json.loads, path.read_text().splitlines())
                     scores.setdefault(r["name"], {})[column] = {a["doc_id"]: float(a["score"]) for a in answers}
     return Table(rows, scores, columns)
+
+
+def add_variant(table: Table, eval_dir: Path, label: str) -> list[str]:
+    """Adds the rows of `eval_dir` that are other artifacts than the table's rows of the same name (by
+    results.json's `row`) as `<name>@<label>`, on the columns the table has; returns their names."""
+    results = json.loads((eval_dir / "results.json").read_text())
+    added = []
+    for r in results["configurations"]:
+        mine = table.rows.get(r["name"])
+        if mine is not None and mine.get("row") is not None and mine.get("row") == r.get("row"):
+            continue  # the same row, reused by the variant's eval
+        name = f"{r['name']}@{label}"
+        for domain, task in results["tasks"].items():
+            path, column = eval_dir / "samples" / f"{r['name']}-{domain}.jsonl", f"{domain} ({task})"
+            if column in table.columns and path.is_file():
+                answers = map(json.loads, path.read_text().splitlines())
+                table.scores.setdefault(name, {})[column] = {a["doc_id"]: float(a["score"]) for a in answers}
+        if name in table.scores:
+            table.rows[name] = r
+            added.append(name)
+    return added
 
 
 def _common(table: Table, column: str, names: tuple[str, ...]) -> list[int] | None:
@@ -160,11 +183,11 @@ def _shares(table: Table, title: str, cells: dict[str, list[Estimate | None]]) -
     return out + [""]
 
 
-def answers(table: Table) -> tuple[str, dict]:
-    """The Markdown report and the numbers behind it."""
+def answers(table: Table, variants: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """The Markdown report and the numbers behind it; `variants` are add_variant's rows."""
     rows, cols = table.rows, table.columns
-    present = [n for n in rows if n in table.scores]
-    numbers: dict = {"columns": cols, "bytes": {n: rows[n]["bytes"] for n in present}}
+    present = [n for n in rows if n in table.scores and n not in variants]
+    numbers: dict = {"columns": cols, "bytes": {n: rows[n]["bytes"] for n in [*present, *variants]}}
 
     def vs(row: str, ref: str) -> list[Estimate | None]:
         return [paired(table, row, ref, c) for c in cols]
@@ -197,7 +220,7 @@ def answers(table: Table) -> tuple[str, dict]:
                 "(served by vLLM), on the first documents of each domain", integer)
     md += ["| row | MiB | x base |", "|---|---|---|"]
     base_bytes = rows["base"]["bytes"] if "base" in rows else None
-    for n in present:
+    for n in [*present, *variants]:
         ratio = f"{rows[n]['bytes'] / base_bytes:.2f}" if base_bytes else "-"
         md.append(f"| {n} | {rows[n]['bytes'] / 2**20:.1f} | {ratio} |")
     md.append("")
@@ -218,6 +241,12 @@ def answers(table: Table) -> tuple[str, dict]:
 
     others = {f"{o} - skillweave": vs(o, "skillweave") for o in ("multitask", "lora") if o in present}
     md += _grid(table, "## Monolith and LoRA vs skillweave", others)
+
+    changed = {f"{v} - {v.split('@')[0]}": vs(v, v.split("@")[0]) for v in variants}
+    md += _grid(table, "## Variants: the same row under other settings, paired with it", changed)
+    md += _grid(table, "Variants vs base", {f"{v} - base": vs(v, "base") for v in variants})
+    md += _shares(table, "Variants' share of the own gain, (variant - base) / (dpo - base)",
+                  {v: shares(v) for v in variants if not v.startswith("dpo@")})
 
     def claim(text: str, e: Estimate | None, direction: int = 1) -> tuple[str, Estimate | None, str]:
         return text, e, verdict(e, direction)
@@ -249,7 +278,7 @@ def answers(table: Table) -> tuple[str, dict]:
         "kept_share": dump({m: shares(m) for m in merges}), "recovery": dump(recovery),
         "retention": dump({"skillweave": retention}), "integer_path": dump(integer), "equal_bytes": dump(equal),
         "routed": dump(routed),
-        "others": dump(others),
+        "others": dump(others), "variants": dump(changed),
         "claims": [{"claim": t, "estimate": None if e is None else e.__dict__, "verdict": v} for t, e, v in claims],
     }
     return "\n".join(md), numbers
@@ -277,15 +306,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("evals", nargs="+", type=Path, help="eval artifact directories (results.json + samples/)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--manifests", type=Path, help="collect.py's manifests.json: adds the cost table")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=DIR",
+                        help="an eval of the same rows under other settings: its other rows as <row>@LABEL")
     args = parser.parse_args(argv)
-    for d in args.evals:
+    variants = []
+    for v in args.variant:
+        label, sep, path = v.partition("=")
+        if not sep or not label or "@" in label:
+            sys.exit(f"--variant {v}: write LABEL=<eval artifact dir>, e.g. rank32=artifacts/eval/all-<key>")
+        variants.append((label, Path(path)))
+    for d in [*args.evals, *(path for _, path in variants)]:
         if not (d / "results.json").is_file():
             sys.exit(f"{d}: no results.json; pass an eval artifact directory (artifacts/eval/all-<key>)")
     table = load(args.evals)
     if not table.scores:
         sys.exit(f"{', '.join(map(str, args.evals))}: no per-document answers (samples/<row>-<domain>.jsonl), which "
                  "every comparison here pairs: pass the eval artifact directory, not a collected experiment folder")
-    md, numbers = answers(table)
+    added = tuple(name for label, path in variants for name in add_variant(table, path, label))
+    md, numbers = answers(table, added)
     if args.manifests is not None:
         manifests = json.loads(args.manifests.read_text())
         md += "\n" + cost(manifests)
