@@ -132,7 +132,8 @@ def test_a_variant_eval_adds_its_other_rows_paired_with_theirs(tmp_path, capsys)
     md = capsys.readouterr().out
     numbers = json.loads((tmp_path / "out" / "answers.json").read_text())
     assert list(numbers["variants"]) == ["skillweave@rank32 - skillweave"]
-    assert numbers["variants"]["skillweave@rank32 - skillweave"]["arith (skillweave_arith)"]["value"] == pytest.approx(0.02)
+    rank32 = numbers["variants"]["skillweave@rank32 - skillweave"]
+    assert rank32["arith (skillweave_arith)"]["value"] == pytest.approx(0.02)
     assert "| skillweave@rank32 | 100% ± 0% | 100% ± 0% |" in md  # rank 32 answers as dpo does: all of the gain
     assert "| skillweave@rank32 | 500.0 | 1.00 |" in md
     assert numbers["retention"]["skillweave"]["arith (skillweave_arith)"]["value"] == pytest.approx(0.95)
