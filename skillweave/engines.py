@@ -107,8 +107,15 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 def servable(model, also: tuple[str, ...] = ()) -> bool:
     """Whether vLLM can serve `model` as saved: a plain transformers model (modules of transformers and
     torch.nn, and of the packages in `also`). One with skillweave's own modules (an attached skillpack, a
-    composition) or PEFT adapters is not (see `served_form`)."""
-    return all(type(m).__module__.startswith(("transformers.", "torch.nn.", *also)) for m in model.modules())
+    composition) or PEFT adapters is not (see `served_form`), nor one with forward hooks (Twin-Merging's
+    router-weighted deltas, skillweave.router): its weights, which an engine would load, are not what it
+    computes."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return False
+    return all(type(m).__module__.startswith(("transformers.", "torch.nn.", *also))
+               and not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def _peft_lora(model) -> Optional[tuple[str, object]]:

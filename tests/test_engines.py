@@ -248,6 +248,15 @@ def test_what_vllm_cannot_serve_is_left_to_hf(tiny_model_dir, tmp_path):
     assert served_form(get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))) == ("peft", 8)
     dora = load_model(tiny_model_dir, dtype=torch.float32)
     assert served_form(get_peft_model(dora, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))) is None
+    # Forward hooks (Twin-Merging's deltas) change what a model computes, not the weights an engine loads.
+    hooked = load_model(tiny_model_dir, dtype=torch.float32)
+    for register in (lambda: hooked.model.layers[0].mlp.up_proj.register_forward_hook(lambda m, a, out: 2 * out),
+                     lambda: hooked.register_forward_pre_hook(lambda m, a: None),
+                     lambda: torch.nn.modules.module.register_module_forward_hook(lambda m, a, out: out)):
+        hook = register()
+        assert served_form(hooked) is None
+        hook.remove()
+        assert served_form(hooked) == ("model", None)
 
 
 def test_lm_eval_through_the_engine_scores_as_hflm(fake_python, tiny_tokenizer, tmp_path):

@@ -284,6 +284,23 @@ def test_routed_groups_on_the_fp_path_are_served_by_the_engine(routed_run, fake_
         assert answers[0] == answers[1]
 
 
+def test_twin_merging_is_scored_by_hf_under_the_vllm_backend(routed_run, fake_vllm_python):
+    """Twin-Merging's routed deltas are forward hooks on the merged backbone: an engine loading its weights
+    scores the merge alone. It did so in the paper table's first run (answers identical to merged_ties',
+    router weights never computed); hooked models are HF's (engines.servable)."""
+    from test_pipeline import run_overrides
+
+    ov = [*routed_run["overrides"], "stage=eval", "eval.configurations=[twin_merging]"]
+    (hf,) = run_overrides(ov).values()
+    (vllm,) = run_overrides([*ov, "eval.backend=vllm", f"model.vllm_python={fake_vllm_python}",
+                             "model.generation_backend=hf"]).values()
+    (row,), (hf_row,) = (json.loads(r.file("results").read_text())["configurations"] for r in (vllm, hf))
+    assert row["details"]["served_by"] == {"instructions": "hf", "math": "hf"}
+    assert row["details"]["mean_weights"] == hf_row["details"]["mean_weights"]
+    assert all(len(w) == 2 for w in row["details"]["mean_weights"].values())
+    assert row["scores"] == hf_row["scores"]
+
+
 def test_routed_configurations_run_end_to_end(routed_run):
     refs = routed_run
     route = refs["eval-input/route"]
