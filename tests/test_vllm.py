@@ -87,7 +87,7 @@ def test_a_killed_stage_leaves_no_vllm_process_behind(llama_dir, tmp_path):
     import sys
     import time
 
-    from skillweave.engines import process_group
+    from test_engines import _running
 
     stage = (f"import os, signal; from pathlib import Path; from skillweave.engines import VLLMEngine; "
              f"e = VLLMEngine(Path({str(llama_dir)!r}), python=Path({str(PYTHON)!r}), dtype='float32', seed=0, "
@@ -97,13 +97,10 @@ def test_a_killed_stage_leaves_no_vllm_process_behind(llama_dir, tmp_path):
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     group = int(out.stdout.split()[-1])
 
-    def members() -> list[int]:  # a zombie waits for its reaper and holds no memory
-        return [pid for pid, (state, _) in process_group(group).items() if state != "Z"]
-
     deadline = time.time() + 30
-    while time.time() < deadline and members():
+    while time.time() < deadline and _running(group):
         time.sleep(0.2)
-    left = members()
+    left = _running(group)
     if left:  # a failure must not leave gigabytes behind for the rest of the run
         os.killpg(group, signal.SIGKILL)
     assert left == []
