@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from skillweave.plots import average_stderr, domain_bars, frontier_plot, paired_bars
+from skillweave.plots import average_stderr, documents, domain_bars, frontier_plot, on_a_subset, paired_bars
 
 QUICKSTART = Path(__file__).parent.parent / "experiments" / "quickstart" / "results.json"
 
@@ -74,3 +74,40 @@ def test_paired_bars_are_the_differences_with_two_standard_errors(results, tmp_p
     assert drawn == [(pytest.approx(h, nan_ok=True), pytest.approx(e)) for h, e in expected]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not paired_bars(results, "base", tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def with_a_subset_row(results: dict) -> dict:
+    """The quickstart's rows, one task smaller than the others (4 documents), plus a row scored on the first
+    3 documents of each task, as skillweave_intcheck is."""
+    rows = [r | {"n": {**r["n"], "code": 4}} for r in results["configurations"]]
+    sub = rows[-1] | {"name": "skillweave_intcheck", "n": {d: 3 for d in results["tasks"]}}
+    return results | {"configurations": [*rows, sub]}
+
+
+def test_a_row_on_a_subset_is_marked_and_the_title_gives_each_tasks_documents(results, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    res = with_a_subset_row(results)
+    full = documents(res)
+    assert full == {"code": 4, "instructions": 10, "math": 10}  # not the limit (10) where a task holds fewer
+    assert [on_a_subset(r, full) for r in res["configurations"]] == [None] * len(results["configurations"]) + [3]
+    drawn, titles = [], []
+    real_eb, real_bar, real_title = Axes.errorbar, Axes.bar, Axes.set_title
+    def errorbar(self, x, y, yerr=None, **k):
+        if "mfc" in k:  # the frontier's points, not the error bars that Axes.bar draws through errorbar
+            drawn.append((k["label"], k["mfc"]))
+        return real_eb(self, x, y, yerr=yerr, **k)
+
+    monkeypatch.setattr(Axes, "errorbar", errorbar)
+    monkeypatch.setattr(Axes, "bar", lambda self, x, h, w, **k: (drawn.append((k["label"], k["hatch"])), real_bar(self, x, h, w, **k))[1])
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, **k: (titles.append(t), real_title(self, t, **k))[1])
+    frontier_plot(res, tmp_path / "f.png")
+    domain_bars(res, tmp_path / "d.png")
+    n = len(res["configurations"])
+    frontier, bars = drawn[:n], drawn[n:]
+    assert frontier[-1] == ("skillweave_intcheck (first 3 docs: not comparable)", "none")
+    assert all(mfc != "none" and "first" not in label for label, mfc in frontier[:-1])
+    assert bars[-1] == ("skillweave_intcheck (first 3 docs: not comparable)", "//")
+    assert [h for _, h in bars[:-1]] == [None] * (n - 1)
+    assert titles == ["score vs memory (documents per task: code 4, instructions 10, math 10)",
+                      "documents per task: code 4, instructions 10, math 10"]
