@@ -38,7 +38,7 @@ from torch import nn
 
 from skillweave.core.artifacts import atomic_write_json
 from skillweave.zip.format import QuantizedFactors, Skillpack, skillpack_nbytes
-from skillweave.zip.kernels import SkillpackLinear, _int_mm_accepts
+from skillweave.zip.kernels import SkillpackLinear, _int_mm_accepts, int8_units
 from skillweave.zip.quant import pack_int4, quantize_per_channel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -201,7 +201,7 @@ def bench_hidden(
                     "fp_lowrank_ratio": ratio[f"fp_{r}"],
                     "int_path_ratio": ratio[f"int_{r}"],
                     "merged_ratio": ratio["merged"],
-                    "int_path_kernel": "int_mm" if int_taken else "fp_fallback",
+                    "int_path_kernel": ("int_mm" if int8_units(device.type) else "int8_mm_fp32") if int_taken else "fp_fallback",
                     **stack_nbytes(factors[r][8], factors[r][4]),
                 }
             )

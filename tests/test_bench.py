@@ -15,6 +15,7 @@ import torch
 
 from skillweave.models import native_bf16
 from skillweave.zip.compress import compress_factors
+from skillweave.zip.kernels import int8_units
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 BENCH = BENCH_DIR / "skillzip.py"
@@ -55,7 +56,8 @@ def test_quick_run_writes_complete_rows(tmp_path):
     ]
     for r in rows:
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in TIMED), r
-        assert r["int_path_kernel"] == "int_mm"  # CPU's _int_mm takes every shape
+        # every shape takes the integer path on a CPU: _int_mm with int8 units, their fp32 emulation without
+        assert r["int_path_kernel"] == ("int_mm" if int8_units("cpu") else "int8_mm_fp32")
         assert {k: r[k] for k in QUICK_BYTES} == QUICK_BYTES
         assert (
             0

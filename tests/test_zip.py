@@ -24,7 +24,7 @@ from skillweave.zip import (
     skillpack_attached,
     skillpack_nbytes,
 )
-from skillweave.zip.kernels import _blas_operand, _int_mm_accepts
+from skillweave.zip.kernels import _blas_operand, _int_mm_accepts, int8_mm
 from skillweave.zip.quant import dequantize, quantize_per_channel
 from skillweave.zip.svd import eckart_young_bound, low_rank_factors
 
@@ -327,6 +327,38 @@ def test_int_mm_path_matches_the_fp_path(skillpack, input_ids):
         detach_skillpack(model)
     assert ((int_logits - fp_logits).norm() / (fp_logits - base).norm()).item() < INT_PATH_REL_TOL
 
+
+
+@pytest.mark.parametrize("units", [True, False], ids=["int_mm", "fp32_chunks"])
+@pytest.mark.parametrize("m, k, n", [(1, 576, 16), (7, 16, 576), (32, 1536, 16), (5, 3001, 9)])
+def test_int8_mm_is_the_exact_integer_product_with_or_without_int8_units(monkeypatch, units, m, k, n):
+    monkeypatch.setattr("skillweave.zip.kernels.int8_units", lambda device_type: units)
+    g = torch.Generator().manual_seed(m * k + n)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    a[0], b[:, 0] = 127, 127  # a largest-sum cell: 127^2 * k, odd and beyond fp32's 2^24 integers at k = 3001
+    want = (a.long() @ b.long()).int()
+    got = int8_mm(a, b, b_float=b.float() if not units else None)
+    assert got.dtype == torch.int32 and torch.equal(got, want)
+    assert torch.equal(int8_mm(a, b), want)  # b converted on the call
+    assert torch.equal(torch._int_mm(_blas_operand(a), b), want)
+    if k > 2**24 // 127**2:  # one fp32 GEMM over all of k cannot hold that cell: the chunks are needed
+        assert (a[:1].float() @ b[:, :1].float()).item() != want[0, 0].item()
+
+
+def test_the_integer_path_without_int8_units_answers_as_int_mm_bit_for_bit(monkeypatch, skillpack):
+    g = torch.Generator().manual_seed(5)
+    model = tiny_model()
+    for name, factors in skillpack.factors.items():
+        linear = model.get_submodule(name)
+        x = torch.randn(3, 7, linear.in_features, generator=g)
+        deltas = {}
+        for units in (True, False):
+            monkeypatch.setattr("skillweave.zip.kernels.int8_units", lambda device_type, units=units: units)
+            layer = SkillpackLinear(linear, factors, int_mm=True)
+            assert hasattr(layer, "b_qt_f") is not units  # fp32 copies of the integer factors only without units
+            deltas[units] = layer.delta(x)
+        assert torch.equal(deltas[True], deltas[False]), name
 
 # Layouts that torch._int_mm on CPU gets silently wrong unless re-laid out (torch 2.13): a size-1
 # dim carrying a unit stride where the leading dimension should be.

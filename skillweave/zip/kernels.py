@@ -1,12 +1,15 @@
 """The modules that compute a skillpack's delta at inference: `SkillpackLinear` and `SkillpackEmbedding`.
 
 `SkillpackLinear` wraps an nn.Linear (base output + low-rank delta) with two paths, the fp one and the
-integer one through torch._int_mm, whose shape and layout limits `_int_mm_accepts` and `_blas_operand`
-encode; `SkillpackEmbedding` wraps the input embedding. They are separate from attach.py, which decides
+integer one through `int8_mm` (torch._int_mm, whose shape and layout limits `_int_mm_accepts` and
+`_blas_operand` encode, or the same integers from fp32 GEMMs where a CPU has no int8 dot-product
+instructions); `SkillpackEmbedding` wraps the input embedding. They are separate from attach.py, which decides
 where they go in a model, so that the numerics can be benchmarked and tested on a bare layer.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -16,6 +19,7 @@ from skillweave.zip.format import QuantizedFactors
 from skillweave.zip.quant import qmax, quantize_per_channel, quantize_static
 
 _TINY = 1e-30  # floor of an activation scale: an all-zero input still gets finite integers (zeros)
+_EXACT_K = 1024  # int8 products are at most 128^2 = 2^14 in size: 1024 of them sum to at most 2^24, exact in fp32
 
 
 def _blas_operand(t: torch.Tensor) -> torch.Tensor:
@@ -45,6 +49,47 @@ def _int_mm_accepts(m: int, k: int, n: int, device: torch.device) -> bool:
     return device.type == "cuda" and m > 16 and k % 8 == 0 and n % 8 == 0
 
 
+@functools.cache
+def int8_units(device_type: str) -> bool:
+    """Whether torch._int_mm runs on int8 dot-product hardware here: a CUDA GPU, or a CPU with VNNI or AMX.
+
+    On a CPU without them (AVX2 only) torch 2.13's _int_mm takes time linear in the rows: for a
+    skillpack's products (m x 576-1536 by 576-1536 x 16, and m x 16 by 16 x 576-1536; 1 thread, a 2-core
+    AMD EPYC, 2026-12-07) 334-808 us at m = 32 against 25-73 us for `int8_mm`'s fp32 GEMMs, 82-198 us
+    against 20-67 at m = 8, level at m = 1 (16-26 against 10-37). It made the integer path 1.77x the
+    compiled backbone at batch 32 there (bench/README.md, decode.py). The probes are torch.cpu's own.
+    """
+    if device_type != "cpu":
+        return device_type == "cuda"
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
+
+
+def int8_mm(
+    a: torch.Tensor, b: torch.Tensor, b_float: torch.Tensor | None = None, *, units: bool | None = None
+) -> torch.Tensor:
+    """a @ b for int8 (m x k) and (k x n) operands, as int32: exactly torch._int_mm's result.
+
+    With int8 units (`int8_units`) it is torch._int_mm. Without, fp32 GEMMs over chunks of at most 1024
+    of the k products: each product is at most 2^14 in size, so every partial sum of a chunk, in any
+    order the BLAS adds them, is an integer of at most 2^24, which fp32 holds exactly; the chunks' sums
+    are added in int32 as _int_mm adds. `b_float` is b in fp32 if the caller keeps it (a weight), so that
+    it is not converted on every call; `units` is `int8_units` of a's device if the caller knows it (a
+    compiled graph cannot call the probe).
+    """
+    if int8_units(a.device.type) if units is None else units:
+        return torch._int_mm(_blas_operand(a), b)
+    bf = b.float() if b_float is None else b_float
+    af = a.float()
+    k = a.shape[1]
+    if k <= _EXACT_K:
+        return (af @ bf).to(torch.int32)
+    out = None
+    for i in range(0, k, _EXACT_K):
+        part = (af[:, i : i + _EXACT_K] @ bf[i : i + _EXACT_K]).to(torch.int32)
+        out = part if out is None else out + part
+    return out
+
+
 class SkillpackLinear(nn.Module):
     """An nn.Linear plus its skillpack delta: forward(x) = base(x) + (x diag(s)^-1 B^T) A^T.
 
@@ -52,7 +97,8 @@ class SkillpackLinear(nn.Module):
     Two paths compute the delta:
     - fp (default): A and B diag(s)^-1 dequantized once, at construction, in the base weight's dtype.
     - int_mm: the paper's integer path. x is divided by the smoothing scales s and quantized to int8;
-      x_q B_q^T runs as an int8 x int8 -> int32 GEMM (torch._int_mm); that int32 result is truncated
+      x_q B_q^T runs as an int8 x int8 -> int32 GEMM (`int8_mm`: torch._int_mm, or the same integers
+      from fp32 GEMMs on a CPU without int8 dot-product instructions); that int32 result is truncated
       back to int8; a second int8 GEMM with A_q; one dequantize. The two activation scales are either
       per token, computed at run time (act_scale "token"), or the factors' static x_scale and h_scale
       from calibration (act_scale "tensor"), with values beyond them saturating. B's per-rank scales
@@ -76,6 +122,9 @@ class SkillpackLinear(nn.Module):
             a_q, a_scale = quantize_per_channel(factors.a() * factors.b_scale, bits=8, dim=0)
             # _int_mm's second operands A_q^T and B_q^T, laid out once rather than on every call
             buffers.update(a_qt=_blas_operand(a_q.t()), b_qt=_blas_operand(factors.b_int().t()))
+            self.units = int8_units(device.type)  # for the device the layer is built on, as its buffers
+            if not self.units:  # int8_mm's fp32 GEMMs read these (integers, exact in fp32)
+                buffers.update(a_qt_f=buffers["a_qt"].float(), b_qt_f=buffers["b_qt"].float())
             smooth = torch.ones(()) if factors.smooth is None else factors.smooth
             top = qmax(8)
             if self.static:
@@ -119,6 +168,9 @@ class SkillpackLinear(nn.Module):
             return F.linear(torch.clamp(h, -self.h_bound, self.h_bound), self.a)
         return F.linear(F.linear(x, self.b), self.a)
 
+    def _float(self, name: str) -> torch.Tensor | None:
+        return getattr(self, name, None)
+
     def _int_delta(self, x: torch.Tensor) -> torch.Tensor:
         # Per-token symmetric INT8 written out rather than through quantize_per_channel, whose general
         # form takes twice the ops: at a few tokens each op costs more than the GEMMs (bench/README.md).
@@ -129,16 +181,16 @@ class SkillpackLinear(nn.Module):
             x2 = x2 * self.inv_smooth
         x_max = x2.abs().amax(-1, keepdim=True).float()
         x_q = torch.round(x2 * (top / x_max.clamp_min(_TINY))).to(torch.int8)
-        h = torch._int_mm(_blas_operand(x_q), self.b_qt)
+        h = int8_mm(x_q, self.b_qt, self._float("b_qt_f"), units=self.units)
         h_max = h.abs().amax(-1, keepdim=True).float()
         h_q = torch.round(h * (top / h_max.clamp_min(1.0))).to(torch.int8)
-        y = torch._int_mm(_blas_operand(h_q), self.a_qt)
+        y = int8_mm(h_q, self.a_qt, self._float("a_qt_f"), units=self.units)
         return (y * (x_max * h_max) * self.out_scale).to(x.dtype).reshape(*x.shape[:-1], -1)
 
     def _static_int_delta(self, x: torch.Tensor) -> torch.Tensor:
         x_q = quantize_static(x.reshape(-1, x.shape[-1]), self.in_mul)
-        h = torch._int_mm(_blas_operand(x_q), self.b_qt)
-        y = torch._int_mm(_blas_operand(quantize_static(h, self.h_mul)), self.a_qt)
+        h = int8_mm(x_q, self.b_qt, self._float("b_qt_f"), units=self.units)
+        y = int8_mm(quantize_static(h, self.h_mul), self.a_qt, self._float("a_qt_f"), units=self.units)
         return (y * self.out_scale).to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
