@@ -11,16 +11,18 @@ import platform
 import torch
 
 from skillweave.models import native_bf16
+from skillweave.zip.kernels import int8_units
 
 
 def cpu_name() -> str:
-    """The CPU's model name, its logical CPU count and whether bf16 is native there."""
+    """The CPU's model name, its logical CPU count, whether bf16 is native there and whether it has int8 units."""
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {'native' if native_bf16(cuda=False) else 'emulated'} bf16"
+    units = "int8 units" if int8_units("cpu") else "no int8 units"  # VNNI/AMX: torch._int_mm's speed (int8_mm.py)
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {'native' if native_bf16(cuda=False) else 'emulated'} bf16, {units}"
 
 
 def device_name(devices: set[str] = frozenset({"cpu"})) -> str:

@@ -254,3 +254,15 @@ def test_vllm_start_bench_starts_an_engine_per_setting_and_round(tmp_path, tiny_
     assert data["rows"][0]["ratio_vs_aot"] == 1.0 and data["rows"][1]["ratio_vs_aot"] > 0
     assert all(r["load_failures"] == 0 for r in data["rows"])  # the fake engine has no compile cache
     assert "| torch.compile | 0 |" in capsys.readouterr().out
+
+
+def test_int8_mm_bench_times_both_kernels_on_equal_products(tmp_path, capsys):
+    bench = load_bench("int8_mm")
+    out = tmp_path / "int8_mm.json"
+    bench.main(["--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["chosen"] == ("int_mm" if int8_units("cpu") else "fp32")
+    assert [(r["k"], r["n"], r["tokens"]) for r in data["rows"]] == [(k, n, m) for k, n in bench.SHAPES for m in (1, 8)]
+    assert all(r["equal"] for r in data["rows"])  # both kernels give the int64 product
+    assert all(r["int_mm_us"] > 0 and r["fp32_us"] > 0 and r["ratio_fp32_vs_int_mm"] > 0 for r in data["rows"])
+    assert "| 8 | 1536 x 16 |" in capsys.readouterr().out

@@ -24,7 +24,7 @@ from skillweave.zip import (
     skillpack_attached,
     skillpack_nbytes,
 )
-from skillweave.zip.kernels import _blas_operand, _int_mm_accepts, int8_mm
+from skillweave.zip.kernels import _blas_operand, _int_mm_accepts, int8_mm, int8_mm_operand
 from skillweave.zip.quant import dequantize, quantize_per_channel
 from skillweave.zip.svd import eckart_young_bound, low_rank_factors
 
@@ -338,13 +338,21 @@ def test_int8_mm_is_the_exact_integer_product_with_or_without_int8_units(monkeyp
     b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
     a[0], b[:, 0] = 127, 127  # a largest-sum cell: 127^2 * k, odd and beyond fp32's 2^24 integers at k = 3001
     want = (a.long() @ b.long()).int()
-    got = int8_mm(a, b, b_float=b.float() if not units else None)
+    got = int8_mm(a, b, b_float=int8_mm_operand(b) if not units else None)
     assert got.dtype == torch.int32 and torch.equal(got, want)
     assert torch.equal(int8_mm(a, b), want)  # b converted on the call
     assert torch.equal(torch._int_mm(_blas_operand(a), b), want)
     if k > 2**24 // 127**2:  # one fp32 GEMM over all of k cannot hold that cell: the chunks are needed
         assert (a[:1].float() @ b[:, :1].float()).item() != want[0, 0].item()
 
+
+
+@pytest.mark.parametrize("k, shape", [(16, (1, 16, 3)), (1024, (1, 1024, 3)), (1536, (2, 768, 3)), (3001, (3, 1001, 3))])
+def test_int8_mm_operand_splits_k_into_equal_exact_chunks(k, shape):
+    b = torch.randint(-128, 128, (k, 3), dtype=torch.int8)
+    op = int8_mm_operand(b)
+    assert op.shape == shape and op.dtype == torch.float32
+    assert torch.equal(op.reshape(-1, 3)[:k], b.float()) and not op.reshape(-1, 3)[k:].any()  # zero padding
 
 def test_the_integer_path_without_int8_units_answers_as_int_mm_bit_for_bit(monkeypatch, skillpack):
     g = torch.Generator().manual_seed(5)

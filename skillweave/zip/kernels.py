@@ -64,30 +64,36 @@ def int8_units(device_type: str) -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
 
 
+def int8_mm_operand(b: torch.Tensor) -> torch.Tensor:
+    """`b` (k x n, int8) as `int8_mm`'s fp32 GEMMs read it: (c, k / c, n), c = ceil(k / 1024) chunks of k,
+    zero-padded to equal ones (zeros add nothing to a product)."""
+    k, n = b.shape
+    chunks = -(-k // _EXACT_K)
+    size = -(-k // chunks)
+    return F.pad(b.float(), (0, 0, 0, chunks * size - k)).view(chunks, size, n)
+
+
 def int8_mm(
     a: torch.Tensor, b: torch.Tensor, b_float: torch.Tensor | None = None, *, units: bool | None = None
 ) -> torch.Tensor:
     """a @ b for int8 (m x k) and (k x n) operands, as int32: exactly torch._int_mm's result.
 
-    With int8 units (`int8_units`) it is torch._int_mm. Without, fp32 GEMMs over chunks of at most 1024
-    of the k products: each product is at most 2^14 in size, so every partial sum of a chunk, in any
-    order the BLAS adds them, is an integer of at most 2^24, which fp32 holds exactly; the chunks' sums
-    are added in int32 as _int_mm adds. `b_float` is b in fp32 if the caller keeps it (a weight), so that
-    it is not converted on every call; `units` is `int8_units` of a's device if the caller knows it (a
-    compiled graph cannot call the probe).
+    With int8 units (`int8_units`) it is torch._int_mm. Without, fp32 GEMMs over equal chunks of at
+    most 1024 of the k products, one batched call: each product is at most 2^14 in size, so every
+    partial sum of a chunk, in any order the BLAS adds them, is an integer of at most 2^24, which fp32
+    holds exactly; the chunks' sums are added in int32 as _int_mm adds. `b_float` is
+    `int8_mm_operand(b)` if the caller keeps it (a weight), so that it is not made on every call; `units`
+    is `int8_units` of a's device if the caller knows it (a compiled graph cannot call the probe).
     """
     if int8_units(a.device.type) if units is None else units:
         return torch._int_mm(_blas_operand(a), b)
-    bf = b.float() if b_float is None else b_float
+    bf = int8_mm_operand(b) if b_float is None else b_float
+    chunks, size, _ = bf.shape
     af = a.float()
-    k = a.shape[1]
-    if k <= _EXACT_K:
-        return (af @ bf).to(torch.int32)
-    out = None
-    for i in range(0, k, _EXACT_K):
-        part = (af[:, i : i + _EXACT_K] @ bf[i : i + _EXACT_K]).to(torch.int32)
-        out = part if out is None else out + part
-    return out
+    if chunks == 1:
+        return (af @ bf[0]).to(torch.int32)
+    af = F.pad(af, (0, chunks * size - a.shape[1])).view(-1, chunks, size).transpose(0, 1)
+    return torch.bmm(af, bf).to(torch.int32).sum(0, dtype=torch.int32)
 
 
 class SkillpackLinear(nn.Module):
@@ -124,7 +130,7 @@ class SkillpackLinear(nn.Module):
             buffers.update(a_qt=_blas_operand(a_q.t()), b_qt=_blas_operand(factors.b_int().t()))
             self.units = int8_units(device.type)  # for the device the layer is built on, as its buffers
             if not self.units:  # int8_mm's fp32 GEMMs read these (integers, exact in fp32)
-                buffers.update(a_qt_f=buffers["a_qt"].float(), b_qt_f=buffers["b_qt"].float())
+                buffers.update(a_qt_f=int8_mm_operand(buffers["a_qt"]), b_qt_f=int8_mm_operand(buffers["b_qt"]))
             smooth = torch.ones(()) if factors.smooth is None else factors.smooth
             top = qmax(8)
             if self.static:
