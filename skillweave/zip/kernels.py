@@ -55,9 +55,10 @@ def int8_units(device_type: str) -> bool:
 
     On a CPU without them (AVX2 only) torch 2.13's _int_mm takes time linear in the rows: for a
     skillpack's products (m x 576-1536 by 576-1536 x 16, and m x 16 by 16 x 576-1536; 1 thread, a 2-core
-    AMD EPYC, 2026-12-07) 334-808 us at m = 32 against 25-73 us for `int8_mm`'s fp32 GEMMs, 82-198 us
-    against 20-67 at m = 8, level at m = 1 (16-26 against 10-37). It made the integer path 1.77x the
-    compiled backbone at batch 32 there (bench/README.md, decode.py). The probes are torch.cpu's own.
+    AMD EPYC, 2026-12-07, bench/int8_mm.py) 286-814 us at m = 32 against 33-87 us for `int8_mm`'s fp32
+    GEMMs, 62-252 against 21-47 at m = 8, and 9-28 against 13-30 at m = 1 (0.6-1.5x). It made the integer
+    path 1.77x the compiled backbone at batch 32 there (bench/README.md, decode.py). The probes are
+    torch.cpu's own.
     """
     if device_type != "cpu":
         return device_type == "cuda"
