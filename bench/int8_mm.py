@@ -15,6 +15,7 @@ over rounds of fp32 emulation / _int_mm in the same round.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
     fill_preset(args, QUICK, GRID)
+    load_start = os.getloadavg()[0]
     result = {
         "command": " ".join(["python", "bench/int8_mm.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "repeats": args.repeats,
     } | run(args)
+    result["load_average_1min"] = [load_start, os.getloadavg()[0]]  # another process's load shows here
     print("\n| tokens | k x n | torch._int_mm us | int8_mm fp32 us | fp32 / _int_mm (same round) | equal |")
     print("|---:|---|---:|---:|---:|---|")
     for r in result["rows"]:
