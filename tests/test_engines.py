@@ -41,9 +41,13 @@ PROMPTS = [{"id": f"p{i}", "prompt": p, "meta": {}} for i, p in
            enumerate(["add one two", "the list of three", "print yes", "sum zero five six seven", "def return"])]
 
 
-def test_auto_is_hf_without_a_vllm_environment(fake_python, tmp_path):
+def test_auto_is_vllm_where_it_is_installed_and_pays(fake_python, tmp_path, monkeypatch):
+    monkeypatch.setattr("skillweave.engines.vllm_pays", lambda: True)
     assert resolve_backend("auto", "") == "hf"  # conftest empties $SKILLWEAVE_VLLM_PYTHON
     assert resolve_backend("auto", str(fake_python)) == "vllm"
+    monkeypatch.setattr("skillweave.engines.vllm_pays", lambda: False)  # a CPU without bf16 units
+    assert resolve_backend("auto", str(fake_python)) == "hf"
+    assert resolve_backend("vllm", str(fake_python)) == "vllm"  # asked for by name, it is used
     assert resolve_backend("hf", str(fake_python)) == "hf"
     with pytest.raises(ConfigError, match="make vllm"):
         resolve_backend("vllm", str(tmp_path / "missing" / "python"))
