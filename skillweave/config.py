@@ -465,11 +465,12 @@ class EvalConfig:
     """Which configurations to compare (the plugins in skillweave/eval_configs/)."""
     integer_path: bool = True
     """Run skillpacks as integer GEMMs (quantized activations, as deployed); false: dequantized fp factors.
-    Kept true by measurement (bench/README.md, decode.py; SmolLM2-135M, 1 thread): where eval time
-    matters, long evals that `model.compiled_decode=auto` compiles, the two paths decode within noise
-    of each other (1.01-1.09x vs 1.03-1.06x the compiled backbone at eval's batch 8). Eager, in short
-    evals, the integer path is slower (1.20-1.42x vs 1.05-1.12x the backbone at batch 1-32): false saves
-    ~13% of the skillpack rows' decoding there, and changes their scores slightly and every row's key."""
+    True by default as the deployed computation. Its cost (bench/README.md, decode.py; SmolLM2-135M, 1
+    thread): compiled (`model.compiled_decode=auto`, long evals), on a CPU with VNNI the two paths decode
+    within noise of each other (1.01-1.09x vs 1.03-1.06x the compiled backbone at eval's batch 8); on an
+    AVX2-only CPU, through zip.kernels.int8_mm, 1.20x vs 1.08x at batch 8 and 1.05x vs 1.01x at 32. Eager
+    (short evals) the integer path is slower everywhere (1.20-1.82x vs 1.05-1.13x). false is the faster
+    choice on such CPUs, and changes the skillpack rows' scores slightly and every row's key."""
     backend: GenerationBackend = GenerationBackend.hf
     """hf | vllm: what decodes the configurations vLLM can serve: plain transformers models (base, dpo,
     merged, multitask, merges...), a skillpack attached on its fp path (`integer_path: false`) and a plain
