@@ -1,10 +1,10 @@
 """Compiled decoding for Hugging Face generation: a static KV cache and `torch.compile` of the decode step.
 
 Why: a decode step of a small model on CPU is mostly per-op dispatch, and a skillpack's integer path
-adds ~27 small ops per layer (quantize, amax, round, two `_int_mm`, dequantize). transformers compiles
+adds ~27 small ops per layer (quantize, amax, round, two int8 GEMMs, dequantize). transformers compiles
 the decode step itself when the cache is static (`cache_implementation="static"` + `compile_config`;
 on CPU only with `_compile_all_devices`); its prefill stays eager. Inductor fuses each layer's
-quantize ops into a few C++ loops around the `_int_mm` calls (bench/README.md, "decode.py").
+quantize ops into a few C++ loops around the two GEMMs (bench/README.md, "decode.py").
 
 A compiled graph is specialised to its shapes (`dynamic=False`: symbolic shapes cost speed and add
 guards), so callers keep them few: a short last greedy batch is padded to the full batch (`pad_rows`;
