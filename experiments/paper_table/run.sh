@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The paper table on a 2-core machine in one command, started or resumed (every stage resumes from its
+# artifacts under $ROOT): two processes, each on one thread and niced, so that the machine stays usable:
+#   main    recipe=paper_table (everything, in the engine's order), then recipe=paper_table_second_eval
+#   beside  generate, filter and the LoRA baseline of the two domains that sample longest (instructions,
+#           dialogue), while the main process samples and trains the others (the same artifact keys; each
+#           artifact is locked while it is made, and whichever process comes second reuses it)
+# Run from the repository root after `make venv vllm`:
+#   bash experiments/paper_table/run.sh                 # logs: $ROOT/../logs/paper_table_{main,beside}.log
+#   bash experiments/paper_table/run.sh dry_run=true    # where each process stands (arguments go to every run)
+# A session's processes end with it; run it again in the next one. Memory: DPO ~12 GB and LoRA ~7 GB at
+# once fit a 23 GB box (experiments/paper_table/README.md).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=${ROOT:-$HOME/.cache/skillweave/experiments/paper_table}
+LOGS=$(dirname "$ROOT")/logs
+mkdir -p "$LOGS"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+EXTRA=("$@")
+
+run() {  # LOG, then the overrides: one python -m skillweave, its start and exit status in the log
+  local log=$LOGS/$1.log; shift
+  echo "== $(date -u +%FT%TZ) start $*" >> "$log"
+  nice -n 10 .venv/bin/python -m skillweave artifacts_root="$ROOT" threads=1 "$@" "${EXTRA[@]}" >> "$log" 2>&1
+  local rc=$?
+  echo "== $(date -u +%FT%TZ) exit $rc" >> "$log"
+  return $rc
+}
+
+others=("~domain_overrides.arith" "~domain_overrides.code")  # the recipe's overrides of the domains left out
+run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' 'domains=[instructions,dialogue]' "${others[@]}" \
+  hydra.run.dir="$LOGS/hydra/beside" &
+(
+  run paper_table_main recipe=paper_table hydra.run.dir="$LOGS/hydra/main" &&
+    run paper_table_main recipe=paper_table_second_eval hydra.run.dir="$LOGS/hydra/second_eval"
+) &
+echo "paper table running under $ROOT; logs in $LOGS (dry_run=true on either recipe says where it stands)"
+wait
