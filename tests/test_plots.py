@@ -93,6 +93,7 @@ def test_a_row_on_a_subset_is_marked_and_the_title_gives_each_tasks_documents(re
     assert [on_a_subset(r, full) for r in res["configurations"]] == [None] * len(results["configurations"]) + [3]
     drawn, titles = [], []
     real_eb, real_bar, real_title = Axes.errorbar, Axes.bar, Axes.set_title
+
     def errorbar(self, x, y, yerr=None, **k):
         if "mfc" in k:  # the frontier's points, not the error bars that Axes.bar draws through errorbar
             drawn.append((k["label"], k["mfc"]))

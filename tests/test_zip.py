@@ -328,7 +328,6 @@ def test_int_mm_path_matches_the_fp_path(skillpack, input_ids):
     assert ((int_logits - fp_logits).norm() / (fp_logits - base).norm()).item() < INT_PATH_REL_TOL
 
 
-
 @pytest.mark.parametrize("units", [True, False], ids=["int_mm", "fp32_chunks"])
 @pytest.mark.parametrize("m, k, n", [(1, 576, 16), (7, 16, 576), (32, 1536, 16), (5, 3001, 9)])
 def test_int8_mm_is_the_exact_integer_product_with_or_without_int8_units(monkeypatch, units, m, k, n):
@@ -346,13 +345,13 @@ def test_int8_mm_is_the_exact_integer_product_with_or_without_int8_units(monkeyp
         assert (a[:1].float() @ b[:, :1].float()).item() != want[0, 0].item()
 
 
-
 @pytest.mark.parametrize("k, shape", [(16, (1, 16, 3)), (1024, (1, 1024, 3)), (1536, (2, 768, 3)), (3001, (3, 1001, 3))])
 def test_int8_mm_operand_splits_k_into_equal_exact_chunks(k, shape):
     b = torch.randint(-128, 128, (k, 3), dtype=torch.int8)
     op = int8_mm_operand(b)
     assert op.shape == shape and op.dtype == torch.float32
     assert torch.equal(op.reshape(-1, 3)[:k], b.float()) and not op.reshape(-1, 3)[k:].any()  # zero padding
+
 
 def test_the_integer_path_without_int8_units_answers_as_int_mm_bit_for_bit(monkeypatch, skillpack):
     g = torch.Generator().manual_seed(5)
@@ -367,6 +366,7 @@ def test_the_integer_path_without_int8_units_answers_as_int_mm_bit_for_bit(monke
             assert hasattr(layer, "b_qt_f") is not units  # fp32 copies of the integer factors only without units
             deltas[units] = layer.delta(x)
         assert torch.equal(deltas[True], deltas[False]), name
+
 
 # Layouts that torch._int_mm on CPU gets silently wrong unless re-laid out (torch 2.13): a size-1
 # dim carrying a unit stride where the leading dimension should be.
