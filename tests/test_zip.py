@@ -19,6 +19,7 @@ from skillweave.zip import (
     block_linear_names,
     compress_residual,
     detach_skillpack,
+    kernels,
     load_skillpack,
     save_skillpack,
     skillpack_attached,
@@ -343,6 +344,51 @@ def test_int8_mm_is_the_exact_integer_product_with_or_without_int8_units(monkeyp
     assert torch.equal(torch._int_mm(_blas_operand(a), b), want)
     if k > 2**24 // 127**2:  # one fp32 GEMM over all of k cannot hold that cell: the chunks are needed
         assert (a[:1].float() @ b[:, :1].float()).item() != want[0, 0].item()
+
+
+def compiled_with_reductions(monkeypatch, fn):
+    """`fn` compiled by inductor, and a list that records what `_as_reduction` answered while dynamo traced it."""
+    answers = []
+
+    def recording(x, real=kernels._as_reduction):
+        answers.append(real(x))
+        return answers[-1]
+
+    monkeypatch.setattr(kernels, "_as_reduction", recording)
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, dynamic=False), answers
+
+
+@pytest.mark.parametrize("units", [True, False], ids=["int_mm", "fp32_chunks"])
+@pytest.mark.parametrize("k", [576, 3001])
+def test_int8_mm_compiled_at_one_row_is_a_reduction_and_still_exact(monkeypatch, units, k):
+    g = torch.Generator().manual_seed(k)
+    a = torch.randint(-128, 128, (1, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, 5), generator=g, dtype=torch.int8)
+    a[0], b[:, 0] = 127, 127  # at k = 3001 a cell beyond fp32's integers: the chunks' int32 sum is needed
+    want = (a.long() @ b.long()).int()
+    product, answers = compiled_with_reductions(
+        monkeypatch, lambda a: int8_mm(a, b, None if units else int8_mm_operand(b), units=units))
+    got = product(a)
+    assert answers == [True] and got.dtype == torch.int32 and torch.equal(got, want)
+    assert torch.equal(product(a), want)  # the compiled graph, run again
+    assert not kernels._as_reduction(a)  # eagerly never
+
+
+@pytest.mark.parametrize("int_mm", [False, True], ids=["fp", "int"])
+def test_a_compiled_token_gets_the_eager_delta(monkeypatch, skillpack, int_mm):
+    """One token through a compiled SkillpackLinear takes the reduction form (`_as_reduction`) and gets the
+    eager path's delta to float rounding; three tokens keep the GEMMs."""
+    name = "model.layers.0.mlp.down_proj"
+    layer = SkillpackLinear(tiny_model().get_submodule(name), skillpack.factors[name], int_mm=int_mm)
+    x = torch.randn(3, 1, layer.base.in_features, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = {rows: layer.delta(x[:rows]) for rows in (1, 3)}
+        delta, answers = compiled_with_reductions(monkeypatch, layer.delta)
+        for rows in (1, 3):
+            got = delta(x[:rows])
+            assert rel(got, want[rows]) < 1e-5 and got.shape == want[rows].shape, rows
+    assert answers == [True, True, False, False]  # a trace per row count, two products in each
 
 
 @pytest.mark.parametrize("k, shape", [(16, (1, 16, 3)), (1024, (1, 1024, 3)), (1536, (2, 768, 3)), (3001, (3, 1001, 3))])

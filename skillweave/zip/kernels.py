@@ -3,8 +3,10 @@
 `SkillpackLinear` wraps an nn.Linear (base output + low-rank delta) with two paths, the fp one and the
 integer one through `int8_mm` (torch._int_mm, whose shape and layout limits `_int_mm_accepts` and
 `_blas_operand` encode, or the same integers from fp32 GEMMs where a CPU has no int8 dot-product
-instructions); `SkillpackEmbedding` wraps the input embedding. They are separate from attach.py, which decides
-where they go in a model, so that the numerics can be benchmarked and tested on a bare layer.
+instructions); inside a graph compiled for CPU, at one row, both paths' products are reductions that
+inductor fuses (`_as_reduction`). `SkillpackEmbedding` wraps the input embedding. They are separate from
+attach.py, which decides where they go in a model, so that the numerics can be benchmarked and tested on a
+bare layer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from skillweave.zip.quant import qmax, quantize_per_channel, quantize_static
 
 _TINY = 1e-30  # floor of an activation scale: an all-zero input still gets finite integers (zeros)
 _EXACT_K = 1024  # int8 products are at most 128^2 = 2^14 in size: 1024 of them sum to at most 2^24, exact in fp32
+_REDUCTION_ROWS = 1
+"""Up to this many rows, a graph compiled for CPU writes a skillpack's low-rank products as reductions
+(`_as_reduction`). Measured on SmolLM2-135M, compiled decode beside the compiled backbone (AVX2 CPU,
+bench/README.md): at 1 row the fp path went from 1.14x to 1.04x and the integer path from 1.18x to
+1.11x (with the dispatch change of the same day); at 8 rows the reductions gained nothing on the fp
+path and lost on the integer path (1.12x -> 1.17x)."""
 
 
 def _blas_operand(t: torch.Tensor) -> torch.Tensor:
@@ -65,6 +73,22 @@ def int8_units(device_type: str) -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
 
 
+def _as_reduction(x: torch.Tensor) -> bool:
+    """Whether x's products with the factors are written as a broadcast multiply and a sum: inside a graph
+    torch.compile traces for CPU, at most `_REDUCTION_ROWS` rows. Inductor fuses such a product into its own
+    C++ loops next to the quantize and dequantize, where a GEMM is a library call that, at one row, costs
+    more than its arithmetic (two per layer: 422 calls a decode step on SmolLM2-135M). Eagerly the product
+    would be materialised (rows x k x n), so eager code never takes this form."""
+    return torch.compiler.is_compiling() and x.device.type == "cpu" and x.numel() // x.shape[-1] <= _REDUCTION_ROWS
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, w) without a bias; a reduction where `_as_reduction` says so."""
+    if _as_reduction(x):
+        return (x.unsqueeze(-1) * w.t()).sum(-2)
+    return F.linear(x, w)
+
+
 def int8_mm_operand(b: torch.Tensor) -> torch.Tensor:
     """`b` (k x n, int8) as `int8_mm`'s fp32 GEMMs read it: (c, k / c, n), c = ceil(k / 1024) chunks of k,
     zero-padded to equal ones (zeros add nothing to a product)."""
@@ -85,7 +109,18 @@ def int8_mm(
     holds exactly; the chunks' sums are added in int32 as _int_mm adds. `b_float` is
     `int8_mm_operand(b)` if the caller keeps it (a weight), so that it is not made on every call; `units`
     is `int8_units` of a's device if the caller knows it (a compiled graph cannot call the probe).
+    Where `_as_reduction` (one row, compiled for CPU), the same fp32 chunks as a reduction, with or
+    without int8 units: every partial sum, in whatever order inductor's loops add, is again an integer
+    of at most 2^24.
     """
+    if _as_reduction(a):
+        bf = int8_mm_operand(b) if b_float is None else b_float
+        chunks, size, _ = bf.shape
+        af = a.float()
+        if chunks == 1:
+            return (af.unsqueeze(-1) * bf[0]).sum(-2).to(torch.int32)
+        af = F.pad(af, (0, chunks * size - a.shape[1])).view(-1, chunks, size, 1)
+        return (af * bf).sum(-2).to(torch.int32).sum(-2, dtype=torch.int32)
     if int8_units(a.device.type) if units is None else units:
         return torch._int_mm(_blas_operand(a), b)
     bf = int8_mm_operand(b) if b_float is None else b_float
@@ -125,6 +160,8 @@ class SkillpackLinear(nn.Module):
         device, dtype = base.weight.device, base.weight.dtype
         # Derived from the skillpack on every attach, hence not part of the model's state_dict.
         buffers = {"a": factors.a().to(dtype), "b": factors.b().to(dtype)}
+        # plain ints: a compiled graph guards every tensor the forward reads, and the integer path need not read a, b
+        (self.out_features, self.rank), self.in_features = buffers["a"].shape, buffers["b"].shape[1]
         if int_mm:
             a_q, a_scale = quantize_per_channel(factors.a() * factors.b_scale, bits=8, dim=0)
             # _int_mm's second operands A_q^T and B_q^T, laid out once rather than on every call
@@ -150,10 +187,6 @@ class SkillpackLinear(nn.Module):
         for name, t in buffers.items():
             self.register_buffer(name, None if t is None else t.to(device), persistent=False)
 
-    @property
-    def rank(self) -> int:
-        return self.a.shape[1]
-
     def extra_repr(self) -> str:
         return f"rank={self.rank}, int_mm={self.int_mm}, static={self.static}"
 
@@ -163,17 +196,16 @@ class SkillpackLinear(nn.Module):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """The skillpack's contribution alone, (x B^T) A^T, by the path chosen at construction."""
         m = x.numel() // x.shape[-1]
-        (out_features, rank), in_features = self.a.shape, self.b.shape[1]
         if (
             self.int_mm
-            and _int_mm_accepts(m, in_features, rank, x.device)
-            and _int_mm_accepts(m, rank, out_features, x.device)
+            and _int_mm_accepts(m, self.in_features, self.rank, x.device)
+            and _int_mm_accepts(m, self.rank, self.out_features, x.device)
         ):
             return self._static_int_delta(x) if self.static else self._int_delta(x)
         if self.static:
-            h = F.linear(torch.clamp(x, -self.x_bound, self.x_bound), self.b)
-            return F.linear(torch.clamp(h, -self.h_bound, self.h_bound), self.a)
-        return F.linear(F.linear(x, self.b), self.a)
+            h = _linear(torch.clamp(x, -self.x_bound, self.x_bound), self.b)
+            return _linear(torch.clamp(h, -self.h_bound, self.h_bound), self.a)
+        return _linear(_linear(x, self.b), self.a)
 
     def _float(self, name: str) -> torch.Tensor | None:
         return getattr(self, name, None)
