@@ -191,7 +191,7 @@ def bytes_per_step(model: nn.Module, int_path: bool) -> int:
     total = sum({p.data_ptr(): p.nbytes for p in model.parameters()}.values())
     for m in model.modules():
         if isinstance(m, SkillpackLinear):
-            total += (m.a_qt.nbytes + m.b_qt.nbytes + m.out_scale.nbytes) if int_path else (m.a.nbytes + m.b.nbytes)
+            total += (m.a_op.nbytes + m.b_op.nbytes + m.out_scale.nbytes) if int_path else (m.a.nbytes + m.b.nbytes)
         elif isinstance(m, SkillpackEmbedding):
             total += m.b.nbytes
     return total

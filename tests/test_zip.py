@@ -331,16 +331,16 @@ def test_int_mm_path_matches_the_fp_path(skillpack, input_ids):
 
 @pytest.mark.parametrize("units", [True, False], ids=["int_mm", "fp32_chunks"])
 @pytest.mark.parametrize("m, k, n", [(1, 576, 16), (7, 16, 576), (32, 1536, 16), (5, 3001, 9)])
-def test_int8_mm_is_the_exact_integer_product_with_or_without_int8_units(monkeypatch, units, m, k, n):
-    monkeypatch.setattr("skillweave.zip.kernels.int8_units", lambda device_type: units)
+def test_int8_mm_is_the_exact_integer_product_with_or_without_int8_units(units, m, k, n):
     g = torch.Generator().manual_seed(m * k + n)
     a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
     b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
     a[0], b[:, 0] = 127, 127  # a largest-sum cell: 127^2 * k, odd and beyond fp32's 2^24 integers at k = 3001
     want = (a.long() @ b.long()).int()
-    got = int8_mm(a, b, b_float=int8_mm_operand(b) if not units else None)
+    operand = int8_mm_operand(b, units)
+    assert operand.dtype == (torch.int8 if units else torch.float32)
+    got = int8_mm(a, operand)
     assert got.dtype == torch.int32 and torch.equal(got, want)
-    assert torch.equal(int8_mm(a, b), want)  # b converted on the call
     assert torch.equal(torch._int_mm(_blas_operand(a), b), want)
     if k > 2**24 // 127**2:  # one fp32 GEMM over all of k cannot hold that cell: the chunks are needed
         assert (a[:1].float() @ b[:, :1].float()).item() != want[0, 0].item()
@@ -368,7 +368,7 @@ def test_int8_mm_compiled_at_one_row_is_a_reduction_and_still_exact(monkeypatch,
     a[0], b[:, 0] = 127, 127  # at k = 3001 a cell beyond fp32's integers: the chunks' int32 sum is needed
     want = (a.long() @ b.long()).int()
     product, answers = compiled_with_reductions(
-        monkeypatch, lambda a: int8_mm(a, b, None if units else int8_mm_operand(b), units=units))
+        monkeypatch, lambda a: int8_mm(a, int8_mm_operand(b, units)))
     got = product(a)
     assert answers == [True] and got.dtype == torch.int32 and torch.equal(got, want)
     assert torch.equal(product(a), want)  # the compiled graph, run again
@@ -394,7 +394,7 @@ def test_a_compiled_token_gets_the_eager_delta(monkeypatch, skillpack, int_mm):
 @pytest.mark.parametrize("k, shape", [(16, (1, 16, 3)), (1024, (1, 1024, 3)), (1536, (2, 768, 3)), (3001, (3, 1001, 3))])
 def test_int8_mm_operand_splits_k_into_equal_exact_chunks(k, shape):
     b = torch.randint(-128, 128, (k, 3), dtype=torch.int8)
-    op = int8_mm_operand(b)
+    op = int8_mm_operand(b, units=False)
     assert op.shape == shape and op.dtype == torch.float32
     assert torch.equal(op.reshape(-1, 3)[:k], b.float()) and not op.reshape(-1, 3)[k:].any()  # zero padding
 
@@ -409,7 +409,7 @@ def test_the_integer_path_without_int8_units_answers_as_int_mm_bit_for_bit(monke
         for units in (True, False):
             monkeypatch.setattr("skillweave.zip.kernels.int8_units", lambda device_type, units=units: units)
             layer = SkillpackLinear(linear, factors, int_mm=True)
-            assert hasattr(layer, "b_qt_f") is not units  # fp32 copies of the integer factors only without units
+            assert layer.b_op.dtype == (torch.int8 if units else torch.float32)  # fp32 chunks only without units
             deltas[units] = layer.delta(x)
         assert torch.equal(deltas[True], deltas[False]), name
 

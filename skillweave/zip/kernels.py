@@ -89,47 +89,42 @@ def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w)
 
 
-def int8_mm_operand(b: torch.Tensor) -> torch.Tensor:
-    """`b` (k x n, int8) as `int8_mm`'s fp32 GEMMs read it: (c, k / c, n), c = ceil(k / 1024) chunks of k,
-    zero-padded to equal ones (zeros add nothing to a product)."""
+def int8_mm_operand(b: torch.Tensor, units: bool) -> torch.Tensor:
+    """`b` (k x n, int8) as `int8_mm` reads it, made once for a weight: with int8 units (`int8_units`), b
+    laid out for torch._int_mm (`_blas_operand`); without, in fp32 as (c, k / c, n), c = ceil(k / 1024)
+    chunks of k, zero-padded to equal ones (zeros add nothing to a product)."""
+    if units:
+        return _blas_operand(b)
     k, n = b.shape
     chunks = -(-k // _EXACT_K)
     size = -(-k // chunks)
     return F.pad(b.float(), (0, 0, 0, chunks * size - k)).view(chunks, size, n)
 
 
-def int8_mm(
-    a: torch.Tensor, b: torch.Tensor, b_float: torch.Tensor | None = None, *, units: bool | None = None
-) -> torch.Tensor:
-    """a @ b for int8 (m x k) and (k x n) operands, as int32: exactly torch._int_mm's result.
+def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for an int8 (m x k) `a` and an `int8_mm_operand` `b`, as int32: exactly torch._int_mm's result.
 
-    With int8 units (`int8_units`) it is torch._int_mm. Without, fp32 GEMMs over equal chunks of at
-    most 1024 of the k products, one batched call: each product is at most 2^14 in size, so every
-    partial sum of a chunk, in any order the BLAS adds them, is an integer of at most 2^24, which fp32
-    holds exactly; the chunks' sums are added in int32 as _int_mm adds. `b_float` is
-    `int8_mm_operand(b)` if the caller keeps it (a weight), so that it is not made on every call; `units`
-    is `int8_units` of a's device if the caller knows it (a compiled graph cannot call the probe).
-    Where `_as_reduction` (one row, compiled for CPU), the same fp32 chunks as a reduction, with or
-    without int8 units: every partial sum, in whatever order inductor's loops add, is again an integer
-    of at most 2^24.
+    An int8 b goes to torch._int_mm. Fp32 chunks (a CPU without int8 units, where _int_mm is slow) are
+    one batched fp32 GEMM: each product is at most 2^14 in size, so every partial sum of a chunk, in any
+    order the BLAS adds them, is an integer of at most 2^24, which fp32 holds exactly; the chunks' sums
+    are added in int32 as _int_mm adds. Where `_as_reduction` (one row, compiled for CPU), either operand
+    is the same fp32 chunks written as a reduction, exact for the same reason in whatever order
+    inductor's loops add. The operand's dtype, not a probe, picks the kernel, so that a compiled graph
+    holds no call to `int8_units`.
     """
-    if _as_reduction(a):
-        bf = int8_mm_operand(b) if b_float is None else b_float
-        chunks, size, _ = bf.shape
-        af = a.float()
+    reduce = _as_reduction(a)
+    if not b.is_floating_point() and not reduce:
+        return torch._int_mm(_blas_operand(a), b)
+    bf = b if b.is_floating_point() else int8_mm_operand(b, units=False)
+    chunks, size, _ = bf.shape
+    af = a.float() if chunks == 1 else F.pad(a.float(), (0, chunks * size - a.shape[1]))
+    if reduce:
         if chunks == 1:
             return (af.unsqueeze(-1) * bf[0]).sum(-2).to(torch.int32)
-        af = F.pad(af, (0, chunks * size - a.shape[1])).view(-1, chunks, size, 1)
-        return (af * bf).sum(-2).to(torch.int32).sum(-2, dtype=torch.int32)
-    if int8_units(a.device.type) if units is None else units:
-        return torch._int_mm(_blas_operand(a), b)
-    bf = int8_mm_operand(b) if b_float is None else b_float
-    chunks, size, _ = bf.shape
-    af = a.float()
+        return (af.view(-1, chunks, size, 1) * bf).sum(-2).to(torch.int32).sum(-2, dtype=torch.int32)
     if chunks == 1:
         return (af @ bf[0]).to(torch.int32)
-    af = F.pad(af, (0, chunks * size - a.shape[1])).view(-1, chunks, size).transpose(0, 1)
-    return torch.bmm(af, bf).to(torch.int32).sum(0, dtype=torch.int32)
+    return torch.bmm(af.view(-1, chunks, size).transpose(0, 1), bf).to(torch.int32).sum(0, dtype=torch.int32)
 
 
 class SkillpackLinear(nn.Module):
@@ -160,15 +155,14 @@ class SkillpackLinear(nn.Module):
         device, dtype = base.weight.device, base.weight.dtype
         # Derived from the skillpack on every attach, hence not part of the model's state_dict.
         buffers = {"a": factors.a().to(dtype), "b": factors.b().to(dtype)}
-        # plain ints: a compiled graph guards every tensor the forward reads, and the integer path need not read a, b
+        # plain ints: a compiled graph checks every tensor the forward reads on every call (dynamo's guards),
+        # and the integer path need not read a and b
         (self.out_features, self.rank), self.in_features = buffers["a"].shape, buffers["b"].shape[1]
         if int_mm:
             a_q, a_scale = quantize_per_channel(factors.a() * factors.b_scale, bits=8, dim=0)
-            # _int_mm's second operands A_q^T and B_q^T, laid out once rather than on every call
-            buffers.update(a_qt=_blas_operand(a_q.t()), b_qt=_blas_operand(factors.b_int().t()))
-            self.units = int8_units(device.type)  # for the device the layer is built on, as its buffers
-            if not self.units:  # int8_mm's fp32 GEMMs read these (integers, exact in fp32)
-                buffers.update(a_qt_f=int8_mm_operand(buffers["a_qt"]), b_qt_f=int8_mm_operand(buffers["b_qt"]))
+            # int8_mm's second operands A_q^T and B_q^T, made once for the device the layer is built on
+            units = int8_units(device.type)
+            buffers.update(a_op=int8_mm_operand(a_q.t(), units), b_op=int8_mm_operand(factors.b_int().t(), units))
             smooth = torch.ones(()) if factors.smooth is None else factors.smooth
             top = qmax(8)
             if self.static:
@@ -207,9 +201,6 @@ class SkillpackLinear(nn.Module):
             return _linear(torch.clamp(h, -self.h_bound, self.h_bound), self.a)
         return _linear(_linear(x, self.b), self.a)
 
-    def _float(self, name: str) -> torch.Tensor | None:
-        return getattr(self, name, None)
-
     def _int_delta(self, x: torch.Tensor) -> torch.Tensor:
         # Per-token symmetric INT8 written out rather than through quantize_per_channel, whose general
         # form takes twice the ops: at a few tokens each op costs more than the GEMMs (bench/README.md).
@@ -220,16 +211,16 @@ class SkillpackLinear(nn.Module):
             x2 = x2 * self.inv_smooth
         x_max = x2.abs().amax(-1, keepdim=True).float()
         x_q = torch.round(x2 * (top / x_max.clamp_min(_TINY))).to(torch.int8)
-        h = int8_mm(x_q, self.b_qt, self._float("b_qt_f"), units=self.units)
+        h = int8_mm(x_q, self.b_op)
         h_max = h.abs().amax(-1, keepdim=True).float()
         h_q = torch.round(h * (top / h_max.clamp_min(1.0))).to(torch.int8)
-        y = int8_mm(h_q, self.a_qt, self._float("a_qt_f"), units=self.units)
+        y = int8_mm(h_q, self.a_op)
         return (y * (x_max * h_max) * self.out_scale).to(x.dtype).reshape(*x.shape[:-1], -1)
 
     def _static_int_delta(self, x: torch.Tensor) -> torch.Tensor:
         x_q = quantize_static(x.reshape(-1, x.shape[-1]), self.in_mul)
-        h = int8_mm(x_q, self.b_qt, self._float("b_qt_f"), units=self.units)
-        y = int8_mm(quantize_static(h, self.h_mul), self.a_qt, self._float("a_qt_f"), units=self.units)
+        h = int8_mm(x_q, self.b_op)
+        y = int8_mm(quantize_static(h, self.h_mul), self.a_op)
         return (y * self.out_scale).to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
