@@ -25,9 +25,9 @@ _EXACT_K = 1024  # int8 products are at most 128^2 = 2^14 in size: 1024 of them 
 _REDUCTION_ROWS = 1
 """Up to this many rows, a graph compiled for CPU writes a skillpack's low-rank products as reductions
 (`_as_reduction`). Measured on SmolLM2-135M, compiled decode beside the compiled backbone (AVX2 CPU,
-bench/README.md): at 1 row the fp path went from 1.14x to 1.04x and the integer path from 1.18x to
-1.11x (with the dispatch change of the same day); at 8 rows the reductions gained nothing on the fp
-path and lost on the integer path (1.12x -> 1.17x)."""
+bench/README.md): at 1 row the fp path went from 1.14x to 1.04-1.07x and the integer path from 1.18x to
+1.11-1.12x (two runs, with the dispatch change of the same day); at 8 rows the reductions gained nothing
+on the fp path and lost on the integer path (1.12x -> 1.17x)."""
 
 
 def _blas_operand(t: torch.Tensor) -> torch.Tensor:
