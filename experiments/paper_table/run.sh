@@ -2,9 +2,11 @@
 # The paper table on a 2-core machine in one command, started or resumed (every stage resumes from its
 # artifacts under $ROOT): two processes, each on one thread and niced, so that the machine stays usable:
 #   main    recipe=paper_table (everything, in the engine's order), then recipe=paper_table_second_eval
-#   beside  generate, filter and the LoRA baseline of the two domains that sample longest (instructions,
-#           dialogue), while the main process samples and trains the others (the same artifact keys; each
-#           artifact is locked while it is made, and whichever process comes second reuses it)
+#   beside  generate, filter and the LoRA baseline of each domain, domain by domain, in the order $BESIDE
+#           (default: the reverse of the main process's, so that the two meet in the middle). The artifact
+#           keys are the same; each artifact is locked while it is made, and whichever process comes second
+#           waits for it and reuses it. To resume a run whose main process is sampling the last domain, put
+#           that domain last: BESIDE=arith,code,instructions,dialogue bash experiments/paper_table/run.sh
 # Run from the repository root after `make venv vllm`:
 #   bash experiments/paper_table/run.sh                 # logs: $ROOT/../logs/paper_table_{main,beside}.log
 #   bash experiments/paper_table/run.sh dry_run=true    # where each process stands (arguments go to every run)
@@ -27,9 +29,8 @@ run() {  # LOG, then the overrides: one python -m skillweave, its start and exit
   return $rc
 }
 
-others=("~domain_overrides.arith" "~domain_overrides.code")  # the recipe's overrides of the domains left out
-run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' 'domains=[instructions,dialogue]' "${others[@]}" \
-  hydra.run.dir="$LOGS/hydra/beside" &
+BESIDE=${BESIDE:-dialogue,instructions,code,arith}
+run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' "domains=[$BESIDE]" hydra.run.dir="$LOGS/hydra/beside" &
 (
   run paper_table_main recipe=paper_table hydra.run.dir="$LOGS/hydra/main" &&
     run paper_table_main recipe=paper_table_second_eval hydra.run.dir="$LOGS/hydra/second_eval"
