@@ -11,11 +11,12 @@ from test_pipeline import overrides, run_overrides
 
 from compose import compose_config, hydra_context
 from skillweave.app import context
-from skillweave.core.artifacts import ArtifactRef, atomic_write_json, read_jsonl
+from skillweave.core import engine
+from skillweave.core.artifacts import ArtifactRef, artifact_lock, atomic_write_json, read_jsonl
 from skillweave.core.compose import replayable
 from skillweave.core.engine import STAGES, Context, Need, Pulls, Stage, execute, ref_for
 from skillweave.core.errors import MissingArtifactError
-from skillweave.core.flow import run_stage
+from skillweave.core.flow import run_all, run_stage
 
 
 def plan(ctx: Context, domain: Optional[str]):
@@ -69,6 +70,43 @@ def test_a_stage_that_pulls_everything_makes_its_inputs_once(tmp_path, tiny_mode
         refs = run_stage(ctx_for(ov), "prompt_stats", "math")
     assert [ref.stage for ref in refs.values()] == ["generate", "prompt_stats"]
     assert sum(line.startswith("running ") for line in caplog.messages) == 2
+
+
+def test_stage_all_puts_off_a_domain_another_job_is_making_and_then_reuses_it(tmp_path, tiny_model_dir, monkeypatch,
+                                                                            caplog):
+    """Two commands on one artifacts_root share the domains: the one that finds math's artifact locked makes
+    code's first, then waits its turn for math's. Here the other job is a lock this test holds and lets go
+    of while code's artifact is made; with nobody making math meanwhile, this command makes it last."""
+    made, other_job = [], {}
+
+    def tally(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict[str, ArtifactRef]) -> dict:
+        made.append(domain)
+        if domain == "code":
+            other_job.pop("lock").__exit__(None, None, None)  # the other job stops before finishing math
+        atomic_write_json(ref.file("tally"), {"domain": domain})
+        return {}
+
+    stage = Stage("tally", per_domain=True, plan=lambda ctx, domain: ({}, {}), run=tally,
+                  outputs={"tally": "tally.json"})
+    monkeypatch.setitem(STAGES._items, "tally", stage)
+    ov = overrides(tmp_path, tiny_model_dir, "pipeline=[tally]", "domains=[math,code]")
+    with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
+        ctx = ctx_for(ov)
+        math = ref_for(ctx, "tally", "math")
+        other_job["lock"] = artifact_lock(math)
+        assert other_job["lock"].__enter__()
+
+        def lock(ref: ArtifactRef, *, wait: bool = True):  # waiting here, in one process, would never end
+            assert not (wait and ref.path == math.path and "lock" in other_job), "waited while math was held"
+            return artifact_lock(ref, wait=wait)
+
+        monkeypatch.setattr(engine, "artifact_lock", lock)
+        refs = run_all(ctx)
+    assert made == ["code", "math"]
+    assert refs["tally/math"].complete and refs["tally/code"].complete
+    assert any("domain math's turn comes after the other domains" in m for m in caplog.messages)
+    with hydra_context():
+        assert run_all(ctx_for(ov)) == refs and made == ["code", "math"]  # complete: nothing made again
 
 
 # ---- domain_overrides: one multi-domain run, each domain with its own recipe

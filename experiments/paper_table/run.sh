@@ -4,9 +4,10 @@
 #   main    recipe=paper_table (everything, in the engine's order), then recipe=paper_table_second_eval
 #   beside  generate, filter and the LoRA baseline of each domain, domain by domain, in the order $BESIDE
 #           (default: the reverse of the main process's, so that the two meet in the middle). The artifact
-#           keys are the same; each artifact is locked while it is made, and whichever process comes second
-#           waits for it and reuses it. To resume a run whose main process is sampling the last domain, put
-#           that domain last: BESIDE=arith,code,instructions,dialogue bash experiments/paper_table/run.sh
+#           keys are the same; each artifact is locked while it is made, and a process that finds a domain's
+#           next artifact being made by the other goes on with its other domains, then waits for that one and
+#           reuses it. To resume a run whose main process will sample the last domain while this one could
+#           train LoRAs, put that domain last: BESIDE=arith,code,instructions,dialogue bash .../run.sh
 # Run from the repository root after `make venv vllm`:
 #   bash experiments/paper_table/run.sh                 # logs: $ROOT/../logs/paper_table_{main,beside}.log
 #   bash experiments/paper_table/run.sh dry_run=true    # where each process stands (arguments go to every run)

@@ -226,6 +226,14 @@ def pull_policy(stage: Stage) -> Callable[[Need], bool]:
     return never
 
 
+class ArtifactBusy(Exception):
+    """Another job holds the lock of the artifact `execute(..., wait=False)` was asked to make."""
+
+    def __init__(self, ref: ArtifactRef) -> None:
+        super().__init__(f"{ref} is being made by another job")
+        self.ref = ref
+
+
 def execute(
     ctx: Context,
     stage: str,
@@ -234,6 +242,7 @@ def execute(
     made: Optional[dict[str, ArtifactRef]] = None,
     visited: Optional[dict[Path, ArtifactRef]] = None,
     report_reused: bool = False,
+    wait: bool = True,
 ) -> ArtifactRef:
     """Run one stage unless its artifact is complete; a partial directory is resumed by the stage.
 
@@ -246,8 +255,12 @@ def execute(
             alone reports every artifact it stands on; otherwise they are read silently.
         visited: the artifacts this command already executed (shared by every call of one command), so
             each is executed, and reported, once.
+        wait: where another job is making this artifact, wait for it (and reuse it); False raises
+            ArtifactBusy at once instead, so that the caller can do other work first (one process only:
+            ranks of a multi-process launch must take the same branch, and only rank 0 locks).
     Raises:
         MissingArtifactError: a missing input that `pull` does not produce.
+        ArtifactBusy: `wait=False` and another job holds the artifact's lock.
     """
     st = STAGES.get(stage, "stage")
     domain = domain if st.per_domain else None
@@ -278,7 +291,9 @@ def execute(
     main = is_main_process()
     # Under a multi-process launch only rank 0 locks and writes; the other ranks follow its decisions
     # (core/distributed.py says why waiting on the lock would deadlock them).
-    with artifact_lock(ref) if main else nullcontext():
+    with artifact_lock(ref, wait=wait) if main else nullcontext(True) as held:
+        if not held:
+            raise ArtifactBusy(ref)
         if main_process_decides(ref.complete):  # another job produced it while we waited for the lock
             log.info("%s was completed by another job", ref)
             return ref

@@ -8,12 +8,15 @@ in any registry-backed name fails in seconds instead of after hours of training.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 from .artifacts import ArtifactRef
 from .distributed import process_rank
-from .engine import STAGES, Context, always, execute, never, plan, pull_policy
+from .engine import STAGES, ArtifactBusy, Context, always, execute, never, plan, pull_policy
+
+log = logging.getLogger("skillweave")
 
 
 Planned = tuple[ArtifactRef, Context, Optional[str]]
@@ -107,7 +110,7 @@ def _label(stage: str, domain: Optional[str], r: Optional[int] = None) -> str:
 
 
 def run_domain(
-    ctx: Context, domain: str, stages: Optional[list[str]] = None, visited: Optional[dict] = None
+    ctx: Context, domain: str, stages: Optional[list[str]] = None, visited: Optional[dict] = None, wait: bool = True
 ) -> dict[str, ArtifactRef]:
     """One domain's part of `stage=all`: the domain-local stages, those marked `rounds` at every online
     round (round r samples with and trains from round r-1's policy). Complete rounds are reused, so a
@@ -115,6 +118,9 @@ def run_domain(
 
     Returns:
         {"<stage>/<domain>": artifact} for the last round, {"<stage>/<domain>/round<r>": artifact} for earlier ones.
+    Raises:
+        ArtifactBusy: `wait=False` and another job is making one of the domain's artifacts (those before it
+            are made; a later call resumes there).
     """
     stages = domain_stages(ctx) if stages is None else stages
     done: dict[str, ArtifactRef] = {}
@@ -122,7 +128,8 @@ def run_domain(
         last = r == ctx.dpo_round
         for stage in stages:
             if last or STAGES.get(stage).rounds:
-                done[_label(stage, domain, None if last else r)] = execute(ctx.at_round(r), stage, domain, visited=visited)
+                done[_label(stage, domain, None if last else r)] = execute(
+                    ctx.at_round(r), stage, domain, visited=visited, wait=wait)
     return done
 
 
@@ -144,11 +151,23 @@ def run_fan_in(ctx: Context, visited: Optional[dict] = None) -> dict[str, Artifa
 
 def run_all(ctx: Context) -> dict[str, ArtifactRef]:
     """Every stage of `pipeline` for every domain in `domains`: each domain's local stages first (every
-    online round), then the fan-in stages. Plans everything before running anything."""
+    online round), then the fan-in stages. Plans everything before running anything.
+
+    Two commands on one artifacts_root share the work: a domain whose next artifact another job is making
+    is put off, and this one goes on with the other domains; then it waits its turn for the domains put off
+    (and reuses what the other job made). Under a multi-process launch every domain waits its turn in order.
+    """
     plan_all(ctx)
     done: dict[str, ArtifactRef] = {}
     stages, visited = domain_stages(ctx), {}
+    later = []
     for domain in ctx.cfg.domains:
+        try:
+            done |= run_domain(ctx, domain, stages, visited, wait=process_rank()[1] > 1)
+        except ArtifactBusy as e:
+            log.info("%s: domain %s's turn comes after the other domains", e, domain)
+            later.append(domain)
+    for domain in later:
         done |= run_domain(ctx, domain, stages, visited)
     return done | run_fan_in(ctx, visited)
 
