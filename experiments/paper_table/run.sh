@@ -3,11 +3,14 @@
 # artifacts under $ROOT): two processes, each on one thread and niced, so that the machine stays usable:
 #   main    recipe=paper_table (everything, in the engine's order), then recipe=paper_table_second_eval
 #   beside  generate, filter and the LoRA baseline of each domain, domain by domain, in the order $BESIDE
-#           (default: the reverse of the main process's, so that the two meet in the middle). The artifact
-#           keys are the same; each artifact is locked while it is made, and a process that finds a domain's
-#           next artifact being made by the other goes on with its other domains, then waits for that one and
-#           reuses it. To resume a run whose main process will sample the last domain while this one could
-#           train LoRAs, put that domain last: BESIDE=arith,code,instructions,dialogue bash .../run.sh
+#           (default: the reverse of the main process's, so that the two meet in the middle); then the same
+#           two recipes with the eval's configurations in reverse order, so that the two processes share the
+#           eval rows from both ends.
+# The artifact keys are the same in both (an eval row's key does not depend on the other configurations).
+# Each artifact is locked while it is made: a process that finds a domain's next artifact, or an eval row,
+# being made by the other goes on with its other domains or rows first, then waits for that one and reuses
+# it; other artifacts (merges, the multitask DPO) it waits for. To resume a run whose main process will sample
+# the last domain while this one could train LoRAs, put that domain last: BESIDE=arith,code,instructions,dialogue
 # Run from the repository root after `make venv vllm`:
 #   bash experiments/paper_table/run.sh                 # logs: $ROOT/../logs/paper_table_{main,beside}.log
 #   bash experiments/paper_table/run.sh dry_run=true    # where each process stands (arguments go to every run)
@@ -31,7 +34,15 @@ run() {  # LOG, then the overrides: one python -m skillweave, its start and exit
 }
 
 BESIDE=${BESIDE:-dialogue,instructions,code,arith}
-run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' "domains=[$BESIDE]" hydra.run.dir="$LOGS/hydra/beside" &
+REVERSED=$(.venv/bin/python -c 'import sys, yaml; print(",".join(reversed(yaml.safe_load(sys.stdin)["eval"]["configurations"])))' \
+  < recipes/paper_table.yaml) || exit 1
+(
+  run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' "domains=[$BESIDE]" \
+    hydra.run.dir="$LOGS/hydra/beside" &&
+    run paper_table_beside recipe=paper_table "eval.configurations=[$REVERSED]" hydra.run.dir="$LOGS/hydra/beside_all" &&
+    run paper_table_beside recipe=paper_table_second_eval "eval.configurations=[$REVERSED]" \
+      hydra.run.dir="$LOGS/hydra/beside_second_eval"
+) &
 (
   run paper_table_main recipe=paper_table hydra.run.dir="$LOGS/hydra/main" &&
     run paper_table_main recipe=paper_table_second_eval hydra.run.dir="$LOGS/hydra/second_eval"
