@@ -287,6 +287,15 @@ def checkpoint_is_complete(path: Path) -> bool:
     return True
 
 
+def checkpoint_progress(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> str:
+    """A training stage's `progress` for dry_run: the step of the latest complete checkpoint in the partial
+    artifact's checkpoints/, which a rerun resumes from. Reads only: the checkpoint a running job is
+    writing is not complete yet, and nothing is deleted (last_complete_checkpoint deletes, when resuming)."""
+    steps = [int(p.name.rsplit("-", 1)[1]) for p in (ref.path / "checkpoints").glob("checkpoint-*")
+             if p.name.rsplit("-", 1)[1].isdigit() and checkpoint_is_complete(p)]
+    return f"checkpointed at step {max(steps)}" if steps else ""
+
+
 def last_complete_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     """The latest complete checkpoint in `ckpt_dir` (None without one); incomplete ones (a run killed while
     saving, a full disk) are deleted, so a rerun resumes from the one before instead of failing forever."""

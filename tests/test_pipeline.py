@@ -193,7 +193,7 @@ def test_a_killed_generate_resumes_with_identical_samples(pipeline, tmp_path, ti
     assert list(again.values())[0].complete
 
 
-def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model_dir, monkeypatch):
+def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model_dir, monkeypatch, capsys):
     import trl
     from transformers import TrainerCallback
 
@@ -222,6 +222,10 @@ def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model
     torn.mkdir()
     shutil.copy(partial / "checkpoints" / "checkpoint-1" / "config.json", torn)
     (torn / ".model.safetensors.tmp").write_bytes((partial / "checkpoints" / "checkpoint-1" / "model.safetensors").read_bytes()[:1000])
+    capsys.readouterr()
+    run_overrides([*ov, "stage=dpo", "dry_run=true"])  # reads only: the torn checkpoint stays for the run to delete
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("partial")]
+    assert line.endswith("(checkpointed at step 1)") and torn.is_dir()
 
     steps_run = []
 

@@ -76,9 +76,9 @@ class Stage:
     """Checks of what it will read that need the plugins (rule names, a prompt source's arguments), run
     at start-up for every artifact that is going to be made, never for one that is complete."""
     progress: Optional[Callable[["Context", Optional[str], ArtifactRef, dict[str, ArtifactRef]], str]] = None
-    """What an unfinished artifact holds so far, in words, for `dry_run` (generate: the batches written; eval:
-    the rows and cells scored, which other processes may have made before its own directory exists), or ""
-    for nothing. Reads files only."""
+    """What an unfinished artifact holds so far, in words, for `dry_run` (generate: the batches written; the
+    training stages: the step of their last complete checkpoint; eval: the rows and cells scored, which other
+    processes may have made before its own directory exists), or "" for nothing. Reads files only."""
 
 
 STAGES: Registry[Stage] = Registry("stage")

@@ -15,6 +15,8 @@ from typing import Optional
 from ..app import context
 from ..core.compose import CONF_DIR, composer, replayable
 from ..core.flow import plan_all, run_domain, run_fan_in
+
+
 def run_job(overrides: list[str], domain: Optional[str]) -> dict[str, str]:
     """One job's work, composed as `python -m skillweave` would: a domain's local stages (generate ->
     filter -> dpo, every online-DPO round), or with domain=None the fan-in stages (core.flow.run_fan_in).

@@ -24,7 +24,7 @@ from typing import Optional
 from ..core.artifacts import ArtifactRef
 from ..core.engine import Context, Need, Pulls, Stage, register_stage
 from ..deltas import previous_delta
-from ..training import check_precision, dpo_settings, load_pairs, train_dpo, write_delta
+from ..training import check_precision, checkpoint_progress, dpo_settings, load_pairs, train_dpo, write_delta
 
 
 def plan(ctx: Context, domain: Optional[str]):
@@ -53,5 +53,5 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 register_stage(Stage(
     "dpo", per_domain=True, plan=plan, run=run, outputs={"delta": "delta.safetensors"},
-    distributed=True, rounds=True, pulls=Pulls.earlier_rounds, check=check_precision,
+    distributed=True, rounds=True, pulls=Pulls.earlier_rounds, check=check_precision, progress=checkpoint_progress,
 ))

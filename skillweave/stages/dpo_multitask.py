@@ -22,7 +22,15 @@ from typing import Optional
 from ..config import MultitaskSteps
 from ..core.artifacts import ArtifactRef
 from ..core.engine import Context, Stage, register_stage
-from ..training import check_precision, dpo_settings, load_pairs, pairs_of_every_round, train_dpo, write_delta
+from ..training import (
+    check_precision,
+    checkpoint_progress,
+    dpo_settings,
+    load_pairs,
+    pairs_of_every_round,
+    train_dpo,
+    write_delta,
+)
 
 
 def total_steps(ctx: Context) -> int:
@@ -71,5 +79,5 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 register_stage(Stage(
     "dpo_multitask", per_domain=False, plan=plan, run=run, outputs={"delta": "delta.safetensors"}, distributed=True,
-    check=check_precision,
+    check=check_precision, progress=checkpoint_progress,
 ))

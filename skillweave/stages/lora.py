@@ -23,7 +23,14 @@ from typing import Optional
 from ..core.artifacts import ArtifactRef
 from ..core.engine import Context, Stage, register_stage
 from ..lora_io import adapter_tensors, lora_dense_delta, peft_config, save_adapter
-from ..training import check_precision, dpo_settings, load_pairs, pairs_of_every_round, train_dpo
+from ..training import (
+    check_precision,
+    checkpoint_progress,
+    dpo_settings,
+    load_pairs,
+    pairs_of_every_round,
+    train_dpo,
+)
 
 
 def plan(ctx: Context, domain: Optional[str]):
@@ -63,4 +70,5 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
 
 register_stage(Stage(
     "lora", per_domain=True, plan=plan, run=run, outputs={"adapter": "adapter"}, distributed=True, check=check_precision,
+    progress=checkpoint_progress,
 ))

@@ -36,7 +36,14 @@ from ..lora_io import adapter_tensors, peft_config, save_adapter
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_model_dir
 from ..sampling import sample_batch
 from ..skill import SKILLS, Skill, skill_prompt
-from ..training import load_for_training, resolved_precision, train_dpo, train_sft, training_precision
+from ..training import (
+    checkpoint_progress,
+    load_for_training,
+    resolved_precision,
+    train_dpo,
+    train_sft,
+    training_precision,
+)
 
 
 def the_skill(ctx: Context) -> Skill:
@@ -180,5 +187,5 @@ def _pairs(skill: Skill, answers: list[dict], kept: list[dict], by_id: dict):
 
 register_stage(Stage(
     "s2l", per_domain=False, plan=plan, run=run, outputs={"adapter": "adapter", "train": "train.jsonl"},
-    label=lambda ctx: ctx.cfg.skill or "none", check=check_s2l_precision,
+    label=lambda ctx: ctx.cfg.skill or "none", check=check_s2l_precision, progress=checkpoint_progress,
 ))

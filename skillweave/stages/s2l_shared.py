@@ -22,7 +22,7 @@ from ..core.errors import ConfigError
 from ..lora_io import adapter_tensors, peft_config, save_adapter
 from ..skill import SKILLS
 from ..skill_eval import adapter_needs
-from ..training import load_for_training, resolved_precision, train_sft, training_precision
+from ..training import checkpoint_progress, load_for_training, resolved_precision, train_sft, training_precision
 
 
 def the_skills(ctx: Context) -> list[str]:
@@ -75,4 +75,5 @@ register_stage(Stage(
     "s2l_shared", per_domain=False, plan=plan, run=run, outputs={"adapter": "adapter"}, pulls=Pulls.everything,
     label=lambda ctx: "+".join(ctx.cfg.skills) or "none",
     check=lambda ctx, domain: training_precision(ctx.cfg.s2l.precision, "s2l.precision"),
+    progress=checkpoint_progress,
 ))
