@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from .core.artifacts import ArtifactRef
+from .core.artifacts import ArtifactRef, manifest_seconds
 from .evaluation import paired_difference
 
 
@@ -68,8 +68,9 @@ def paired_table(results: dict, reference: str = "base") -> str:
 
 
 def lineage(root: Path, starts: list[Path], keys: tuple[str, ...] = ()) -> dict[str, dict]:
-    """{"<stage>/<label>": {"metrics", "seconds"}} of the artifacts `starts` (directories under `root`) and the
-    complete artifacts with these `keys`, and of everything they read, down to generate: what a comparison
+    """{"<stage>/<label>": {"metrics", "seconds", "runs"}} (seconds of every run that made it; runs None where
+    the manifest predates run clocks and has the last run's alone) of the artifacts `starts` (directories under
+    `root`) and the complete artifacts with these `keys`, and of everything they read, down to generate: what a comparison
     cost and what each stage recorded on the way (a second artifact of one stage and label, e.g. another
     merge method, gets its key appended)."""
     by_key = {p.name.rsplit("-", 1)[1]: p for p in root.glob("*/*-*") if (p / "manifest.json").is_file()}
@@ -84,7 +85,8 @@ def lineage(root: Path, starts: list[Path], keys: tuple[str, ...] = ()) -> dict[
         name = f"{config['stage']}/{config['label']}"
         if name in manifests:
             name += f"/{path.name.rsplit('-', 1)[1]}"
-        manifests[name] = {"metrics": manifest.get("metrics"), "seconds": manifest.get("seconds")}
+        manifests[name] = {"metrics": manifest.get("metrics"), "seconds": manifest_seconds(manifest),
+                           "runs": manifest.get("runs")}
         todo += [by_key[k] for k in config["inputs"].values() if k in by_key]
     return dict(sorted(manifests.items()))
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from .core.artifacts import (
     atomic_write_text,
     file_digest,
     make_ref,
+    run_clock,
     write_jsonl,
     write_manifest,
 )
@@ -143,37 +143,38 @@ def run_rows(ctx: Context, ref: ArtifactRef, rows: Sequence[Row], skills: Sequen
         out = row_ref(ctx, row, skills, inputs)
         with artifact_lock(out):
             if not out.complete:
-                started = time.time()
-                model, nbytes, details = row.build(inputs)
-                cells = {}
-                vllm = ctx.cfg.skill_eval.backend == "vllm"
-                with ServedModels(ctx, out.path) if vllm else nullcontext() as engines:
-                    for skill in skills:
-                        cells[skill] = finished_cell(out, skill)
-                        if cells[skill] is not None:
-                            log.info("%s on %s: %.3f, scored before: reused", row.name, skill, cells[skill]["score"])
-                            continue
-                        row.select(model, skill)
-                        cell = score(model, tok, skill, row.with_skill_text, ctx, engines)
-                        write_jsonl(out.path / f"{skill}.jsonl", cell.pop("samples"))
-                        digest = file_digest(out.path / f"{skill}.jsonl")
-                        atomic_write_json(out.path / f"{skill}.cell.json", cell | {"sha256": digest})
-                        cells[skill] = cell
-                        log.info("%s on %s: %.3f ± %.3f", row.name, skill, cell["score"], cell["stderr"])
-                del model
-                if vllm:  # what decoded each skill's answers
-                    details = details | {"served_by": {s: c["served_by"] for s, c in cells.items()}}
-                result = {"name": row.name, "bytes": nbytes, "with_skill_text": row.with_skill_text,
-                          "scores": {s: c["score"] for s, c in cells.items()},
-                          "stderr": {s: c["stderr"] for s, c in cells.items()},
-                          "n": {s: c["n"] for s, c in cells.items()},
-                          "tasks": {s: c["task"] for s, c in cells.items()},
-                          "checks": {s: c["checks"] for s, c in cells.items()},
-                          "prompt_tokens": {s: c["prompt_tokens"] for s, c in cells.items()},
-                          "average": sum(c["score"] for c in cells.values()) / len(cells),
-                          "details": details}
-                atomic_write_json(out.path / "row.json", result)
-                write_manifest(out, {"average": result["average"]}, started)
+                with run_clock(out) as started:
+                    model, nbytes, details = row.build(inputs)
+                    cells = {}
+                    vllm = ctx.cfg.skill_eval.backend == "vllm"
+                    with ServedModels(ctx, out.path) if vllm else nullcontext() as engines:
+                        for skill in skills:
+                            cells[skill] = finished_cell(out, skill)
+                            if cells[skill] is not None:
+                                log.info("%s on %s: %.3f, scored before: reused", row.name, skill,
+                                         cells[skill]["score"])
+                                continue
+                            row.select(model, skill)
+                            cell = score(model, tok, skill, row.with_skill_text, ctx, engines)
+                            write_jsonl(out.path / f"{skill}.jsonl", cell.pop("samples"))
+                            digest = file_digest(out.path / f"{skill}.jsonl")
+                            atomic_write_json(out.path / f"{skill}.cell.json", cell | {"sha256": digest})
+                            cells[skill] = cell
+                            log.info("%s on %s: %.3f ± %.3f", row.name, skill, cell["score"], cell["stderr"])
+                    del model
+                    if vllm:  # what decoded each skill's answers
+                        details = details | {"served_by": {s: c["served_by"] for s, c in cells.items()}}
+                    result = {"name": row.name, "bytes": nbytes, "with_skill_text": row.with_skill_text,
+                              "scores": {s: c["score"] for s, c in cells.items()},
+                              "stderr": {s: c["stderr"] for s, c in cells.items()},
+                              "n": {s: c["n"] for s, c in cells.items()},
+                              "tasks": {s: c["task"] for s, c in cells.items()},
+                              "checks": {s: c["checks"] for s, c in cells.items()},
+                              "prompt_tokens": {s: c["prompt_tokens"] for s, c in cells.items()},
+                              "average": sum(c["score"] for c in cells.values()) / len(cells),
+                              "details": details}
+                    atomic_write_json(out.path / "row.json", result)
+                    write_manifest(out, {"average": result["average"]}, started)
             else:
                 log.info("skill eval row %s is complete: reused", out)
         results.append(json.loads((out.path / "row.json").read_text()) | {"row": str(out)})

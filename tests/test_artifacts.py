@@ -5,12 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from skillweave.core.artifacts import ArtifactError, ArtifactRef, artifact_lock, content_key, make_ref, write_manifest
+from skillweave.core.artifacts import (
+    ArtifactError,
+    ArtifactRef,
+    artifact_lock,
+    content_key,
+    make_ref,
+    run_clock,
+    runs_so_far,
+    write_manifest,
+)
 
 
 def test_key_depends_on_config_and_inputs_only():
@@ -66,6 +77,34 @@ def test_two_processes_asking_for_one_artifact_take_turns(tmp_path):
     ref = make_ref(str(tmp_path), "merge", "all", {"m": 1}, {})
     assert isinstance(ref, ArtifactRef) and ref.complete
     assert (Path(ref.path) / "out.bin").stat().st_size == 1000
+
+
+def _train_until_killed(root: str) -> None:
+    with run_clock(make_ref(root, "dpo", "math", {"n": 1}, {}), every=0.05):
+        time.sleep(60)
+
+
+def test_the_manifest_counts_the_time_of_a_run_killed_before_it(tmp_path):
+    """A run killed with SIGKILL (no `finally`) still leaves its time, to within the clock's period; the run
+    that finishes the artifact adds it to its own in the manifest."""
+    ref = make_ref(tmp_path, "dpo", "math", {"n": 1}, {})
+    killed = mp.get_context("spawn").Process(target=_train_until_killed, args=(str(tmp_path),))
+    killed.start()
+    deadline = time.time() + 60
+    while runs_so_far(ref)[0] < 0.5 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join(10)
+    earlier, runs = runs_so_far(ref)
+    assert killed.exitcode == -signal.SIGKILL and runs == 1 and 0.5 <= earlier < 5
+    with run_clock(ref, every=0.05) as started:
+        time.sleep(0.2)
+        (ref.path / "delta.safetensors").write_bytes(b"x")
+        manifest = write_manifest(ref, {}, started)
+    assert manifest["runs"] == 2 and manifest["seconds"] >= 0.2
+    assert manifest["seconds_all_runs"] == pytest.approx(manifest["seconds"] + earlier, abs=0.02)
+    assert list(manifest["files"]) == ["delta.safetensors"]  # the clocks are not the artifact's files,
+    assert not (ref.path / ".runs").exists()  # and a finished artifact keeps none
 
 
 @pytest.fixture

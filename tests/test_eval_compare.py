@@ -44,15 +44,15 @@ def test_without_base_nothing_is_paired(tmp_path):
 
 
 def test_lineage_walks_every_artifact_behind_a_row_down_to_generate(tmp_path):
-    def artifact(stage, label, key, inputs, seconds):
+    def artifact(stage, label, key, inputs, seconds, **runs):
         path = tmp_path / stage / f"{label}-{key}"
         path.mkdir(parents=True)
         (path / "config.json").write_text(json.dumps({"stage": stage, "label": label, "inputs": inputs}))
-        (path / "manifest.json").write_text(json.dumps({"metrics": {"key": key}, "seconds": seconds}))
+        (path / "manifest.json").write_text(json.dumps({"metrics": {"key": key}, "seconds": seconds, **runs}))
         return path
 
     artifact("generate", "math", "k1", {}, 10.0)
-    artifact("dpo", "math", "k2", {"generate": "k1"}, 20.0)
+    artifact("dpo", "math", "k2", {"generate": "k1"}, 20.0, seconds_all_runs=35.0, runs=2)  # resumed once
     artifact("merge", "all", "k3", {"dpo_math": "k2"}, 3.0)
     artifact("merge", "all", "k4", {"dpo_math": "k2"}, 4.0)  # another merge method: same stage and label
     row = artifact("eval_rows", "merged", "k5", {"a": "k3", "b": "k4"}, 50.0)
@@ -61,7 +61,8 @@ def test_lineage_walks_every_artifact_behind_a_row_down_to_generate(tmp_path):
 
     got = lineage(tmp_path, [row])
     assert set(got) == {"eval_rows/merged", "merge/all", "merge/all/k3", "dpo/math", "generate/math"}
-    assert got["generate/math"] == {"metrics": {"key": "k1"}, "seconds": 10.0}
+    assert got["generate/math"] == {"metrics": {"key": "k1"}, "seconds": 10.0, "runs": None}  # before run clocks
+    assert got["dpo/math"] == {"metrics": {"key": "k2"}, "seconds": 35.0, "runs": 2}  # both runs' time
     assert sorted(m["seconds"] for n, m in got.items() if n.startswith("merge/")) == [3.0, 4.0]
     assert list(got) == sorted(got)
     assert set(lineage(tmp_path, [], ("k2", "k7"))) == {"dpo/math", "generate/math"}  # by key; k7 is not complete

@@ -73,8 +73,9 @@ def test_dry_run_says_where_a_run_stands_and_runs_nothing(pipeline, tmp_path, ca
     lines = capsys.readouterr().out.strip().splitlines()
     made = {str(r.path.relative_to(r.root)) for r in refs.values()}
     assert {line.split()[-1] for line in lines[:-1]} == made and all(line.startswith("complete") for line in lines[:-1])
-    seconds = sum(r.manifest()["seconds"] for r in refs.values())
-    assert lines[-1].startswith(f"{len(made)} complete ({seconds:.0f} s by their manifests), 0 partial, 0 missing")
+    seconds = sum(r.manifest()["seconds_all_runs"] for r in refs.values())
+    assert lines[-1].startswith(f"{len(made)} complete ({seconds:.0f} s by their manifests), 0 partial (0 s so far), "
+                                "0 missing")
     # the same command on a new root: nothing there, and a stopped run's directory is partial, with what it holds
     fresh = [o for o in ov if not o.startswith("artifacts_root=")] + [f"artifacts_root={tmp_path / 'new'}"]
     shards = tmp_path / "new" / next(p for p in made if p.startswith("generate/")) / "shards"
@@ -226,6 +227,7 @@ def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model
     run_overrides([*ov, "stage=dpo", "dry_run=true"])  # reads only: the torn checkpoint stays for the run to delete
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("partial")]
     assert line.endswith("(checkpointed at step 1)") and torn.is_dir()
+    killed_run = float(line.split()[1])  # the killed run's time, by its clock
 
     steps_run = []
 
@@ -242,6 +244,9 @@ def test_a_killed_dpo_resumes_from_its_checkpoint(pipeline, tmp_path, tiny_model
     (ref,) = run_overrides([*ov, "stage=dpo"]).values()
     assert steps_run == [2]  # resumed at step 1's checkpoint (the torn one deleted), not restarted
     assert ref.path == partial and ref.complete and ref.manifest()["metrics"]["steps"] == 2
+    manifest = ref.manifest()  # the cost is both runs', not the last one's alone
+    assert manifest["runs"] == 2
+    assert manifest["seconds_all_runs"] == pytest.approx(manifest["seconds"] + killed_run, abs=1)
     assert not (partial / "checkpoints").exists()
     # And the resumed run ends where an uninterrupted one does (save_steps aside, the same config).
     uninterrupted = load_delta(refs["dpo/math"].file("delta"))

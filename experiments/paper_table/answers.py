@@ -285,14 +285,17 @@ def answers(table: Table, variants: tuple[str, ...] = ()) -> tuple[str, dict]:
 
 
 def cost(manifests: dict) -> str:
-    """Markdown: seconds per artifact ("<stage>/<label>", as collect.py names them) and per stage."""
-    lines = ["## Cost", "", "Seconds by each artifact's manifest (1 thread; eval rows include what they train, e.g. "
-             "BitDelta's scale distillation).", "", "| artifact | seconds |", "|---|---:|"]
+    """Markdown: seconds per artifact ("<stage>/<label>", as collect.py names them) and per stage, with the
+    number of runs that made each (a manifest from before run clocks has its last run's seconds alone)."""
+    lines = ["## Cost", "", "Seconds by each artifact's manifest, every run that made it (1 thread; eval rows include "
+             "what they train, e.g. BitDelta's scale distillation). Runs `last`: a manifest written before the "
+             "engine kept every run's time (2026-12-07), whose seconds are its last run's alone: an undercount where "
+             "that run resumed a killed one.", "", "| artifact | seconds | runs |", "|---|---:|---:|"]
     totals: dict[str, float] = {}
     for name, m in sorted(manifests.items()):
         if m.get("seconds") is None:
             continue
-        lines.append(f"| {name} | {m['seconds']:.0f} |")
+        lines.append(f"| {name} | {m['seconds']:.0f} | {m.get('runs') or 'last'} |")
         stage = name.split("/", 1)[0]
         totals[stage] = totals.get(stage, 0.0) + m["seconds"]
     lines += ["", "| stage | seconds | hours |", "|---|---:|---:|"]

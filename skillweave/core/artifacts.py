@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ __all__ = ["ArtifactError", "MissingArtifactError"]  # re-exported: consumers se
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
+RUNS = ".runs"  # hidden, so not the artifact's: one file per run that worked on it (run_clock)
 
 
 def content_key(payload: Any) -> str:
@@ -183,9 +185,65 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _run_file(ref: ArtifactRef, started: float) -> Path:
+    return ref.path / RUNS / f"{started:.6f}-{os.getpid()}.json"
+
+
+@contextmanager
+def run_clock(ref: ArtifactRef, every: float = 60.0) -> Iterator[float]:
+    """Yields this run's start and keeps its time so far in a hidden file of the artifact, rewritten every
+    `every` seconds by a daemon thread, so that a run killed before the manifest still counts (to within
+    `every`): write_manifest records the time of every run that made the artifact, not only the last one's,
+    and the dry run says how long a partial artifact has taken so far. Only the process that writes the
+    artifact uses it (rank 0 of a multi-process launch)."""
+    started = time.time()
+    path, stop = _run_file(ref, started), threading.Event()
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def tick() -> None:
+        try:
+            atomic_write_json(path, {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                                     "seconds": round(time.time() - started, 2)})
+        except OSError:  # a full disk or a concurrent sweep of temporary files: the next tick writes it again
+            pass
+
+    def beat() -> None:
+        while not stop.wait(every):
+            tick()
+
+    tick()
+    thread = threading.Thread(target=beat, name=f"run clock {ref.stage}/{ref.label}", daemon=True)
+    thread.start()
+    try:
+        yield started
+    finally:
+        stop.set()
+        thread.join()
+        if (ref.path / MANIFEST).is_file():  # the manifest holds every run's time now: a finished artifact
+            shutil.rmtree(ref.path / RUNS, ignore_errors=True)  # keeps no file that it does not list
+        else:
+            tick()
+
+
+def runs_so_far(ref: ArtifactRef, but: Path | None = None) -> tuple[float, int]:
+    """The seconds and number of the runs that worked on `ref` as their run_clock files say (`but` left out)."""
+    seconds, runs = 0.0, 0
+    for f in sorted((ref.path / RUNS).glob("*.json")):
+        if f == but:
+            continue
+        try:
+            seconds += float(json.loads(f.read_text())["seconds"])
+            runs += 1
+        except (OSError, ValueError, KeyError, TypeError):  # torn by a kill mid-write: not counted
+            continue
+    return seconds, runs
+
+
 def write_manifest(ref: ArtifactRef, metrics: dict, started: float) -> dict:
-    """The completion marker: inputs, config, every file's size and sha256, the stage's metrics and the
-    command that makes it again. Hidden files (temporary writes, the lock) are not the artifact's."""
+    """The completion marker: inputs, config, every file's size and sha256, the stage's metrics, the time it
+    took (`seconds`: this run, from `started`; `seconds_all_runs` and `runs`: with the earlier, killed runs
+    that run_clock recorded) and the command that makes it again. Hidden files (temporary writes, the lock,
+    the run clocks) are not the artifact's."""
     for p in sorted(ref.path.rglob(".*.tmp*"), reverse=True):  # what a killed write left, not the artifact
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     files = {}
@@ -193,6 +251,8 @@ def write_manifest(ref: ArtifactRef, metrics: dict, started: float) -> dict:
         rel = p.relative_to(ref.path)
         if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.name != MANIFEST:
             files[str(rel)] = {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+    seconds = time.time() - started
+    earlier, runs = runs_so_far(ref, but=_run_file(ref, started))
     manifest = {
         "stage": ref.stage,
         "label": ref.label,
@@ -201,11 +261,18 @@ def write_manifest(ref: ArtifactRef, metrics: dict, started: float) -> dict:
         "inputs": ref.inputs,
         "files": files,
         "metrics": metrics,
-        "seconds": round(time.time() - started, 2),
+        "seconds": round(seconds, 2),
+        "seconds_all_runs": round(seconds + earlier, 2),
+        "runs": runs + 1,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_json(ref.path / MANIFEST, manifest)
     return manifest
+
+
+def manifest_seconds(manifest: dict) -> float:
+    """What an artifact cost: every run's time (manifests written before run clocks have only the last's)."""
+    return float(manifest.get("seconds_all_runs", manifest.get("seconds")) or 0.0)
 
 
 def stored_artifacts(root: Path) -> list[ArtifactRef]:

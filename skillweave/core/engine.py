@@ -29,6 +29,7 @@ from .artifacts import (
     artifact_lock,
     atomic_write_json,
     make_ref,
+    run_clock,
     write_manifest,
 )
 from .distributed import is_main_process, main_process_decides
@@ -298,24 +299,27 @@ def execute(
             log.info("%s was completed by another job", ref)
             return ref
         log.info("running %s -> %s", stage + (f"[{domain}]" if domain else ""), ref.path)
-        started = time.time()
         if main:
             atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config,
                                                   "inputs": ref.inputs, "command": ref.command})
-        try:
-            metrics = st.run(ctx, domain, ref, {name: need.ref for name, need in needs.items()})
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise
-            raise ArtifactError(
-                f"{ref}: {e.strerror} while writing {e.filename or ref.path}: free space in {ctx.root} and run "
-                f"`{ref.command}` again (the partial artifact resumes)"
-            ) from None
-        if main:
-            if st.rounds:
-                metrics = {"round": ctx.dpo_round, **metrics}
-            write_manifest(ref, metrics, started)
-    log.info("%s done in %.0f s", ref, time.time() - started)
+        so_far = ""
+        with run_clock(ref) if main else nullcontext(time.time()) as started:
+            try:
+                metrics = st.run(ctx, domain, ref, {name: need.ref for name, need in needs.items()})
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                raise ArtifactError(
+                    f"{ref}: {e.strerror} while writing {e.filename or ref.path}: free space in {ctx.root} and "
+                    f"run `{ref.command}` again (the partial artifact resumes)"
+                ) from None
+            if main:
+                if st.rounds:
+                    metrics = {"round": ctx.dpo_round, **metrics}
+                manifest = write_manifest(ref, metrics, started)
+                if manifest["runs"] > 1:
+                    so_far = f" ({manifest['seconds_all_runs']:.0f} s in its {manifest['runs']} runs)"
+    log.info("%s done in %.0f s%s", ref, time.time() - started, so_far)
     return ref
 
 

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from .artifacts import ArtifactRef
+from .artifacts import ArtifactRef, manifest_seconds, runs_so_far
 from .distributed import process_rank
 from .engine import STAGES, ArtifactBusy, Context, always, execute, never, plan, pull_policy
 
@@ -82,26 +82,33 @@ def planned(ctx: Context) -> list[Planned]:
 
 
 def plan_report(ctx: Context) -> str:
-    """Where a run stands: each planned artifact complete (with its manifest's seconds), partial (a stopped
-    run's directory, which the next run resumes, or work its stage says is held for it elsewhere: eval rows
-    made by another process; with what it holds so far) or missing, and the totals."""
-    lines, seconds, counts = [], 0.0, {"complete": 0, "partial": 0, "missing": 0}
+    """Where a run stands: each planned artifact complete (with the seconds of every run that made it, by its
+    manifest), partial (a stopped run's directory, which the next run resumes, with the seconds its runs took
+    so far; or work its stage says is held for it elsewhere: eval rows made by another process; with what it
+    holds so far) or missing, and the totals."""
+    lines, counts = [], {"complete": 0, "partial": 0, "missing": 0}
+    seconds = {"complete": 0.0, "partial": 0.0, "missing": 0.0}
     for ref, at, domain in planned(ctx):
-        so_far = ""
+        notes = []
         if ref.complete:
-            state, took = "complete", ref.manifest().get("seconds") or 0.0
-            seconds += took
-            when = f"{took:9.0f} s"
+            manifest = ref.manifest()
+            state, took, runs = "complete", manifest_seconds(manifest), manifest.get("runs", 1)
         else:
-            progress, when = STAGES.get(ref.stage).progress, " " * 11
+            took, runs = runs_so_far(ref)
+            progress = STAGES.get(ref.stage).progress
             if progress is not None:
                 held = progress(at, domain, ref, {n: need.ref for n, need in plan(at, ref.stage, domain)[1].items()})
-                so_far = f"  ({held})" if held else ""
-            state = "partial" if ref.path.exists() or so_far else "missing"
+                notes += [held] if held else []
+            state = "partial" if ref.path.exists() or notes else "missing"
+        if runs > 1:
+            notes.append(f"{runs} runs")
+        seconds[state] += took
         counts[state] += 1
-        lines.append(f"{state:9s} {when}  {ref.path.relative_to(ctx.root)}{so_far}")
-    lines.append(f"{counts['complete']} complete ({seconds:.0f} s by their manifests), {counts['partial']} partial, "
-                 f"{counts['missing']} missing under {ctx.root}")
+        when = f"{took:9.0f} s" if took else " " * 11
+        said = f"  ({'; '.join(notes)})" if notes else ""
+        lines.append(f"{state:9s} {when}  {ref.path.relative_to(ctx.root)}{said}")
+    lines.append(f"{counts['complete']} complete ({seconds['complete']:.0f} s by their manifests), {counts['partial']} "
+                 f"partial ({seconds['partial']:.0f} s so far), {counts['missing']} missing under {ctx.root}")
     return "\n".join(lines)
 
 

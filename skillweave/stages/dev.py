@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -27,7 +26,16 @@ import torch
 from tqdm import tqdm
 
 from ..config import SamplingConfig
-from ..core.artifacts import ArtifactRef, artifact_lock, content_key, make_ref, read_jsonl, write_jsonl, write_manifest
+from ..core.artifacts import (
+    ArtifactRef,
+    artifact_lock,
+    content_key,
+    make_ref,
+    read_jsonl,
+    run_clock,
+    write_jsonl,
+    write_manifest,
+)
 from ..core.engine import Context, Need, Pulls, Stage, ref_for, register_stage
 from ..core.errors import DataError
 from ..decoding import use_compiled_decode
@@ -137,10 +145,10 @@ def answer(ctx: Context, domain: str, prompts: list[dict], delta_path: Optional[
 def _cached_answers(ref: ArtifactRef, make) -> list[dict]:
     with artifact_lock(ref):
         if not ref.complete:
-            started = time.time()
-            rows = make()
-            write_jsonl(ref.file("answers"), rows)
-            write_manifest(ref, {"answers": len(rows)}, started)
+            with run_clock(ref) as started:
+                rows = make()
+                write_jsonl(ref.file("answers"), rows)
+                write_manifest(ref, {"answers": len(rows)}, started)
     return read_jsonl(ref.file("answers"))
 
 

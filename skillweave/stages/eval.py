@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Optional
@@ -28,6 +27,7 @@ from ..core.artifacts import (
     atomic_write_json,
     atomic_write_text,
     make_ref,
+    run_clock,
     write_jsonl,
     write_manifest,
 )
@@ -127,20 +127,21 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         def score(model, tok, d: str) -> dict:
             cell = cell_ref(ctx, name, inputs, d)
             with artifact_lock(cell):
-                if not cell.complete:
-                    started = time.time()
-                    engine = served.engine_for(model) if served is not None else None
-                    res = evaluate(None if engine else model, tok, [tasks[d]], limit=limits[d], max_gen_toks=ev.max_gen_toks,
-                                   batch_size=ev.batch_size, compiled_decode=ctx.cfg.model.compiled_decode, engine=engine)
-                    r = res[tasks[d]]
-                    # Every answer is kept: which ones a skillpack changed is as telling as the score.
-                    write_jsonl(cell.file("samples"), r["samples"])
-                    atomic_write_json(cell.file("score"), {
-                        "score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"],
-                        "served_by": engine.label if engine is not None else "hf"})
-                    write_manifest(cell, {"score": r["score"]}, started)
-                else:
+                if cell.complete:
                     log.info("eval cell %s is complete: reused", cell)
+                else:
+                    with run_clock(cell) as started:
+                        engine = served.engine_for(model) if served is not None else None
+                        res = evaluate(None if engine else model, tok, [tasks[d]], limit=limits[d],
+                                       max_gen_toks=ev.max_gen_toks, batch_size=ev.batch_size,
+                                       compiled_decode=ctx.cfg.model.compiled_decode, engine=engine)
+                        r = res[tasks[d]]
+                        # Every answer is kept: which ones a skillpack changed is as telling as the score.
+                        write_jsonl(cell.file("samples"), r["samples"])
+                        atomic_write_json(cell.file("score"), {
+                            "score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"],
+                            "served_by": engine.label if engine is not None else "hf"})
+                        write_manifest(cell, {"score": r["score"]}, started)
             shutil.copyfile(cell.file("samples"), row.path / "samples" / f"{d}.jsonl")
             result = json.loads(cell.file("score").read_text())
             served_by[d] = result.pop("served_by")
@@ -149,38 +150,38 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
         def cached(unit: str, config: dict, compute) -> dict:
             cell = unit_ref(ctx, name, inputs, unit, config)
             with artifact_lock(cell):
-                if not cell.complete:
-                    started = time.time()
-                    atomic_write_json(cell.file("result"), compute())
-                    write_manifest(cell, {}, started)
-                else:
+                if cell.complete:
                     log.info("eval cell %s is complete: reused", cell)
+                else:
+                    with run_clock(cell) as started:
+                        atomic_write_json(cell.file("result"), compute())
+                        write_manifest(cell, {}, started)
             return json.loads(cell.file("result").read_text())
 
         return Scorer(score, lambda model: served.engine_for(model) if served is not None else None, cached)
 
     def make_row(name: str, row: ArtifactRef) -> None:
         """Scores configuration `name` into its row artifact (the caller holds the row's lock)."""
-        started = time.time()
-        (row.path / "samples").mkdir(exist_ok=True)
-        served_by: dict[str, str] = {}
-        with (ServedModels(ctx, row.path) if ev.backend == "vllm" else nullcontext()) as served:
-            out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name, row, served, served_by))
-        if ev.backend == "vllm":
-            out["details"] = {"served_by": served_by, **out.get("details", {})}  # a row's own wins
-        for d, answers in out.get("samples", {}).items():
-            write_jsonl(row.path / "samples" / f"{d}.jsonl", answers)
-        scores = {d: s["score"] for d, s in out["scores"].items()}
-        result = {
-            "name": name,
-            "bytes": out["bytes"],
-            "scores": scores,
-            "stderr": {d: s["stderr"] for d, s in out["scores"].items()},
-            "n": {d: s["n"] for d, s in out["scores"].items()},
-            "average": sum(scores.values()) / len(scores),
-        } | ({"details": out["details"]} if out.get("details") else {})
-        atomic_write_json(row.path / "row.json", result)
-        write_manifest(row, {"average": result["average"]}, started)
+        with run_clock(row) as started:
+            (row.path / "samples").mkdir(exist_ok=True)
+            served_by: dict[str, str] = {}
+            with (ServedModels(ctx, row.path) if ev.backend == "vllm" else nullcontext()) as served:
+                out = CONFIGURATIONS.get(name).run(ctx, inputs, scorer(name, row, served, served_by))
+            if ev.backend == "vllm":
+                out["details"] = {"served_by": served_by, **out.get("details", {})}  # a row's own wins
+            for d, answers in out.get("samples", {}).items():
+                write_jsonl(row.path / "samples" / f"{d}.jsonl", answers)
+            scores = {d: s["score"] for d, s in out["scores"].items()}
+            result = {
+                "name": name,
+                "bytes": out["bytes"],
+                "scores": scores,
+                "stderr": {d: s["stderr"] for d, s in out["scores"].items()},
+                "n": {d: s["n"] for d, s in out["scores"].items()},
+                "average": sum(scores.values()) / len(scores),
+            } | ({"details": out["details"]} if out.get("details") else {})
+            atomic_write_json(row.path / "row.json", result)
+            write_manifest(row, {"average": result["average"]}, started)
 
     # Each finished row is a complete artifact: a killed eval resumes at the first unfinished one, and
     # another eval with the same row (same inputs and settings) reads it instead of recomputing. A row that
