@@ -3,9 +3,13 @@
 # artifacts under $ROOT): two processes, each on one thread and niced, so that the machine stays usable:
 #   main    recipe=paper_table (everything, in the engine's order), then recipe=paper_table_second_eval
 #   beside  generate, filter and the LoRA baseline of each domain, domain by domain, in the order $BESIDE
-#           (default: the reverse of the main process's, so that the two meet in the middle); then the same
-#           two recipes with the eval's configurations in reverse order, so that the two processes share the
+#           (default: the reverse of the main process's, so that the two meet in the middle); then the eval
+#           rows that do not read the multitask DPO, with the eval's configurations in reverse order; then
+#           the same two recipes as main with them in reverse order, so that the two processes share the
 #           eval rows from both ends.
+# Why the multitask row waits: an eval makes (or waits for) every input of its rows before its first row, and
+# the main process makes the multitask DPO (hours) just before its eval; the beside process's first eval
+# leaves that row out, so it scores rows instead of waiting on the multitask DPO's lock.
 # The artifact keys are the same in both (an eval row's key does not depend on the other configurations).
 # Each artifact is locked while it is made: a process that finds a domain's next artifact, or an eval row,
 # being made by the other goes on with its other domains or rows first, then waits for that one and reuses
@@ -14,6 +18,7 @@
 # Run from the repository root after `make venv vllm`:
 #   bash experiments/paper_table/run.sh                 # logs: $ROOT/../logs/paper_table_{main,beside}.log
 #   bash experiments/paper_table/run.sh dry_run=true    # where each process stands (arguments go to every run)
+#   ONLY=beside bash experiments/paper_table/run.sh     # one of the two processes (main or beside)
 # A session's processes end with it; run it again in the next one. Memory: DPO ~12 GB and LoRA ~7 GB at
 # once fit a 23 GB box (experiments/paper_table/README.md).
 set -uo pipefail
@@ -34,18 +39,28 @@ run() {  # LOG, then the overrides: one python -m skillweave, its start and exit
 }
 
 BESIDE=${BESIDE:-dialogue,instructions,code,arith}
-REVERSED=$(.venv/bin/python -c 'import sys, yaml; print(",".join(reversed(yaml.safe_load(sys.stdin)["eval"]["configurations"])))' \
+ONLY=${ONLY:-both}
+case $ONLY in both|main|beside) ;; *) echo "ONLY=$ONLY: write main, beside or leave it unset (both)" >&2; exit 2 ;; esac
+CONFIGURATIONS=$(.venv/bin/python -c 'import sys, yaml; print(",".join(yaml.safe_load(sys.stdin)["eval"]["configurations"]))' \
   < recipes/paper_table.yaml) || exit 1
-(
-  run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' "domains=[$BESIDE]" \
-    hydra.run.dir="$LOGS/hydra/beside" &&
-    run paper_table_beside recipe=paper_table "eval.configurations=[$REVERSED]" hydra.run.dir="$LOGS/hydra/beside_all" &&
-    run paper_table_beside recipe=paper_table_second_eval "eval.configurations=[$REVERSED]" \
-      hydra.run.dir="$LOGS/hydra/beside_second_eval"
-) &
-(
-  run paper_table_main recipe=paper_table hydra.run.dir="$LOGS/hydra/main" &&
-    run paper_table_main recipe=paper_table_second_eval hydra.run.dir="$LOGS/hydra/second_eval"
-) &
+REVERSED=$(tr , '\n' <<< "$CONFIGURATIONS" | tac | paste -sd,)
+WITHOUT_MULTITASK=$(tr , '\n' <<< "$REVERSED" | grep -vx multitask | paste -sd,)
+if [ "$ONLY" != main ]; then
+  (
+    run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' "domains=[$BESIDE]" \
+      hydra.run.dir="$LOGS/hydra/beside" &&
+      run paper_table_beside recipe=paper_table stage=eval "eval.configurations=[$WITHOUT_MULTITASK]" \
+        hydra.run.dir="$LOGS/hydra/beside_rows" &&
+      run paper_table_beside recipe=paper_table "eval.configurations=[$REVERSED]" hydra.run.dir="$LOGS/hydra/beside_all" &&
+      run paper_table_beside recipe=paper_table_second_eval "eval.configurations=[$REVERSED]" \
+        hydra.run.dir="$LOGS/hydra/beside_second_eval"
+  ) &
+fi
+if [ "$ONLY" != beside ]; then
+  (
+    run paper_table_main recipe=paper_table hydra.run.dir="$LOGS/hydra/main" &&
+      run paper_table_main recipe=paper_table_second_eval hydra.run.dir="$LOGS/hydra/second_eval"
+  ) &
+fi
 echo "paper table running under $ROOT; logs in $LOGS (dry_run=true on either recipe says where it stands)"
 wait
