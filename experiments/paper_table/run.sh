@@ -49,7 +49,7 @@ if [ "$ONLY" != main ]; then
   (
     run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' "domains=[$BESIDE]" \
       hydra.run.dir="$LOGS/hydra/beside" &&
-      run paper_table_beside recipe=paper_table stage=eval "eval.configurations=[$WITHOUT_MULTITASK]" \
+      run paper_table_beside recipe=paper_table "eval.configurations=[$WITHOUT_MULTITASK]" \
         hydra.run.dir="$LOGS/hydra/beside_rows" &&
       run paper_table_beside recipe=paper_table "eval.configurations=[$REVERSED]" hydra.run.dir="$LOGS/hydra/beside_all" &&
       run paper_table_beside recipe=paper_table_second_eval "eval.configurations=[$REVERSED]" \
