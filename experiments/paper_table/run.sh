@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The paper table on a 2-core machine in one command, started or resumed (every stage resumes from its
 # artifacts under $ROOT): two processes, each on one thread and niced, so that the machine stays usable:
-#   main    recipe=paper_table (everything, in the engine's order), then recipe=paper_table_second_eval
+#   main    recipe=paper_table (everything, in the engine's order), then recipe=paper_table_second_eval, then
+#           arith again with another sampling and DPO seed (base and dpo rows on arith: the seed's share of
+#           arith's gain)
 #   beside  generate, filter and the LoRA baseline of each domain, domain by domain, in the order $BESIDE
 #           (default: the reverse of the main process's, so that the two meet in the middle); then the eval
 #           rows that do not read the multitask DPO, with the eval's configurations in reverse order; then
 #           the same two recipes as main with them in reverse order, so that the two processes share the
-#           eval rows from both ends.
+#           eval rows from both ends; then the rank-32 skillpacks' skillweave row (SkillZip retention).
 # Why the multitask row waits: an eval makes (or waits for) every input of its rows before its first row, and
 # the main process makes the multitask DPO (hours) just before its eval; the beside process's first eval
 # leaves that row out, so it scores rows instead of waiting on the multitask DPO's lock.
@@ -53,13 +55,19 @@ if [ "$ONLY" != main ]; then
         hydra.run.dir="$LOGS/hydra/beside_rows" &&
       run paper_table_beside recipe=paper_table "eval.configurations=[$REVERSED]" hydra.run.dir="$LOGS/hydra/beside_all" &&
       run paper_table_beside recipe=paper_table_second_eval "eval.configurations=[$REVERSED]" \
-        hydra.run.dir="$LOGS/hydra/beside_second_eval"
+        hydra.run.dir="$LOGS/hydra/beside_second_eval" &&
+      run paper_table_beside recipe=paper_table 'pipeline=[zip,eval]' zip.rank=32 \
+        'eval.configurations=[base,dpo,skillweave]' hydra.run.dir="$LOGS/hydra/rank32"
   ) &
 fi
 if [ "$ONLY" != beside ]; then
   (
     run paper_table_main recipe=paper_table hydra.run.dir="$LOGS/hydra/main" &&
-      run paper_table_main recipe=paper_table_second_eval hydra.run.dir="$LOGS/hydra/second_eval"
+      run paper_table_main recipe=paper_table_second_eval hydra.run.dir="$LOGS/hydra/second_eval" &&
+      run paper_table_main recipe=paper_table 'pipeline=[generate,filter,dpo,eval]' 'domains=[arith]' \
+        '~domain_overrides.code' '~domain_overrides.instructions' '~domain_overrides.dialogue' \
+        domain.sampling.seed=1 dpo.seed=1 'eval.configurations=[base,dpo]' 'eval.compare_to=[base]' \
+        hydra.run.dir="$LOGS/hydra/seed1"
   ) &
 fi
 echo "paper table running under $ROOT; logs in $LOGS (dry_run=true on either recipe says where it stands)"
