@@ -109,6 +109,40 @@ def test_stage_all_puts_off_a_domain_another_job_is_making_and_then_reuses_it(tm
         assert run_all(ctx_for(ov)) == refs and made == ["code", "math"]  # complete: nothing made again
 
 
+def test_a_fan_in_stage_puts_off_a_domain_another_job_is_making(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """The same sharing for a per-domain stage that reads a fan-in artifact (as zip reads the merge): it runs
+    after every domain's job, and the domain another job is making comes last."""
+    made, other_job = [], {}
+
+    def tally(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict[str, ArtifactRef]) -> dict:
+        made.append(domain)
+        if domain == "code":
+            other_job.pop("lock").__exit__(None, None, None)
+        atomic_write_json(ref.file("tally"), {"domain": domain})
+        return {}
+
+    for name, per_domain, needs in (("pooled", False, {}), ("tally", True, {"pooled": "pooled"})):
+        plan = (lambda needs: lambda ctx, domain: ({}, {n: Need(ctx, s) for n, s in needs.items()}))(needs)
+        monkeypatch.setitem(STAGES._items, name, Stage(name, per_domain=per_domain, plan=plan, run=tally,
+                                                       outputs={"tally": "tally.json"}))
+    ov = overrides(tmp_path, tiny_model_dir, "pipeline=[tally]", "domains=[math,code]")
+    with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
+        ctx = ctx_for(ov)
+        math = ref_for(ctx, "tally", "math")
+        other_job["lock"] = artifact_lock(math)
+        assert other_job["lock"].__enter__()
+
+        def lock(ref: ArtifactRef, *, wait: bool = True):
+            assert not (wait and ref.path == math.path and "lock" in other_job), "waited while math was held"
+            return artifact_lock(ref, wait=wait)
+
+        monkeypatch.setattr(engine, "artifact_lock", lock)
+        refs = run_all(ctx)
+    assert made == [None, "code", "math"]  # the pooled artifact first, then code, then math
+    assert refs["tally/math"].complete and refs["tally/code"].complete
+    assert any("domain math's turn comes after the stage's other domains" in m for m in caplog.messages)
+
+
 # ---- domain_overrides: one multi-domain run, each domain with its own recipe
 
 

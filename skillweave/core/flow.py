@@ -143,16 +143,31 @@ def run_domain(
 def run_fan_in(ctx: Context, visited: Optional[dict] = None) -> dict[str, ArtifactRef]:
     """The rest of `pipeline` after every domain's job (merge, zip of every domain, eval...), each stage
     producing first whatever else it reads (eval: other merges, LoRA, multi-task DPO, the router...).
-    On a cluster this is the job after the per-domain array."""
+    On a cluster this is the job after the per-domain array. As in run_all, a per-domain stage's domain
+    that another job is making is put off until the stage's other domains are made (one process only)."""
     local = set(domain_stages(ctx))
     visited = {} if visited is None else visited
     done: dict[str, ArtifactRef] = {}
+
+    def make(stage: str, domain: Optional[str], wait: bool) -> None:
+        made: dict[str, ArtifactRef] = {}
+        ref = execute(ctx, stage, domain, pull=always, made=made, visited=visited, wait=wait)
+        done.update(made)
+        done[_label(stage, domain)] = ref
+
     for stage in (s for s in ctx.cfg.pipeline if s not in local):
-        for domain in ctx.cfg.domains if STAGES.get(stage).per_domain else [None]:
-            made: dict[str, ArtifactRef] = {}
-            ref = execute(ctx, stage, domain, pull=always, made=made, visited=visited)
-            done |= made
-            done[_label(stage, domain)] = ref
+        if not STAGES.get(stage).per_domain:
+            make(stage, None, wait=True)
+            continue
+        later = []
+        for domain in ctx.cfg.domains:
+            try:
+                make(stage, domain, wait=process_rank()[1] > 1)
+            except ArtifactBusy as e:
+                log.info("%s: domain %s's turn comes after the stage's other domains", e, domain)
+                later.append(domain)
+        for domain in later:
+            make(stage, domain, wait=True)
     return done
 
 
