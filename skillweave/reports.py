@@ -69,10 +69,10 @@ def paired_table(results: dict, reference: str = "base") -> str:
 
 def lineage(root: Path, starts: list[Path], keys: tuple[str, ...] = ()) -> dict[str, dict]:
     """{"<stage>/<label>": {"metrics", "seconds", "runs"}} (seconds of every run that made it; runs None where
-    the manifest predates run clocks and has the last run's alone) of the artifacts `starts` (directories under
-    `root`) and the complete artifacts with these `keys`, and of everything they read, down to generate: what a comparison
-    cost and what each stage recorded on the way (a second artifact of one stage and label, e.g. another
-    merge method, gets its key appended)."""
+    the manifest predates run clocks and has the last run's alone) of the artifacts `starts` (directories
+    under `root`) and the complete artifacts with these `keys`, and of everything they read, down to
+    generate: what a comparison cost and what each stage recorded on the way (a second artifact of one stage
+    and label, e.g. another merge method, gets its key appended)."""
     by_key = {p.name.rsplit("-", 1)[1]: p for p in root.glob("*/*-*") if (p / "manifest.json").is_file()}
     manifests, todo, seen = {}, [*starts, *(by_key[k] for k in keys if k in by_key)], set()
     while todo:
