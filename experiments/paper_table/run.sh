@@ -21,10 +21,17 @@
 #   bash experiments/paper_table/run.sh                 # logs: $ROOT/../logs/paper_table_{main,beside}.log
 #   bash experiments/paper_table/run.sh dry_run=true    # where each process stands (arguments go to every run)
 #   ONLY=beside bash experiments/paper_table/run.sh     # one of the two processes (main or beside)
-# A session's processes end with it; run it again in the next one. Memory: DPO ~12 GB and LoRA ~7 GB at
+# Start it as its own session (setsid nohup bash experiments/paper_table/run.sh > /dev/null 2>&1 < /dev/null &) so that
+# it outlives the shell. A session's processes end with it; run it again in the next one. Memory: DPO ~12 GB and LoRA ~7 GB at
 # once fit a 23 GB box (experiments/paper_table/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# Where the kernel groups the CPU time by session (sched_autogroup), `nice` weighs only within a session, and a
+# session of its own (setsid, as below) gets as much CPU as any other: a test run beside it got a third of the
+# 2 cores. As a session leader, this script lowers its own session's weight (never the caller's terminal's).
+if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
+  echo 10 > /proc/self/autogroup 2>/dev/null || true
+fi
 ROOT=${ROOT:-$HOME/.cache/skillweave/experiments/paper_table}
 LOGS=$(dirname "$ROOT")/logs
 mkdir -p "$LOGS"
