@@ -72,12 +72,8 @@ def test_a_stage_that_pulls_everything_makes_its_inputs_once(tmp_path, tiny_mode
     assert sum(line.startswith("running ") for line in caplog.messages) == 2
 
 
-def test_stage_all_puts_off_a_domain_another_job_is_making_and_then_reuses_it(tmp_path, tiny_model_dir, monkeypatch,
-                                                                            caplog):
-    """Two commands on one artifacts_root share the domains: the one that finds math's artifact locked makes
-    code's first, then waits its turn for math's. Here the other job is a lock this test holds and lets go
-    of while code's artifact is made; with nobody making math meanwhile, this command makes it last."""
-    made, other_job = [], {}
+def _tally(made: list, other_job: dict):
+    """A stage's run that records each domain it makes; making code's artifact ends the other job."""
 
     def tally(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict[str, ArtifactRef]) -> dict:
         made.append(domain)
@@ -86,21 +82,35 @@ def test_stage_all_puts_off_a_domain_another_job_is_making_and_then_reuses_it(tm
         atomic_write_json(ref.file("tally"), {"domain": domain})
         return {}
 
-    stage = Stage("tally", per_domain=True, plan=lambda ctx, domain: ({}, {}), run=tally,
+    return tally
+
+
+def _hold_as_another_job(monkeypatch, held: ArtifactRef, other_job: dict) -> None:
+    """Hold `held`'s lock as another job making it would, until `other_job["lock"]` is let go; the engine
+    waiting for it meanwhile fails the test (in one process that wait would never end)."""
+    other_job["lock"] = artifact_lock(held)
+    assert other_job["lock"].__enter__()
+
+    def lock(ref: ArtifactRef, *, wait: bool = True):
+        assert not (wait and ref.path == held.path and "lock" in other_job), f"waited while {held} was held"
+        return artifact_lock(ref, wait=wait)
+
+    monkeypatch.setattr(engine, "artifact_lock", lock)
+
+
+def test_stage_all_puts_off_a_domain_another_job_is_making_and_then_reuses_it(tmp_path, tiny_model_dir, monkeypatch,
+                                                                            caplog):
+    """Two commands on one artifacts_root share the domains: the one that finds math's artifact locked makes
+    code's first, then waits its turn for math's. Here the other job is a lock this test holds and lets go
+    of while code's artifact is made; with nobody making math meanwhile, this command makes it last."""
+    made, other_job = [], {}
+    stage = Stage("tally", per_domain=True, plan=lambda ctx, domain: ({}, {}), run=_tally(made, other_job),
                   outputs={"tally": "tally.json"})
     monkeypatch.setitem(STAGES._items, "tally", stage)
     ov = overrides(tmp_path, tiny_model_dir, "pipeline=[tally]", "domains=[math,code]")
     with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
         ctx = ctx_for(ov)
-        math = ref_for(ctx, "tally", "math")
-        other_job["lock"] = artifact_lock(math)
-        assert other_job["lock"].__enter__()
-
-        def lock(ref: ArtifactRef, *, wait: bool = True):  # waiting here, in one process, would never end
-            assert not (wait and ref.path == math.path and "lock" in other_job), "waited while math was held"
-            return artifact_lock(ref, wait=wait)
-
-        monkeypatch.setattr(engine, "artifact_lock", lock)
+        _hold_as_another_job(monkeypatch, ref_for(ctx, "tally", "math"), other_job)
         refs = run_all(ctx)
     assert made == ["code", "math"]
     assert refs["tally/math"].complete and refs["tally/code"].complete
@@ -113,14 +123,7 @@ def test_a_fan_in_stage_puts_off_a_domain_another_job_is_making(tmp_path, tiny_m
     """The same sharing for a per-domain stage that reads a fan-in artifact (as zip reads the merge): it runs
     after every domain's job, and the domain another job is making comes last."""
     made, other_job = [], {}
-
-    def tally(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict[str, ArtifactRef]) -> dict:
-        made.append(domain)
-        if domain == "code":
-            other_job.pop("lock").__exit__(None, None, None)
-        atomic_write_json(ref.file("tally"), {"domain": domain})
-        return {}
-
+    tally = _tally(made, other_job)
     for name, per_domain, needs in (("pooled", False, {}), ("tally", True, {"pooled": "pooled"})):
         plan = (lambda needs: lambda ctx, domain: ({}, {n: Need(ctx, s) for n, s in needs.items()}))(needs)
         monkeypatch.setitem(STAGES._items, name, Stage(name, per_domain=per_domain, plan=plan, run=tally,
@@ -128,15 +131,7 @@ def test_a_fan_in_stage_puts_off_a_domain_another_job_is_making(tmp_path, tiny_m
     ov = overrides(tmp_path, tiny_model_dir, "pipeline=[tally]", "domains=[math,code]")
     with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
         ctx = ctx_for(ov)
-        math = ref_for(ctx, "tally", "math")
-        other_job["lock"] = artifact_lock(math)
-        assert other_job["lock"].__enter__()
-
-        def lock(ref: ArtifactRef, *, wait: bool = True):
-            assert not (wait and ref.path == math.path and "lock" in other_job), "waited while math was held"
-            return artifact_lock(ref, wait=wait)
-
-        monkeypatch.setattr(engine, "artifact_lock", lock)
+        _hold_as_another_job(monkeypatch, ref_for(ctx, "tally", "math"), other_job)
         refs = run_all(ctx)
     assert made == [None, "code", "math"]  # the pooled artifact first, then code, then math
     assert refs["tally/math"].complete and refs["tally/code"].complete
