@@ -7,12 +7,12 @@ from dataclasses import replace
 from typing import Optional
 
 import pytest
+from other_job import hold_as_another_job, stop
 from test_pipeline import overrides, run_overrides
 
 from compose import compose_config, hydra_context
 from skillweave.app import context
-from skillweave.core import engine
-from skillweave.core.artifacts import ArtifactRef, artifact_lock, atomic_write_json, read_jsonl
+from skillweave.core.artifacts import ArtifactRef, atomic_write_json, read_jsonl
 from skillweave.core.compose import replayable
 from skillweave.core.engine import STAGES, Context, Need, Pulls, Stage, execute, ref_for
 from skillweave.core.errors import MissingArtifactError
@@ -78,24 +78,11 @@ def _tally(made: list, other_job: dict):
     def tally(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict[str, ArtifactRef]) -> dict:
         made.append(domain)
         if domain == "code":
-            other_job.pop("lock").__exit__(None, None, None)  # the other job stops before finishing math
+            stop(other_job)  # the other job stops before finishing math
         atomic_write_json(ref.file("tally"), {"domain": domain})
         return {}
 
     return tally
-
-
-def _hold_as_another_job(monkeypatch, held: ArtifactRef, other_job: dict) -> None:
-    """Hold `held`'s lock as another job making it would, until `other_job["lock"]` is let go; the engine
-    waiting for it meanwhile fails the test (in one process that wait would never end)."""
-    other_job["lock"] = artifact_lock(held)
-    assert other_job["lock"].__enter__()
-
-    def lock(ref: ArtifactRef, *, wait: bool = True):
-        assert not (wait and ref.path == held.path and "lock" in other_job), f"waited while {held} was held"
-        return artifact_lock(ref, wait=wait)
-
-    monkeypatch.setattr(engine, "artifact_lock", lock)
 
 
 def test_stage_all_puts_off_a_domain_another_job_is_making_and_then_reuses_it(tmp_path, tiny_model_dir, monkeypatch,
@@ -110,7 +97,7 @@ def test_stage_all_puts_off_a_domain_another_job_is_making_and_then_reuses_it(tm
     ov = overrides(tmp_path, tiny_model_dir, "pipeline=[tally]", "domains=[math,code]")
     with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
         ctx = ctx_for(ov)
-        _hold_as_another_job(monkeypatch, ref_for(ctx, "tally", "math"), other_job)
+        hold_as_another_job(monkeypatch, ref_for(ctx, "tally", "math"), other_job)
         refs = run_all(ctx)
     assert made == ["code", "math"]
     assert refs["tally/math"].complete and refs["tally/code"].complete
@@ -131,11 +118,46 @@ def test_a_fan_in_stage_puts_off_a_domain_another_job_is_making(tmp_path, tiny_m
     ov = overrides(tmp_path, tiny_model_dir, "pipeline=[tally]", "domains=[math,code]")
     with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
         ctx = ctx_for(ov)
-        _hold_as_another_job(monkeypatch, ref_for(ctx, "tally", "math"), other_job)
+        hold_as_another_job(monkeypatch, ref_for(ctx, "tally", "math"), other_job)
         refs = run_all(ctx)
     assert made == [None, "code", "math"]  # the pooled artifact first, then code, then math
     assert refs["tally/math"].complete and refs["tally/code"].complete
     assert any("domain math's turn comes after the stage's other domains" in m for m in caplog.messages)
+
+
+def test_a_stage_with_partial_inputs_makes_what_it_can_while_another_job_makes_an_input(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch, caplog):
+    """As an eval scores the rows whose inputs exist while another job trains the multitask DPO: the stage
+    is run on the inputs at hand first, then waits for the other (here made by this command, as the other
+    job stops), then runs on all of them; the two passes are two runs of its manifest."""
+    calls, other_job = [], {}
+
+    def maker(name: str):
+        def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict[str, ArtifactRef]) -> dict:
+            calls.append((name, sorted(inputs)))
+            if name == "consumer" and len(inputs) == 1:
+                stop(other_job)
+            if name != "consumer" or len(inputs) == 2:
+                atomic_write_json(ref.file("out"), {"name": name})
+            return {}
+        return run
+
+    for name, needs, partial in (("left", {}, False), ("right", {}, False),
+                                 ("consumer", {"left": "left", "right": "right"}, True)):
+        plan = (lambda needs: lambda ctx, domain: ({}, {n: Need(ctx, s) for n, s in needs.items()}))(needs)
+        monkeypatch.setitem(STAGES._items, name, Stage(name, per_domain=False, plan=plan, run=maker(name),
+                                                       outputs={"out": "out.json"}, pulls=Pulls.everything,
+                                                       partial_inputs=partial))
+    ov = overrides(tmp_path, tiny_model_dir)
+    with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
+        ctx = ctx_for(ov)
+        hold_as_another_job(monkeypatch, ref_for(ctx, "right"), other_job)
+        refs = run_stage(ctx, "consumer", None)
+    assert calls == [("left", []), ("consumer", ["left"]), ("right", []), ("consumer", ["left", "right"])]
+    consumer = ref_for(ctx, "consumer")
+    assert consumer.complete and set(refs) == {str(ref_for(ctx, s)) for s in ("left", "right", "consumer")}
+    assert consumer.manifest()["runs"] == 2
+    assert any("while another job makes right/all" in m for m in caplog.messages)
 
 
 # ---- domain_overrides: one multi-domain run, each domain with its own recipe

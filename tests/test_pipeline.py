@@ -376,6 +376,48 @@ def test_an_eval_leaves_a_row_another_job_is_making_for_last(pipeline, monkeypat
     assert json.loads((ref.path / "results.json").read_text())["configurations"] == before["configurations"]
 
 
+def test_an_eval_scores_the_rows_whose_inputs_exist_while_another_job_makes_one(pipeline, tmp_path, monkeypatch):
+    """The paper table's two processes: one trains the multitask DPO while the other's eval (stage=all) scores
+    the rows that do not read it instead of waiting on it, then waits for it (here makes it, as the other job
+    stops without finishing) and scores the multitask row."""
+    from dataclasses import replace
+
+    from other_job import hold_as_another_job, stop
+
+    from skillweave.core.configurations import CONFIGURATIONS
+    from skillweave.core.engine import STAGES, Context, ref_for
+
+    tmp, ov, _ = pipeline
+    shutil.copytree(tmp / "artifacts", tmp_path / "artifacts")  # the rows this makes stay out of the module's
+    ov = [o for o in ov if not o.startswith("artifacts_root=")] + [
+        f"artifacts_root={tmp_path / 'artifacts'}", "eval.configurations=[base,dpo,multitask]",
+        "eval.compare_to=[base]", "eval.limit=1"]  # new base and dpo rows, made while the multitask DPO is held
+    ran, other_job = [], {}
+    for name in ("base", "dpo", "multitask"):
+        conf = CONFIGURATIONS.get(name)
+
+        def run(ctx, inputs, scorer, _name=name, _run=conf.run):
+            ran.append(_name)
+            if _name == "dpo":
+                stop(other_job)
+            return _run(ctx, inputs, scorer)
+
+        monkeypatch.setitem(CONFIGURATIONS._items, name,
+                            conf.__class__(needs=conf.needs, settings=conf.settings, run=run))
+    multitask = STAGES.get("dpo_multitask")
+    monkeypatch.setitem(STAGES._items, "dpo_multitask",
+                        replace(multitask, run=lambda *a: (ran.append("dpo_multitask"), multitask.run(*a))[1]))
+    with hydra_context():
+        ctx = Context(cfg=compose_config(ov), overrides=replayable(ov), composer=compose_config)
+        held = ref_for(ctx, "dpo_multitask")
+    hold_as_another_job(monkeypatch, held, other_job)
+    refs = run_overrides(ov)
+    assert ran == ["base", "dpo", "dpo_multitask", "multitask"]
+    results = json.loads(refs["eval"].file("results").read_text())
+    assert [c["name"] for c in results["configurations"]] == ["base", "dpo", "multitask"]
+    assert refs["eval"].manifest()["runs"] == 2 and refs["eval-input/dpo_multitask"].complete
+
+
 def test_another_comparison_reuses_the_rows_it_shares_and_pairs_them_with_base(pipeline, monkeypatch):
     tmp, ov, refs = pipeline
     ran = _count_runs(monkeypatch, ["base", "dpo", "merged", "skillweave"])

@@ -5,18 +5,17 @@
 #           arith again with another sampling and DPO seed (base and dpo rows on arith: the seed's share of
 #           arith's gain)
 #   beside  generate, filter and the LoRA baseline of each domain, domain by domain, in the order $BESIDE
-#           (default: the reverse of the main process's, so that the two meet in the middle); then the eval
-#           rows that do not read the multitask DPO, with the eval's configurations in reverse order; then
-#           the same two recipes as main with them in reverse order, so that the two processes share the
-#           eval rows from both ends; then the rank-32 skillpacks' skillweave row (SkillZip retention).
-# Why the multitask row waits: an eval makes (or waits for) every input of its rows before its first row, and
-# the main process makes the multitask DPO (hours) just before its eval; the beside process's first eval
-# leaves that row out, so it scores rows instead of waiting on the multitask DPO's lock.
+#           (default: the reverse of the main process's, so that the two meet in the middle); then the same
+#           two recipes as main with the eval's configurations in reverse order, so that the two processes
+#           share the eval rows from both ends; then the rank-32 skillpacks' skillweave row (SkillZip
+#           retention).
 # The artifact keys are the same in both (an eval row's key does not depend on the other configurations).
 # Each artifact is locked while it is made: a process that finds a domain's next artifact, or an eval row,
 # being made by the other goes on with its other domains or rows first, then waits for that one and reuses
-# it; other artifacts (merges, the multitask DPO) it waits for. To resume a run whose main process will sample
-# the last domain while this one could train LoRAs, put that domain last: BESIDE=arith,code,instructions,dialogue
+# it; an eval whose input (the multitask DPO, hours) the other is making scores the rows that do not read it
+# first (the eval stage's `partial_inputs`); other artifacts (the merges) it waits for. To resume a run whose
+# main process will sample the last domain while this one could train LoRAs, put that domain last:
+# BESIDE=arith,code,instructions,dialogue
 # Run from the repository root after `make venv vllm`:
 #   bash experiments/paper_table/run.sh                 # logs: $ROOT/../logs/paper_table_{main,beside}.log
 #   bash experiments/paper_table/run.sh dry_run=true    # where each process stands (arguments go to every run)
@@ -53,13 +52,10 @@ case $ONLY in both|main|beside) ;; *) echo "ONLY=$ONLY: write main, beside or le
 CONFIGURATIONS=$(.venv/bin/python -c 'import sys, yaml; print(",".join(yaml.safe_load(sys.stdin)["eval"]["configurations"]))' \
   < recipes/paper_table.yaml) || exit 1
 REVERSED=$(tr , '\n' <<< "$CONFIGURATIONS" | tac | paste -sd,)
-WITHOUT_MULTITASK=$(tr , '\n' <<< "$REVERSED" | grep -vx multitask | paste -sd,)
 if [ "$ONLY" != main ]; then
   (
     run paper_table_beside recipe=paper_table 'pipeline=[generate,filter,lora]' "domains=[$BESIDE]" \
       hydra.run.dir="$LOGS/hydra/beside" &&
-      run paper_table_beside recipe=paper_table "eval.configurations=[$WITHOUT_MULTITASK]" \
-        hydra.run.dir="$LOGS/hydra/beside_rows" &&
       run paper_table_beside recipe=paper_table "eval.configurations=[$REVERSED]" hydra.run.dir="$LOGS/hydra/beside_all" &&
       run paper_table_beside recipe=paper_table_second_eval "eval.configurations=[$REVERSED]" \
         hydra.run.dir="$LOGS/hydra/beside_second_eval" &&

@@ -32,7 +32,7 @@ from .artifacts import (
     run_clock,
     write_manifest,
 )
-from .distributed import is_main_process, main_process_decides
+from .distributed import is_main_process, main_process_decides, process_rank
 from .registry import Registry
 
 log = logging.getLogger("skillweave")
@@ -80,6 +80,11 @@ class Stage:
     """What an unfinished artifact holds so far, in words, for `dry_run` (generate: the batches written; the
     training stages: the step of their last complete checkpoint; eval: the rows and cells scored, which other
     processes may have made before its own directory exists), or "" for nothing. Reads files only."""
+    partial_inputs: bool = False
+    """`run` also makes the parts of its artifact that some of its inputs suffice for, given only those
+    (eval: the rows whose inputs exist), and returns before finishing. Where another job is making an input
+    it pulls, `execute` calls it so first instead of waiting, then waits for that input and calls it again
+    with every input (one process only; a multi-process launch waits in order)."""
 
 
 STAGES: Registry[Stage] = Registry("stage")
@@ -259,6 +264,8 @@ def execute(
         wait: where another job is making this artifact, wait for it (and reuse it); False raises
             ArtifactBusy at once instead, so that the caller can do other work first (one process only:
             ranks of a multi-process launch must take the same branch, and only rank 0 locks).
+            A stage with `partial_inputs` does not wait for a pulled input another job is making: it runs on
+            the others first (`_partial_pass`), then waits for that one.
     Raises:
         MissingArtifactError: a missing input that `pull` does not produce.
         ArtifactBusy: `wait=False` and another job holds the artifact's lock.
@@ -273,11 +280,18 @@ def execute(
         return ref
     if st.check:
         st.check(ctx, domain)
+    defer = st.partial_inputs and process_rank()[1] == 1
+    busy: dict[Path, tuple[str, Need]] = {}  # pulled inputs another job is making (partial_inputs only)
     for name, need in needs.items():
         inp = need.ref
         if pull(need) and (report_reused or not inp.complete):
             if inp.path not in visited:
-                produced = execute(need.ctx, need.stage, need.domain, pull, made, visited, report_reused)
+                try:
+                    produced = execute(need.ctx, need.stage, need.domain, pull, made, visited, report_reused,
+                                       wait=not defer)
+                except ArtifactBusy:
+                    busy[inp.path] = (name, need)
+                    continue
                 if made is not None:
                     made[f"{stage}-input/{name}"] = produced
         elif not pull(need) and not inp.complete:
@@ -287,6 +301,15 @@ def execute(
                 f"{'domain ' + inp.label if dom else 'all domains'} ({inp.path}), which is missing: "
                 f"run `{inp.command or ctx.command(inp.stage, dom)}` first (or stage=all)"
             )
+    if busy:
+        ready = {n: need.ref for n, need in needs.items() if need.ref.path not in busy}
+        if _partial_pass(ctx, st, domain, ref, ready, [str(need.ref) for _, need in busy.values()], wait):
+            log.info("%s was completed by another job", ref)
+            return ref
+        for name, need in busy.values():  # now wait for each (and make it, where the other job stopped)
+            produced = execute(need.ctx, need.stage, need.domain, pull, made, visited, report_reused)
+            if made is not None:
+                made[f"{stage}-input/{name}"] = produced
     for inp in {need.ref.path: need.ref for need in needs.values()}.values():
         verify_input(inp)
     main = is_main_process()
@@ -300,8 +323,7 @@ def execute(
             return ref
         log.info("running %s -> %s", stage + (f"[{domain}]" if domain else ""), ref.path)
         if main:
-            atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config,
-                                                  "inputs": ref.inputs, "command": ref.command})
+            _write_config(stage, ref)
         so_far = ""
         with run_clock(ref) if main else nullcontext(time.time()) as started:
             try:
@@ -321,6 +343,33 @@ def execute(
                     so_far = f" ({manifest['seconds_all_runs']:.0f} s in its {manifest['runs']} runs)"
     log.info("%s done in %.0f s%s", ref, time.time() - started, so_far)
     return ref
+
+
+def _write_config(stage: str, ref: ArtifactRef) -> None:
+    atomic_write_json(ref.path / CONFIG, {"stage": stage, "label": ref.label, "config": ref.config,
+                                          "inputs": ref.inputs, "command": ref.command})
+
+
+def _partial_pass(ctx: Context, st: Stage, domain: Optional[str], ref: ArtifactRef, ready: dict[str, ArtifactRef],
+                  waiting: list[str], wait: bool) -> bool:
+    """`st.run` on the inputs at hand while another job makes the others (`Stage.partial_inputs`), under the
+    artifact's lock and a run clock of its own, so that the wait for the others is not counted as its time.
+    Returns whether the artifact is complete already (another job made it).
+
+    Raises:
+        ArtifactBusy: `wait=False` and another job holds the artifact's lock."""
+    for inp in {r.path: r for r in ready.values()}.values():
+        verify_input(inp)
+    with artifact_lock(ref, wait=wait) as held:
+        if not held:
+            raise ArtifactBusy(ref)
+        if ref.complete:
+            return True
+        log.info("%s: making what its inputs at hand suffice for, while another job makes %s", ref, ", ".join(waiting))
+        _write_config(st.name, ref)
+        with run_clock(ref):
+            st.run(ctx, domain, ref, ready)
+    return False
 
 
 _VERIFIED: set[tuple[Path, int]] = set()

@@ -186,8 +186,11 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     # Each finished row is a complete artifact: a killed eval resumes at the first unfinished one, and
     # another eval with the same row (same inputs and settings) reads it instead of recomputing. A row that
     # another job is making (a second eval beside this one, another task of a sweep) is left to it: this
-    # eval makes its other rows first and then waits its turn for that one, which it then reuses.
-    refs = {name: row_ref(ctx, name, inputs) for name in ev.configurations}
+    # eval makes its other rows first and then waits its turn for that one, which it then reuses. Where
+    # another job is making an input (the multitask DPO), the engine calls this with the others first
+    # (`partial_inputs`): the rows they suffice for are made, and the rest waits for the second call.
+    ready = [name for name in ev.configurations if CONFIGURATIONS.get(name).needs(ctx).keys() <= inputs.keys()]
+    refs = {name: row_ref(ctx, name, inputs) for name in ready}
     busy = []
     for name, row in refs.items():
         with artifact_lock(row, wait=False) as held:
@@ -198,6 +201,10 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
                 make_row(name, row)
             else:
                 log.info("eval row %s is complete: reused", row)
+    if len(ready) < len(ev.configurations):
+        log.info("eval rows %s wait for inputs another job is making",
+                 ", ".join(n for n in ev.configurations if n not in refs))
+        return {}
     for name in busy:
         with artifact_lock(refs[name]):
             if not refs[name].complete:  # the other job stopped before finishing it
@@ -260,5 +267,5 @@ def progress(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict
 
 register_stage(Stage(
     "eval", per_domain=False, plan=plan, run=run, outputs={"results": "results.json", "table": "results.md"},
-    check=check, progress=progress,
+    check=check, progress=progress, partial_inputs=True,
 ))
