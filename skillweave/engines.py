@@ -30,6 +30,7 @@ from typing import Iterator, Mapping, Optional
 import torch
 
 from .core.errors import ConfigError, SkillweaveError
+from .decoding import has_forward_hooks
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,9 @@ def servable(model, also: tuple[str, ...] = ()) -> bool:
     composition) or PEFT adapters is not (see `served_form`), nor one with forward hooks (Twin-Merging's
     router-weighted deltas, skillweave.router): its weights, which an engine would load, are not what it
     computes."""
-    from torch.nn.modules import module as nn_module
-
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+    if has_forward_hooks(model):
         return False
-    return all(type(m).__module__.startswith(("transformers.", "torch.nn.", *also))
-               and not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    return all(type(m).__module__.startswith(("transformers.", "torch.nn.", *also)) for m in model.modules())
 
 
 def _peft_lora(model) -> Optional[tuple[str, object]]:

@@ -301,6 +301,23 @@ def test_twin_merging_is_scored_by_hf_under_the_vllm_backend(routed_run, fake_vl
     assert row["scores"] == hf_row["scores"]
 
 
+def test_twin_merging_decodes_eagerly_where_decode_would_be_compiled(routed_run):
+    """Its router reads the prompt's 2-D attention mask in a pre-hook, which the compiled decode's static cache
+    replaces: the paper table's twin_merging row stopped with a RuntimeError on IFEval, the first task long
+    enough for `model.compiled_decode=auto` to compile. A hooked model decodes eagerly (and keeps its routing)."""
+    from test_pipeline import run_overrides
+
+    from skillweave import decoding
+
+    assert decoding.unavailable(torch.device("cpu")) is None  # without a compiler here, this test tests nothing
+    ov = [*routed_run["overrides"], "stage=eval", "eval.configurations=[twin_merging]", "eval.batch_size=3",
+          "model.compiled_decode=on"]  # a row of its own (not routed_run's), both prompts in one padded batch
+    (ref,) = run_overrides(ov).values()
+    (row,) = json.loads(ref.file("results").read_text())["configurations"]
+    assert row["n"] == {"math": 2, "instructions": 2}
+    assert all(len(w) == 2 and sum(w) == pytest.approx(1.0, abs=1e-3) for w in row["details"]["mean_weights"].values())
+
+
 def test_routed_configurations_run_end_to_end(routed_run):
     refs = routed_run
     route = refs["eval-input/route"]
