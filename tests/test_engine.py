@@ -72,6 +72,11 @@ def test_a_stage_that_pulls_everything_makes_its_inputs_once(tmp_path, tiny_mode
     assert sum(line.startswith("running ") for line in caplog.messages) == 2
 
 
+def _reads(needs: dict[str, str]):
+    """A stage's plan that hashes no settings and reads the artifact of each stage named in `needs`."""
+    return lambda ctx, domain: ({}, {n: Need(ctx, s) for n, s in needs.items()})
+
+
 def _tally(made: list, other_job: dict):
     """A stage's run that records each domain it makes; making code's artifact ends the other job."""
 
@@ -112,8 +117,7 @@ def test_a_fan_in_stage_puts_off_a_domain_another_job_is_making(tmp_path, tiny_m
     made, other_job = [], {}
     tally = _tally(made, other_job)
     for name, per_domain, needs in (("pooled", False, {}), ("tally", True, {"pooled": "pooled"})):
-        plan = (lambda needs: lambda ctx, domain: ({}, {n: Need(ctx, s) for n, s in needs.items()}))(needs)
-        monkeypatch.setitem(STAGES._items, name, Stage(name, per_domain=per_domain, plan=plan, run=tally,
+        monkeypatch.setitem(STAGES._items, name, Stage(name, per_domain=per_domain, plan=_reads(needs), run=tally,
                                                        outputs={"tally": "tally.json"}))
     ov = overrides(tmp_path, tiny_model_dir, "pipeline=[tally]", "domains=[math,code]")
     with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
@@ -144,8 +148,7 @@ def test_a_stage_with_partial_inputs_makes_what_it_can_while_another_job_makes_a
 
     for name, needs, partial in (("left", {}, False), ("right", {}, False),
                                  ("consumer", {"left": "left", "right": "right"}, True)):
-        plan = (lambda needs: lambda ctx, domain: ({}, {n: Need(ctx, s) for n, s in needs.items()}))(needs)
-        monkeypatch.setitem(STAGES._items, name, Stage(name, per_domain=False, plan=plan, run=maker(name),
+        monkeypatch.setitem(STAGES._items, name, Stage(name, per_domain=False, plan=_reads(needs), run=maker(name),
                                                        outputs={"out": "out.json"}, pulls=Pulls.everything,
                                                        partial_inputs=partial))
     ov = overrides(tmp_path, tiny_model_dir)
