@@ -96,7 +96,8 @@ def unavailable(device: torch.device) -> str | None:
 
 def has_forward_hooks(model: torch.nn.Module) -> bool:
     """Whether a forward hook (global, or on any of `model`'s modules) changes what `model` computes, as
-    Twin-Merging's router-weighted deltas do (skillweave.router)."""
+    Twin-Merging's router-weighted deltas do (skillweave.router). Such a model decodes eagerly
+    (`eval_lms.compiled_hflm`) and is not served by an engine (`engines.servable`)."""
     from torch.nn.modules import module as nn_module
 
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
@@ -104,22 +105,18 @@ def has_forward_hooks(model: torch.nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def use_compiled_decode(setting: str | CompiledDecode, device: torch.device, steps: int,
-                        model: torch.nn.Module | None = None) -> bool:
+def use_compiled_decode(setting: str | CompiledDecode, device: torch.device, steps: int) -> bool:
     """Whether to decode compiled under `setting` (model.compiled_decode), for a call site that will
-    decode about `steps` steps (batches x new tokens) of `model` on `device`.
+    decode about `steps` steps (batches x new tokens) on `device`.
 
     `on` compiles wherever inductor can build; `auto` also needs `steps >= AUTO_MIN_STEPS` (the
     compile must pay for itself); `off` never compiles. `on` on a machine that cannot compile logs
-    one warning and decodes eagerly. A model with forward hooks decodes eagerly: Twin-Merging's router
-    reads the prompt's 2-D attention mask, which a static cache turns into a 4-D one (the paper table's
-    twin_merging row stopped on IFEval, the first task long enough for `auto` to compile).
+    one warning and decodes eagerly.
     """
     setting = CompiledDecode(setting)
     if setting == CompiledDecode.off:
         return False
-    hooked = model is not None and has_forward_hooks(model)
-    reason = "the model has forward hooks (Twin-Merging's routing)" if hooked else unavailable(device)
+    reason = unavailable(device)
     if reason is not None:
         if setting == CompiledDecode.on:
             _warn_once(reason)

@@ -15,7 +15,10 @@ from . import decoding
 def compiled_hflm():
     """lm-eval's HFLM whose generation decodes compiled (skillweave.decoding): every batch padded to
     the full batch size and a bucketed static cache, so one graph serves the whole eval (lm-eval
-    sorts requests longest first: the first batch sets the cache length)."""
+    sorts requests longest first: the first batch sets the cache length). A model with forward hooks
+    decodes eagerly: Twin-Merging's router reads the prompt's 2-D attention mask, which a static cache
+    turns into a 4-D one (the paper table's twin_merging row stopped on IFEval, the first of its tasks long
+    enough for `model.compiled_decode=auto` to compile)."""
     from lm_eval.models.huggingface import HFLM
 
     class CompiledHFLM(HFLM):
@@ -26,7 +29,8 @@ def compiled_hflm():
                     self, padded["input_ids"], max_length, stop, attention_mask=padded["attention_mask"],
                     **generation_kwargs, **extra,
                 ),
-                inputs, compiled=True, rows=self.batch_size, total_length=max_length,
+                inputs, compiled=not decoding.has_forward_hooks(self.model), rows=self.batch_size,
+                total_length=max_length,
             )
 
     return CompiledHFLM

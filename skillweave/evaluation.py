@@ -98,7 +98,7 @@ def evaluate(
     if engine is not None:
         lm = eval_lms.engine_lm(engine, tokenizer)
     else:
-        compiled = decoding.use_compiled_decode(compiled_decode, model.device, steps, model)
+        compiled = decoding.use_compiled_decode(compiled_decode, model.device, steps)
         lm = (eval_lms.compiled_hflm() if compiled else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
         model=lm,
