@@ -94,17 +94,6 @@ def unavailable(device: torch.device) -> str | None:
     return None
 
 
-def has_forward_hooks(model: torch.nn.Module) -> bool:
-    """Whether a forward hook (global, or on any of `model`'s modules) changes what `model` computes, as
-    Twin-Merging's router-weighted deltas do (skillweave.router). Such a model decodes eagerly
-    (`eval_lms.compiled_hflm`) and is not served by an engine (`engines.servable`)."""
-    from torch.nn.modules import module as nn_module
-
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-
-
 def use_compiled_decode(setting: str | CompiledDecode, device: torch.device, steps: int) -> bool:
     """Whether to decode compiled under `setting` (model.compiled_decode), for a call site that will
     decode about `steps` steps (batches x new tokens) on `device`.

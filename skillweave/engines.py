@@ -30,7 +30,6 @@ from typing import Iterator, Mapping, Optional
 import torch
 
 from .core.errors import ConfigError, SkillweaveError
-from .decoding import has_forward_hooks
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,17 @@ def vllm_engine(ctx, model, workdir: Path, *, dtype: str, seed: int, max_model_l
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The adapter ranks a vLLM engine can be sized for (vLLM's LoRAConfig.max_lora_rank)."""
+
+
+def has_forward_hooks(model: torch.nn.Module) -> bool:
+    """Whether a forward hook (global, or on any of `model`'s modules) changes what `model` computes, as
+    Twin-Merging's router-weighted deltas do (skillweave.router). Such a model is not served by an
+    engine (`servable`) and decodes eagerly (`eval_lms.compiled_hflm`)."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def servable(model, also: tuple[str, ...] = ()) -> bool:

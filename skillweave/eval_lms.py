@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import decoding
+from .engines import has_forward_hooks
 
 
 def compiled_hflm():
@@ -29,7 +30,7 @@ def compiled_hflm():
                     self, padded["input_ids"], max_length, stop, attention_mask=padded["attention_mask"],
                     **generation_kwargs, **extra,
                 ),
-                inputs, compiled=not decoding.has_forward_hooks(self.model), rows=self.batch_size,
+                inputs, compiled=not has_forward_hooks(self.model), rows=self.batch_size,
                 total_length=max_length,
             )
 
