@@ -8,8 +8,8 @@ from skillweave.core.artifacts import ArtifactRef, artifact_lock
 
 
 def hold_as_another_job(monkeypatch, held: ArtifactRef, other_job: dict) -> None:
-    """Hold `held`'s lock until the test calls `other_job.pop("lock").__exit__(None, None, None)`; the engine
-    waiting for it meanwhile fails the test (in one process that wait would never end)."""
+    """Hold `held`'s lock until the test calls `stop(other_job)`; the engine waiting for it meanwhile fails
+    the test (in one process that wait would never end)."""
     other_job["lock"] = artifact_lock(held)
     assert other_job["lock"].__enter__()
 
