@@ -318,6 +318,28 @@ def test_twin_merging_decodes_eagerly_where_decode_would_be_compiled(routed_run)
     assert all(len(w) == 2 and sum(w) == pytest.approx(1.0, abs=1e-3) for w in row["details"]["mean_weights"].values())
 
 
+def test_twin_merging_row_from_reused_cells_keeps_its_router_weights(routed_run, tmp_path):
+    """The router's weights are kept in each domain's cell: a row put together from cells of an earlier run
+    reports them (the paper table's twin_merging row, its code cell reused, had null weights for code)."""
+    from test_pipeline import run_overrides
+
+    rows = json.loads(routed_run["eval"].file("results").read_text())["configurations"]
+    (entry,) = [r for r in rows if r["name"] == "twin_merging"]
+    row_dir = routed_run["eval"].root / entry["row"]
+    before = json.loads((row_dir / "row.json").read_text())
+    assert all(w is not None for w in before["details"]["mean_weights"].values())
+    cells = {p: p.stat().st_mtime_ns for p in routed_run["eval"].root.glob("eval_cells/twin_merging-*/manifest.json")}
+    assert cells
+    shutil.move(row_dir, tmp_path / "row")  # the row goes; its cells stay
+    # Another budget: another eval artifact (not the fixture's, complete), the same row and cell keys.
+    (ref,) = run_overrides([*routed_run["overrides"], "stage=eval", "eval.configurations=[twin_merging]",
+                            "eval.budget_bytes=1000000000"]).values()
+    (row,) = json.loads(ref.file("results").read_text())["configurations"]
+    assert row["row"] == entry["row"]
+    assert json.loads((row_dir / "row.json").read_text()) == before
+    assert {p: p.stat().st_mtime_ns for p in cells} == cells  # reused, none scored again
+
+
 def test_routed_configurations_run_end_to_end(routed_run):
     refs = routed_run
     route = refs["eval-input/route"]

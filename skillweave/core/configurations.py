@@ -18,19 +18,22 @@ from .registry import Registry
 @dataclass(frozen=True)
 class Scorer:
     """How a configuration scores a model. Called as `score(model, tokenizer, domain)`: that domain's eval
-    task -> {"score", "stderr", "n", "metric"} (one resumable cell of the row). A configuration that scores
+    task -> {"score", "stderr", "n", "metric"} (one resumable cell of the row). With `details=f`, f() is
+    called once the cell is scored (what the model recorded while it answered: Twin-Merging's router
+    weights) and its JSON result is kept in the cell and returned as the result's "details", also where
+    the cell is reused: a row put together from cells of several runs loses nothing. A configuration that scores
     otherwise (the routed row's per-skillpack groups) calls `evaluation.evaluate` itself, with
     `engine_for(model)` as its engine (what serves `model` under `eval.backend`; None: HF decodes it), inside
     `cached(unit, config, compute)`: `compute()`'s JSON result kept as a resumable cell of the row, keyed by
     the unit's name and `config` (what it scores: documents, tasks), so a killed row resumes after its
     last finished unit."""
 
-    score: Callable[[object, object, str], dict]
+    score: Callable[[object, object, str, Callable[[], dict] | None], dict]
     engine_for: Callable[[object], object] = lambda model: None
     cached: Callable[[str, dict, Callable[[], dict]], dict] = lambda unit, config, compute: compute()
 
-    def __call__(self, model, tokenizer, domain: str) -> dict:
-        return self.score(model, tokenizer, domain)
+    def __call__(self, model, tokenizer, domain: str, details: Callable[[], dict] | None = None) -> dict:
+        return self.score(model, tokenizer, domain, details)
 
 
 @dataclass(frozen=True)

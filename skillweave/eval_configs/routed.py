@@ -162,20 +162,25 @@ def _twin_merging(ctx: Context, refs: dict, score: Scorer) -> dict:
         torch.set_num_threads(threads)
     twin = TwinMerging(domains, stack_exclusive([c.factors() for c in exclusive]), router)  # LowRank: factors()
     twin.attach(model)
-    scores, weights = {}, {}
+
+    def routing(k: int) -> dict:  # the router's weights on one domain's prompts, kept in its cell
+        w = torch.cat(twin.history) if twin.history else torch.zeros(0, len(domains))
+        return {"mean_weights": [round(x, 4) for x in w.mean(0).tolist()] if len(w) else None,
+                "top1_accuracy": float((w.argmax(-1) == k).float().mean()) if len(w) else None}
+
+    scores, routed = {}, {}
     try:
-        for d in domains:
+        for k, d in enumerate(domains):
             twin.history.clear()
-            scores[d] = score(model, tok, d)
-            weights[d] = torch.cat(twin.history) if twin.history else torch.zeros(0, len(domains))
+            scores[d] = score(model, tok, d, details=lambda k=k: routing(k))
+            # A cell scored before its weights were kept has none (null, as where the router never ran).
+            routed[d] = scores[d].pop("details", None) or {"mean_weights": None, "top1_accuracy": None}
     finally:
         twin.detach()
     details = {
         "domains": domains,
-        "mean_weights": {d: [round(x, 4) for x in w.mean(0).tolist()] if len(w) else None for d, w in weights.items()},
-        "top1_accuracy": {
-            d: float((w.argmax(-1) == k).float().mean()) if len(w) else None for k, (d, w) in enumerate(weights.items())
-        },
+        "mean_weights": {d: r["mean_weights"] for d, r in routed.items()},
+        "top1_accuracy": {d: r["top1_accuracy"] for d, r in routed.items()},
     }
     nbytes = param_bytes(model) + sum(c.nbytes() for c in exclusive) + router_nbytes(router)
     return {"bytes": nbytes, "scores": scores, "details": details}

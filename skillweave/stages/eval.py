@@ -124,7 +124,7 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
     (ref.path / "samples").mkdir(exist_ok=True)
 
     def scorer(name: str, row: ArtifactRef, served: ServedModels | None, served_by: dict) -> Scorer:
-        def score(model, tok, d: str) -> dict:
+        def score(model, tok, d: str, details=None) -> dict:
             cell = cell_ref(ctx, name, inputs, d)
             with artifact_lock(cell):
                 if cell.complete:
@@ -140,7 +140,8 @@ def run(ctx: Context, domain: Optional[str], ref: ArtifactRef, inputs: dict) -> 
                         write_jsonl(cell.file("samples"), r["samples"])
                         atomic_write_json(cell.file("score"), {
                             "score": r["score"], "stderr": r["stderr"], "n": r["n"], "metric": r["metric"],
-                            "served_by": engine.label if engine is not None else "hf"})
+                            "served_by": engine.label if engine is not None else "hf",
+                            **({"details": details()} if details is not None else {})})
                         write_manifest(cell, {"score": r["score"]}, started)
             shutil.copyfile(cell.file("samples"), row.path / "samples" / f"{d}.jsonl")
             result = json.loads(cell.file("score").read_text())
