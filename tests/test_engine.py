@@ -14,6 +14,7 @@ from compose import compose_config, hydra_context
 from skillweave.app import context
 from skillweave.core.artifacts import ArtifactRef, atomic_write_json, read_jsonl
 from skillweave.core.compose import replayable
+from skillweave.core import engine
 from skillweave.core.engine import STAGES, Context, Need, Pulls, Stage, execute, ref_for
 from skillweave.core.errors import MissingArtifactError
 from skillweave.core.flow import run_all, run_stage
@@ -65,11 +66,14 @@ def test_a_new_stage_plans_runs_and_is_reused(tmp_path, tiny_model_dir, prompt_s
 
 def test_a_stage_that_pulls_everything_makes_its_inputs_once(tmp_path, tiny_model_dir, prompt_stats, monkeypatch, caplog):
     monkeypatch.setitem(STAGES._items, "prompt_stats", replace(prompt_stats, pulls=Pulls.everything))
+    released = []  # what each stage freed goes back to the OS before the next one runs (core/memory.py)
+    monkeypatch.setattr(engine, "release_memory", lambda: released.append(len(caplog.messages)))
     ov = overrides(tmp_path, tiny_model_dir)
     with hydra_context(), caplog.at_level("INFO", logger="skillweave"):
         refs = run_stage(ctx_for(ov), "prompt_stats", "math")
     assert [ref.stage for ref in refs.values()] == ["generate", "prompt_stats"]
-    assert sum(line.startswith("running ") for line in caplog.messages) == 2
+    running = [i for i, line in enumerate(caplog.messages) if line.startswith("running ")]
+    assert len(running) == 2 and len(released) == 2 and running[0] < released[0] <= running[1] < released[1]
 
 
 def _reads(needs: dict[str, str]):

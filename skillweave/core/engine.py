@@ -33,6 +33,7 @@ from .artifacts import (
     write_manifest,
 )
 from .distributed import is_main_process, main_process_decides, process_rank
+from .memory import release_memory
 from .registry import Registry
 
 log = logging.getLogger("skillweave")
@@ -341,6 +342,7 @@ def execute(
                 manifest = write_manifest(ref, metrics, started)
                 if manifest["runs"] > 1:
                     so_far = f" ({manifest['seconds_all_runs']:.0f} s in its {manifest['runs']} runs)"
+    release_memory()  # what the stage freed, before the next stage of this process runs
     log.info("%s done in %.0f s%s", ref, time.time() - started, so_far)
     return ref
 
@@ -369,6 +371,7 @@ def _partial_pass(ctx: Context, st: Stage, domain: Optional[str], ref: ArtifactR
         _write_config(st.name, ref)
         with run_clock(ref):
             st.run(ctx, domain, ref, ready)
+    release_memory()
     return False
 
 
