@@ -103,6 +103,37 @@ def test_the_integer_path_check_is_paired_with_skillweave_on_its_documents(tmp_p
     assert "| skillweave_intcheck - skillweave | -5.0 ± 5.0 | +0.0 ± 0.0 | -2.5 ± 2.5 |" in md
 
 
+def test_agreement_counts_the_documents_whose_response_equals_dpos(tmp_path):
+    """Scores alike, answers not: skillweave repeats dpo's answer on 80 of 100 arith documents, merged_ties
+    on 30; a row without responses (samples from before they were kept) has no agreement."""
+    first = write_eval(tmp_path / "a", {"arith": "skillweave_arith", "code": "skillweave_codetasks"}, RIGHT)
+    results = json.loads((first / "results.json").read_text())
+    for r in results["configurations"]:
+        r["details"] = {"served_by": {"arith": "hf" if r["name"] == "skillweave_routed" else "vllm"}}
+    (first / "results.json").write_text(json.dumps(results))
+    same = {"dpo": N, "skillweave": 80, "merged_ties": 30, "skillweave_routed": 80}
+    for name in ROWS:
+        path = first / "samples" / f"{name}-arith.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        for a in lines:
+            a["response"] = f"answer {a['doc_id']}" if a["doc_id"] < same.get(name, 0) else f"{name} {a['doc_id']}"
+            if name == "bitdelta":
+                del a["response"]
+        path.write_text("".join(json.dumps(a) + "\n" for a in lines))
+    table = answers.load([first])
+    assert answers.agreement(table, "skillweave", "dpo", "arith (skillweave_arith)") == answers.Estimate(
+        0.8, pytest.approx(0.04), N)
+    assert answers.agreement(table, "merged_ties", "dpo", "arith (skillweave_arith)").value == pytest.approx(0.3)
+    assert answers.agreement(table, "bitdelta", "dpo", "arith (skillweave_arith)") is None
+    # code's responses are all "" in write_eval: every row agrees with dpo there.
+    assert answers.agreement(table, "base", "dpo", "code (skillweave_codetasks)").value == 1.0
+    md, numbers = answers.answers(table)
+    assert numbers["agreement"]["merged_ties"]["arith (skillweave_arith)"]["value"] == pytest.approx(0.3)
+    assert "| skillweave | 80% ± 4% | 100% ± 0% | 90% ± 2% |" in md
+    assert "| bitdelta | - | 100% ± 0% | - |" in md
+    assert "Decoded by another engine than dpo (its numerics differ too): skillweave_routed." in md
+
+
 def test_a_second_eval_adds_its_columns_and_the_cli_writes_both_files(tmp_path, capsys):
     first = write_eval(tmp_path / "a", {"arith": "skillweave_arith", "code": "skillweave_codetasks"}, RIGHT)
     second = write_eval(tmp_path / "b", {"arith": "skillweave_arith", "code": "skillweave_humaneval"}, RIGHT)

@@ -14,7 +14,9 @@ where the own gain (dpo - base) is beyond two standard errors, since a ratio to 
 says nothing. SkillZip retention is skillweave's share: dpo is the merged backbone plus the exact
 residual, skillweave the same backbone plus the compressed one. Where skillweave is scored on the
 skillpacks' fp path (served by vLLM), skillweave_intcheck - skillweave on its documents is what the
-integer path changes. A claim "holds" when its difference is
+integer path changes. Agreement is the share of documents whose greedy response equals dpo's, character for
+character: how much of each domain's own model a row reproduces, beyond what the score can resolve (two
+answers that differ may score alike). A claim "holds" when its difference is
 beyond two standard errors in the claimed direction, "fails" when beyond two in the other, and is
 "unresolved" otherwise. With --manifests (what experiments/collect.py writes), a cost table: each
 artifact's seconds by its manifest, and each stage's total. A --variant is an eval of the same rows under
@@ -29,7 +31,7 @@ import json
 import math
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from skillweave.evaluation import paired_difference
@@ -54,31 +56,36 @@ class Estimate:
 
 @dataclass
 class Table:
-    """Every row's per-document scores by column ("domain (task)"), with the rows' results entries."""
+    """Every row's per-document scores and responses by column ("domain (task)"), with the rows' results
+    entries."""
 
     rows: dict[str, dict]
     scores: dict[str, dict[str, dict[int, float]]]
     columns: list[str]
+    responses: dict[str, dict[str, dict[int, str]]] = field(default_factory=dict)
+
+    def read(self, name: str, column: str, path: Path) -> None:
+        """Adds a samples file's answers (one JSON line per document) as `name`'s on `column`."""
+        answers = [json.loads(line) for line in path.read_text().splitlines()]
+        self.scores.setdefault(name, {})[column] = {a["doc_id"]: float(a["score"]) for a in answers}
+        self.responses.setdefault(name, {})[column] = {a["doc_id"]: a.get("response") for a in answers}
 
 
 def load(eval_dirs: list[Path]) -> Table:
-    rows: dict[str, dict] = {}
-    scores: dict[str, dict[str, dict[int, float]]] = {}
-    columns: list[str] = []
+    table = Table({}, {}, [])
     for eval_dir in eval_dirs:
         results = json.loads((eval_dir / "results.json").read_text())
         for domain, task in results["tasks"].items():
             column = f"{domain} ({task})"
-            if column in columns:  # the same cells scored again by a later eval
+            if column in table.columns:  # the same cells scored again by a later eval
                 continue
-            columns.append(column)
+            table.columns.append(column)
             for r in results["configurations"]:
-                rows.setdefault(r["name"], r)
+                table.rows.setdefault(r["name"], r)
                 path = eval_dir / "samples" / f"{r['name']}-{domain}.jsonl"
                 if path.is_file():
-                    answers = map(json.loads, path.read_text().splitlines())
-                    scores.setdefault(r["name"], {})[column] = {a["doc_id"]: float(a["score"]) for a in answers}
-    return Table(rows, scores, columns)
+                    table.read(r["name"], column, path)
+    return table
 
 
 def add_variant(table: Table, eval_dir: Path, label: str) -> list[str]:
@@ -94,8 +101,7 @@ def add_variant(table: Table, eval_dir: Path, label: str) -> list[str]:
         for domain, task in results["tasks"].items():
             path, column = eval_dir / "samples" / f"{r['name']}-{domain}.jsonl", f"{domain} ({task})"
             if column in table.columns and path.is_file():
-                answers = map(json.loads, path.read_text().splitlines())
-                table.scores.setdefault(name, {})[column] = {a["doc_id"]: float(a["score"]) for a in answers}
+                table.read(name, column, path)
         if name in table.scores:
             table.rows[name] = r
             added.append(name)
@@ -117,6 +123,19 @@ def paired(table: Table, row: str, reference: str, column: str) -> Estimate | No
     delta, stderr = paired_difference([table.scores[reference][column][i] for i in ids],
                                       [table.scores[row][column][i] for i in ids])
     return Estimate(delta, stderr, len(ids))
+
+
+def agreement(table: Table, row: str, reference: str, column: str) -> Estimate | None:
+    """The share of common documents where `row`'s response equals `reference`'s, ± its binomial stderr;
+    None where either has no responses there."""
+    ids = _common(table, column, (row, reference))
+    if ids is None or any(table.responses.get(n, {}).get(column) is None for n in (row, reference)):
+        return None
+    mine, theirs = table.responses[row][column], table.responses[reference][column]
+    if any(mine[i] is None or theirs[i] is None for i in ids):
+        return None
+    p = sum(mine[i] == theirs[i] for i in ids) / len(ids)
+    return Estimate(p, math.sqrt(p * (1 - p) / len(ids)), len(ids))
 
 
 def share(table: Table, row: str, column: str, base: str = "base", full: str = "dpo") -> Estimate | None:
@@ -173,13 +192,17 @@ def _grid(table: Table, title: str, cells: dict[str, list[Estimate | None]]) -> 
     return out + [""]
 
 
-def _shares(table: Table, title: str, cells: dict[str, list[Estimate | None]]) -> list[str]:
-    """Shares per column (no average: a ratio per domain); nothing without rows."""
+def _shares(table: Table, title: str, cells: dict[str, list[Estimate | None]], mean: bool = False) -> list[str]:
+    """Shares per column, and their mean over columns where `mean` (not for ratios to each domain's own
+    gain); nothing without rows."""
+    cells = {name: es for name, es in cells.items() if any(e is not None for e in es)}
     if not cells:
         return []
-    out = [title, "", "| | " + " | ".join(table.columns) + " |", "|" + "---|" * (len(table.columns) + 1)]
+    cols = table.columns + (["average"] if mean else [])
+    out = [title, "", "| | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, estimates in cells.items():
-        out.append(f"| {name} | " + " | ".join("-" if e is None else e.percent() for e in estimates) + " |")
+        shown = [*estimates, average(estimates)] if mean else estimates
+        out.append(f"| {name} | " + " | ".join("-" if e is None else e.percent() for e in shown) + " |")
     return out + [""]
 
 
@@ -218,6 +241,13 @@ def answers(table: Table, variants: tuple[str, ...] = ()) -> tuple[str, dict]:
     integer = {"skillweave_intcheck - skillweave": vs("skillweave_intcheck", "skillweave")}
     md += _grid(table, "The integer path (as deployed, decoded by HF) vs the fp path the skillweave row is scored on "
                 "(served by vLLM), on the first documents of each domain", integer)
+    agree = {n: [agreement(table, n, "dpo", c) for c in cols] for n in [*present, *variants] if n != "dpo"}
+    md += _shares(table, "Agreement with the domains' own models: the share of documents whose greedy response "
+                  "equals dpo's, character for character", agree, mean=True)
+    engines = {n: (rows[n].get("details") or {}).get("served_by") for n in ["dpo", *agree]}
+    other = [n for n in agree if engines[n] != engines["dpo"]]
+    if other and engines["dpo"] is not None:
+        md += [f"Decoded by another engine than dpo (its numerics differ too): {', '.join(other)}.", ""]
     md += ["| row | MiB | x base |", "|---|---|---|"]
     base_bytes = rows["base"]["bytes"] if "base" in rows else None
     for n in [*present, *variants]:
@@ -276,7 +306,8 @@ def answers(table: Table, variants: tuple[str, ...] = ()) -> tuple[str, dict]:
     numbers |= {
         "own_gain": dump(gains), "interference": dump({m: vs(m, "dpo") for m in merges}),
         "kept_share": dump({m: shares(m) for m in merges}), "recovery": dump(recovery),
-        "retention": dump({"skillweave": retention}), "integer_path": dump(integer), "equal_bytes": dump(equal),
+        "retention": dump({"skillweave": retention}), "integer_path": dump(integer), "agreement": dump(agree),
+        "equal_bytes": dump(equal),
         "routed": dump(routed),
         "others": dump(others), "variants": dump(changed),
         "claims": [{"claim": t, "estimate": None if e is None else e.__dict__, "verdict": v} for t, e, v in claims],
