@@ -109,7 +109,8 @@ def test_agreement_counts_the_documents_whose_response_equals_dpos(tmp_path):
     first = write_eval(tmp_path / "a", {"arith": "skillweave_arith", "code": "skillweave_codetasks"}, RIGHT)
     results = json.loads((first / "results.json").read_text())
     for r in results["configurations"]:
-        r["details"] = {"served_by": {"arith": "hf" if r["name"] == "skillweave_routed" else "vllm"}}
+        engine = {"skillweave_routed": "hf", "skillweave": "vllm 0.32.0, folded"}.get(r["name"], "vllm 0.32.0")
+        r["details"] = {"served_by": {"arith": engine}}
     (first / "results.json").write_text(json.dumps(results))
     same = {"dpo": N, "skillweave": 80, "merged_ties": 30, "skillweave_routed": 80}
     for name in ROWS:

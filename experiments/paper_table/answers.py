@@ -244,9 +244,11 @@ def answers(table: Table, variants: tuple[str, ...] = ()) -> tuple[str, dict]:
     agree = {n: [agreement(table, n, "dpo", c) for c in cols] for n in [*present, *variants] if n != "dpo"}
     md += _shares(table, "Agreement with the domains' own models: the share of documents whose greedy response "
                   "equals dpo's, character for character", agree, mean=True)
-    engines = {n: (rows[n].get("details") or {}).get("served_by") for n in ["dpo", *agree]}
-    other = [n for n in agree if engines[n] != engines["dpo"]]
-    if other and engines["dpo"] is not None:
+    def engines(n: str) -> set[str]:  # "vllm 0.32.0, folded" -> vllm; a row that does not say: none
+        return {s.split()[0] for s in ((rows[n].get("details") or {}).get("served_by") or {}).values()}
+
+    other = [n for n in agree if engines(n) and engines(n) != engines("dpo")]
+    if other and engines("dpo"):
         md += [f"Decoded by another engine than dpo (its numerics differ too): {', '.join(other)}.", ""]
     md += ["| row | MiB | x base |", "|---|---|---|"]
     base_bytes = rows["base"]["bytes"] if "base" in rows else None
