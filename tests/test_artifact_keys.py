@@ -2,7 +2,8 @@
 
 tests/data/artifact_keys.json holds the keys planned before the layered redesign (commit 2c492e7) for
 every stage but eval (whose rows re-keyed once when its task digest grew to cover every file that
-scores a task); tests/data/eval_row_keys.json those of the eval rows since 2026-12-07. The backbone's
+scores a task); tests/data/eval_row_keys.json those of the eval rows since 2026-12-08 (the math verifier's bound on a
+number's size re-keyed them; only the math tasks' cells re-score). The backbone's
 fingerprint is fixed, so the keys depend on settings alone, not on the tiny model's weights (which can
 differ between CPUs).
 """

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import socket
+from fractions import Fraction
 
 import nltk
 import pytest
 
-from skillweave.rules import RULES, RuleResult, load_rule_set
 from skillweave.core.errors import ConfigError
 from skillweave.domains.code.verifiers import extract_code, split_tests
 from skillweave.domains.instructions.verifiers import ensure_punkt_tab
+from skillweave.rules import RULES, RuleResult, load_rule_set
 
 
 def sample(response: str, **meta) -> dict:
@@ -51,6 +52,13 @@ MATH_CASES = [
     ("zero", "0", "0", True),
     # the default abs_tol is tiny: a rounded answer is wrong
     ("rounding is wrong", "3.14", "3.14159", False),
+    # a model's numbers of any size are read, bounded, without stopping the eval
+    ("400 digits", "The answer is 1" + "0" * 400, "10", False),
+    ("5,000 digits", "The answer is " + "9" * 5000, "9", False),
+    ("huge exponent", "The answer is 1e99999999", "1", False),
+    ("tiny exponent is zero", "The answer is 1e-99999999", "0", True),
+    ("bounded over tiny", "The answer is 1e300/0.000001", "1", False),
+    ("large but exact", "The answer is 1" + "0" * 300, "1" + "0" * 300, True),
 ]
 
 
@@ -58,6 +66,15 @@ MATH_CASES = [
 def test_final_number_matches(name, response, gold, passed):
     result = RULES.get("final_number_matches")()(sample(response, answer=gold))
     assert (result.passed, result.score) == (passed, float(passed)), result.reason
+
+
+def test_numbers_are_bounded_before_any_big_integer_is_built():
+    from skillweave.domains.math.verifiers import MAX_ORDER, parse_number
+
+    assert parse_number("-0012.50") == Fraction(-25, 2) and parse_number(".5") == Fraction(1, 2)
+    assert parse_number("1e300") == 10**MAX_ORDER == parse_number("1e9999999999")
+    assert parse_number("-" + "7" * 5000) == -(10**MAX_ORDER)
+    assert parse_number("1e-300") == Fraction(1, 10**300) and parse_number("0.00001e-296") == 0
 
 
 def test_final_number_matches_tolerance_is_configurable():

@@ -53,16 +53,44 @@ def parse_number(text: str) -> Fraction | None:
     return _first_number(text.replace("\u2212", "-"))
 
 
+# Beyond 10**300 in size a number is read as +-10**300 and below 10**-300 as 0: no answer of these tasks is
+# there, and a model's "1e99999999" or 5,000 digits would otherwise cost minutes of big-integer work or stop
+# the eval (Python reads at most 4,300 digits into an int).
+MAX_ORDER = 300
+_DECIMAL = re.compile(r"([-+]?)0*(\d*)(?:\.(\d*))?(?:[eE]([-+]?\d+))?")
+
+
+def _bounded(token: str) -> Fraction:
+    """A decimal token ("-1234.5e3") as a Fraction, its size bounded by MAX_ORDER before any big
+    integer is built."""
+    sign, whole, decimals, exponent = _DECIMAL.fullmatch(token).groups()  # `whole` without leading zeros
+    decimals = decimals or ""
+    if not (whole + decimals).strip("0"):
+        return Fraction(0)
+    exponent = exponent or "0"
+    if len(exponent.lstrip("+-").lstrip("0")) > 5:  # beyond any order the bound lets through
+        shift = MAX_ORDER * 2 * (-1 if exponent.startswith("-") else 1)
+    else:
+        shift = int(exponent)
+    # The decimal order of the leading digit: 123.4 -> 2, 0.05 -> -2.
+    order = (len(whole) - 1 if whole else -1 - (len(decimals) - len(decimals.lstrip("0")))) + shift
+    if order > MAX_ORDER:
+        return Fraction(-(10**MAX_ORDER) if sign == "-" else 10**MAX_ORDER)
+    if order < -MAX_ORDER:
+        return Fraction(0)
+    return Fraction(token)
+
+
 def _numbers(text: str) -> list[Fraction]:
     text = _LATEX_FRAC.sub(r"\1/\2", text)
     numbers = []
     for match in _NUMBER.finditer(text):
         numerator, _, denominator = match.group().replace(",", "").replace(" ", "").partition("/")
-        value = Fraction(numerator)
+        value = _bounded(numerator)
         if denominator:
-            if Fraction(denominator) == 0:
+            if _bounded(denominator) == 0:
                 continue
-            value /= Fraction(denominator)
+            value /= _bounded(denominator)
         numbers.append(value)
     return numbers
 
@@ -101,12 +129,24 @@ def final_number_matches(sample: Sample, *, rel_tol: float = 1e-6, abs_tol: floa
         return RuleResult(False, 0.0, "no number in the response")
     value, source = found
     shown = _show(value)
-    if value == gold or math.isclose(float(value), float(gold), rel_tol=rel_tol, abs_tol=abs_tol):
+    if value == gold or _close(value, gold, rel_tol, abs_tol):
         return RuleResult(True, 1.0, f"{shown} ({source}) equals gold {gold_text}")
     return RuleResult(False, 0.0, f"{shown} ({source}) differs from gold {gold_text}")
+
+
+def _close(value: Fraction, gold: Fraction, rel_tol: float, abs_tol: float) -> bool:
+    """math.isclose on floats, and in exact arithmetic where a value is beyond a float's range (a bounded
+    number over a tiny one, 10**300 / 10**-20)."""
+    try:
+        return math.isclose(float(value), float(gold), rel_tol=rel_tol, abs_tol=abs_tol)
+    except OverflowError:
+        return abs(value - gold) <= max(Fraction(rel_tol) * max(abs(value), abs(gold)), Fraction(abs_tol))
 
 
 def _show(value: Fraction) -> str:
     if value.denominator == 1:
         return str(value.numerator)
-    return f"{value} = {float(value):g}"
+    try:
+        return f"{value} = {float(value):g}"
+    except OverflowError:
+        return str(value)
